@@ -1,0 +1,604 @@
+#!/usr/bin/env python3
+"""edge-compress benchmark agent: runs ON the target and prints one JSON result.
+
+Usage on the target::
+
+    python3 agent.py request.json     # measure a model, print one JSON result on stdout
+    python3 agent.py --probe          # describe the target (runtimes, sensors), print JSON
+
+Pushed as plain files with its siblings ``runtimes.py``, ``energy.py`` and ``throttle.py`` and
+imported as top-level modules; it needs only the standard library, numpy and one runtime
+(onnxruntime for .onnx; ai_edge_litert or tflite_runtime for .tflite). ``energy`` and ``throttle``
+are optional: without them the result says so instead of failing.
+
+The request is the JSON written by ``runners.agent.host.agent_request``: model path on the target,
+threads, core mask, warm-up, ``min_count`` / ``min_duration_s`` / ``max_count``, optional inputs /
+accuracy .npz paths, seed, throttle cool-down, energy switch and the profile's power model.
+
+The result holds the fields of ``runners.base.Measurement`` (the host adds ``target`` and
+``model_path``). Times are milliseconds unless a name says otherwise. ``cpu_freq_mhz`` is
+``[before, after]`` (mean over the CPUs in the affinity set) and ``temperature_c`` is
+``[before, after]`` (hottest thermal zone); per-CPU / per-zone details are in ``extra``.
+Failures (model does not load, runtime missing, bad request) are a JSON result with ``ok: false``,
+``error_kind`` and a one-sentence ``error``, never a bare traceback.
+
+The sysfs root used for CPU frequency, thermal zones and power meters is ``/`` unless the
+environment variable ``EDGE_COMPRESS_SYSFS_ROOT`` names another directory (tests).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+AGENT_VERSION = "1"
+SYSFS_ENV = "EDGE_COMPRESS_SYSFS_ROOT"
+THROTTLE_BATCH = 64  # samples fed to the throttle detector at a time, between timed iterations
+
+
+def sysfs_root() -> str:
+    return os.environ.get(SYSFS_ENV) or "/"
+
+
+# ---------------------------------------------------------------------------------------------
+# entry point
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the request named on the command line; print exactly one JSON document on stdout."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    out = _claim_stdout()
+    try:
+        if argv[:1] == ["--probe"]:
+            result = probe()
+        elif len(argv) == 1:
+            result = run_request(read_request(argv[0]))
+        else:
+            result = failure("usage: agent.py request.json | agent.py --probe", "usage")
+    except Exception as e:  # noqa: BLE001 - every failure must become a JSON result
+        result = _failure_from(e)
+    out.write(json.dumps(result, default=_json_default) + "\n")
+    out.flush()
+    return 0 if result.get("ok") else 1
+
+
+def _claim_stdout() -> Any:
+    """Keep the real stdout for the result and send everything else printed (runtimes, C++
+    logging on fd 1) to stderr, so stdout carries exactly one JSON document."""
+    try:
+        fd = os.dup(1)
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+        return os.fdopen(fd, "w")
+    except OSError:
+        return sys.__stdout__
+
+
+def _failure_from(e: BaseException) -> Dict[str, Any]:
+    kind = getattr(e, "kind", None)
+    if kind is not None:
+        return failure(str(e), kind)
+    if isinstance(e, MemoryError):
+        return failure("the target ran out of memory while running the model.", "agent")
+    msg = str(e).strip().splitlines()
+    detail = msg[0][:300] if msg else ""
+    result = failure("the agent failed with %s%s." % (type(e).__name__, ": " + detail if detail else ""), "agent")
+    result["extra"]["traceback"] = traceback.format_exc()
+    return result
+
+
+def failure(message: str, kind: str = "agent") -> Dict[str, Any]:
+    return {"ok": False, "error": message, "error_kind": kind, "extra": {"agent_version": AGENT_VERSION}}
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+def read_request(path: str) -> Dict[str, Any]:
+    from runtimes import AgentError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            req = json.load(f)
+    except (OSError, ValueError) as e:
+        raise AgentError("cannot read the request %s (%s)." % (path, e), "usage") from None
+    if not isinstance(req, dict) or "model" not in req:
+        raise AgentError("the request %s has no 'model' field." % path, "usage")
+    return req
+
+
+# ---------------------------------------------------------------------------------------------
+# measurement
+
+
+def run_request(req: Dict[str, Any]) -> Dict[str, Any]:
+    """Load, warm up, measure (with throttle handling), and summarize one model."""
+    _require_numpy()
+    import numpy as np
+    from runtimes import AgentError, accuracy, load_session, npz_inputs, random_inputs
+
+    threads = int(req.get("threads", 1))
+    if threads < 1:
+        raise AgentError("threads must be at least 1.", "usage")
+    affinity = set_affinity(req.get("core_mask"))
+    root = sysfs_root()
+    freq_before, temp_before = cpu_freqs(root, affinity), temperatures(root)
+    rss_before = peak_rss_bytes()
+
+    t0 = time.perf_counter()
+    session = load_session(str(req["model"]), str(req.get("runtime", "auto")), threads)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    if req.get("inputs_npz"):
+        feeds = npz_inputs(str(req["inputs_npz"]), session.inputs)
+    else:
+        feeds = random_inputs(session.inputs, int(req.get("seed", 0)))
+    once = session.bind(feeds)
+
+    t0 = time.perf_counter()
+    once()
+    first_ms = (time.perf_counter() - t0) * 1e3
+    for _ in range(max(0, int(req.get("warmup", 10)))):
+        once()
+
+    loop = LoopConfig.from_request(req)
+    meter, energy_note = (pick_meter(root) if req.get("energy", True) else (None, "energy disabled"))
+    result = measure(once, loop, meter=meter, detect=bool(req.get("detect_throttle", True)))
+    samples = result.pop("samples")
+    extra = result.pop("extra")
+
+    acc = None
+    if req.get("accuracy_npz"):
+        acc, n_acc = accuracy(session, str(req["accuracy_npz"]))
+        extra["accuracy_samples"] = n_acc
+
+    energy = energy_reading(result.pop("meter_result"), samples, loop.wall_s_last, req, threads)
+    if energy is None and energy_note:
+        extra["energy_note"] = energy_note
+    freq_after, temp_after = cpu_freqs(root, affinity), temperatures(root)
+    extra.update(
+        {
+            "agent_version": AGENT_VERSION,
+            "inputs": [s.describe() for s in session.inputs],
+            "inputs_source": "npz" if req.get("inputs_npz") else "random",
+            "rss_before_load_bytes": rss_before,
+            "cpu_freq_mhz_before": freq_before,
+            "cpu_freq_mhz_after": freq_after,
+            "thermal_c_before": temp_before,
+            "thermal_c_after": temp_after,
+            "loop_wall_s": loop.wall_s_last,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+        }
+    )
+    if energy is not None and energy.pop("note", ""):
+        extra["energy_note"] = energy.get("_note", "") or extra.get("energy_note", "")
+    return {
+        "ok": True,
+        "latency_ms": samples,
+        "stats": summarize(samples, int(req.get("seed", 0))),
+        "load_ms": load_ms,
+        "first_inference_ms": first_ms,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "energy": energy,
+        "accuracy": acc,
+        "runtime": session.name,
+        "runtime_version": session.version,
+        "threads": threads,
+        "cpu_affinity": affinity,
+        "machine": platform.machine(),
+        "cpu_freq_mhz": [_mean(freq_before), _mean(freq_after)] if freq_before and freq_after else [],
+        "temperature_c": [max(temp_before.values()), max(temp_after.values())] if temp_before and temp_after else [],
+        "extra": extra,
+        **result,
+    }
+
+
+def _require_numpy() -> None:
+    from runtimes import AgentError  # noqa: F401 - runtimes itself needs numpy
+
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        raise AgentError(
+            "numpy is not installed for %s on the target; run edge-compress targets setup." % sys.executable
+        ) from None
+
+
+class LoopConfig:
+    """Timed-loop bounds: run until both ``min_count`` and ``min_duration_s``, at most ``max_count``."""
+
+    def __init__(self, min_count: int, min_duration_s: float, max_count: int, cooldown_s: float) -> None:
+        self.min_count = max(1, min_count)
+        self.min_duration_s = max(0.0, min_duration_s)
+        self.max_count = max(self.min_count, max_count)
+        self.cooldown_s = max(0.0, cooldown_s)
+        self.wall_s_last = 0.0  # wall time (s) of the last timed loop
+
+    @classmethod
+    def from_request(cls, req: Dict[str, Any]) -> LoopConfig:
+        return cls(
+            int(req.get("min_count", 50)),
+            float(req.get("min_duration_s", 1.0)),
+            int(req.get("max_count", 100_000)),
+            float(req.get("cooldown_s", 5.0)),
+        )
+
+
+def timed_loop(
+    once: Callable[[], Any], cfg: LoopConfig, detector: Any = None, stop_on_throttle: bool = True
+) -> Tuple[List[float], int]:
+    """Time ``once()`` until the bounds are met; returns (samples in ms, samples flagged throttled).
+
+    The detector sees every sample, in order, in batches fed *between* timed iterations, so it
+    adds nothing to a sample. With ``stop_on_throttle`` the loop ends as soon as it fires.
+    """
+    clock = time.perf_counter
+    samples: List[float] = []
+    append = samples.append
+    fed, flagged = 0, 0
+    start = clock()
+    n, min_count, max_count, min_dur = 0, cfg.min_count, cfg.max_count, cfg.min_duration_s
+    while True:
+        t0 = clock()
+        once()
+        t1 = clock()
+        append((t1 - t0) * 1e3)
+        n += 1
+        if n >= max_count or (n >= min_count and t1 - start >= min_dur):
+            break
+        if detector is not None and n - fed >= THROTTLE_BATCH:
+            flagged += _feed(detector, samples, fed)
+            fed = n
+            if stop_on_throttle and flagged:
+                break
+    if detector is not None and fed < n:
+        flagged += _feed(detector, samples, fed)
+    cfg.wall_s_last = clock() - start
+    return samples, flagged
+
+
+def _feed(detector: Any, samples: List[float], start: int) -> int:
+    flagged = 0
+    for x in samples[start:]:
+        detector.update(x)
+        flagged += bool(detector.throttled)
+    return flagged
+
+
+def measure(
+    once: Callable[[], Any],
+    cfg: LoopConfig,
+    *,
+    meter: Any = None,
+    detect: bool = True,
+    detector_factory: Optional[Callable[[], Any]] = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Dict[str, Any]:
+    """The timed loop with throttle handling: if the detector fires, cool down and re-measure once.
+
+    Returns ``samples`` (the reported pass), ``throttled`` (fired in any pass), ``remeasured``,
+    ``throttled_samples`` (flagged samples of the discarded first pass), ``meter_result`` and
+    ``extra`` (discarded sample count, whether the reported pass is still throttled).
+    """
+    extra: Dict[str, Any] = {}
+    factory = detector_factory
+    if detect and factory is None:
+        factory, note = _detector_factory()
+        if note:
+            extra["throttle_note"] = note
+    first, flagged = _pass(once, cfg, meter, factory() if detect and factory else None, True)
+    samples, meter_result = first
+    if not flagged:
+        return {"samples": samples, "throttled": False, "remeasured": False, "throttled_samples": 0,
+                "meter_result": meter_result, "extra": extra}
+    extra["discarded_samples"] = len(samples)
+    extra["throttle_onset_sample"] = _onset(samples, flagged)
+    sleep(cfg.cooldown_s)
+    (samples2, meter_result2), flagged2 = _pass(once, cfg, meter, factory() if factory else None, False)
+    extra["still_throttled"] = bool(flagged2)
+    extra["throttled_samples_reported"] = flagged2
+    return {"samples": samples2, "throttled": True, "remeasured": True, "throttled_samples": flagged,
+            "meter_result": meter_result2, "extra": extra}
+
+
+def _onset(samples: List[float], flagged: int) -> int:
+    return max(0, len(samples) - flagged)
+
+
+def _pass(once: Callable[[], Any], cfg: LoopConfig, meter: Any, detector: Any, stop: bool) -> Tuple[Any, int]:
+    meter_ok = _start_meter(meter)
+    samples, flagged = timed_loop(once, cfg, detector, stop_on_throttle=stop)
+    reading = _stop_meter(meter) if meter_ok else None
+    return (samples, reading), flagged
+
+
+def _start_meter(meter: Any) -> bool:
+    if meter is None:
+        return False
+    try:
+        meter.start()
+        return True
+    except Exception:  # noqa: BLE001 - a meter failing must not fail the measurement
+        return False
+
+
+def _stop_meter(meter: Any) -> Any:
+    try:
+        return meter.stop()
+    except Exception as e:  # noqa: BLE001
+        return {"error": str(e)}
+
+
+def _detector_factory() -> Tuple[Optional[Callable[[], Any]], str]:
+    try:
+        from throttle import IMMDetector
+    except Exception as e:  # noqa: BLE001 - throttle.py missing or too new for this python
+        return None, "throttle detector unavailable on the target (%s)" % type(e).__name__
+    return IMMDetector, ""
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics
+
+
+def summarize(samples_ms: List[float], seed: int = 0, resamples: Optional[int] = None) -> Dict[str, Any]:
+    """count, mean, median, p90, p99, std (ddof=1), min, max (ms) and a bootstrap 95% CI of the median.
+
+    The bootstrap uses a fixed seed; the number of resamples shrinks for long series so the
+    work stays near 2e7 element reads (between 200 and 2000 resamples).
+    """
+    import numpy as np
+
+    a = np.asarray(samples_ms, dtype=np.float64)
+    n = len(a)
+    if n == 0:
+        raise ValueError("no samples")
+    p50, p90, p99 = (float(x) for x in np.percentile(a, [50, 90, 99]))
+    return {
+        "count": n,
+        "mean_ms": float(a.mean()),
+        "median_ms": p50,
+        "p90_ms": p90,
+        "p99_ms": p99,
+        "std_ms": float(a.std(ddof=1)) if n > 1 else 0.0,
+        "min_ms": float(a.min()),
+        "max_ms": float(a.max()),
+        "median_ci95_ms": list(bootstrap_median_ci(a, seed, resamples)),
+    }
+
+
+def bootstrap_median_ci(a: Any, seed: int = 0, resamples: Optional[int] = None) -> Tuple[float, float]:
+    """Percentile-bootstrap 95% confidence interval of the median (ms), numpy only."""
+    import numpy as np
+
+    n = len(a)
+    if n < 2:
+        return float(a[0]), float(a[0])
+    b = resamples or int(min(2000, max(200, 2e7 // n)))
+    rng = np.random.default_rng(seed)
+    chunk = max(1, int(2e6 // n))
+    meds = []
+    for start in range(0, b, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, b - start), n))
+        meds.append(np.median(a[idx], axis=1))
+    lo, hi = np.percentile(np.concatenate(meds), [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _mean(values: Dict[str, float]) -> float:
+    return sum(values.values()) / len(values)
+
+
+# ---------------------------------------------------------------------------------------------
+# energy
+
+
+def pick_meter(root: str) -> Tuple[Any, str]:
+    """The best power meter of the target, or (None, reason)."""
+    try:
+        import energy
+    except Exception as e:  # noqa: BLE001
+        return None, "energy.py unavailable on the target (%s): no meter, estimate only" % type(e).__name__
+    try:
+        meters = energy.discover_meters(root)
+    except Exception as e:  # noqa: BLE001
+        return None, "meter discovery failed (%s)" % str(e).splitlines()[0][:200]
+    return (meters[0], "") if meters else (None, "no power meter found on the target")
+
+
+def energy_reading(
+    reading: Any, samples: List[float], wall_s: float, req: Dict[str, Any], threads: int
+) -> Optional[Dict[str, Any]]:
+    """Per-inference energy from a meter reading, else an estimate from the request's power model."""
+    n = len(samples)
+    if reading is not None and not isinstance(reading, dict) and n and reading.seconds > 0:
+        out = {
+            "joules_per_inference": reading.joules / n,
+            "avg_watts": reading.avg_watts,
+            "source": reading.source,
+            "measured": bool(reading.measured),
+        }
+        if reading.note:
+            out["note"] = reading.note
+        return out
+    power = req.get("power")
+    if not power or not n:
+        return None
+    try:
+        import energy
+    except Exception:  # noqa: BLE001
+        return None
+    busy_s = min(sum(samples) / 1e3, wall_s)
+    cores = max(1, int(power.get("cores_total") or 1))
+    est = energy.estimate_energy(
+        busy_s, wall_s, float(power["idle_w"]), float(power["active_w"]),
+        cores_used=min(threads, cores), cores_total=cores,
+    )
+    source = est.source + (" (%s)" % power["name"] if power.get("name") else "")
+    return {"joules_per_inference": est.joules / n, "avg_watts": est.avg_watts, "source": source,
+            "measured": False}
+
+
+# ---------------------------------------------------------------------------------------------
+# system information
+
+
+def set_affinity(core_mask: Optional[str]) -> Optional[List[int]]:
+    """Pin the process to the CPUs of a hex mask (before the runtime starts threads).
+
+    Returns the CPUs the process may run on, or None where affinity is not supported.
+    """
+    from runtimes import AgentError
+
+    getter = getattr(os, "sched_getaffinity", None)
+    if core_mask:
+        text = str(core_mask).lower()
+        text = text[2:] if text.startswith("0x") else text
+        try:
+            mask = int(text, 16)
+        except ValueError:
+            raise AgentError("core mask %r is not hexadecimal (e.g. f0)." % core_mask, "usage") from None
+        cpus = [i for i in range(mask.bit_length()) if mask >> i & 1]
+        if not cpus:
+            raise AgentError("core mask %r selects no CPU." % core_mask, "usage")
+        setter = getattr(os, "sched_setaffinity", None)
+        if setter is None:
+            raise AgentError("this target cannot set CPU affinity; drop --core-mask.", "usage")
+        try:
+            setter(0, cpus)
+        except OSError:
+            have = sorted(getter(0)) if getter else []
+            raise AgentError(
+                "core mask %r selects no CPU available on this target (available: %s)." % (core_mask, have),
+                "usage",
+            ) from None
+    return sorted(getter(0)) if getter else None
+
+
+def cpu_freqs(root: str, cpus: Optional[List[int]] = None) -> Dict[str, float]:
+    """Current frequency (MHz) per CPU from cpufreq's scaling_cur_freq (kHz)."""
+    out = {}
+    pattern = os.path.join(root, "sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_cur_freq")
+    for path in sorted(glob.glob(pattern)):
+        cpu = path.split(os.sep)[-3]
+        if cpus is not None and int(cpu[3:]) not in cpus:
+            continue
+        value = _read_float(path)
+        if value is not None:
+            out[cpu] = value / 1e3
+    return out
+
+
+def temperatures(root: str) -> Dict[str, float]:
+    """Temperature (deg C) per thermal zone (``type`` name) from temp (millidegrees C)."""
+    out = {}
+    for zone in sorted(glob.glob(os.path.join(root, "sys/class/thermal/thermal_zone[0-9]*"))):
+        value = _read_float(os.path.join(zone, "temp"))
+        if value is None:
+            continue
+        name = os.path.basename(zone)
+        try:
+            with open(os.path.join(zone, "type"), encoding="ascii", errors="replace") as f:
+                name = "%s:%s" % (name, f.read().strip())
+        except OSError:
+            pass
+        out[name] = value / 1e3
+    return out
+
+
+def _read_float(path: str) -> Optional[float]:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return float(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def peak_rss_bytes() -> Optional[int]:
+    """Peak resident set size of this process (bytes): VmHWM, else getrusage, else psutil's RSS.
+
+    psutil has no peak RSS on Linux, so /proc/self/status VmHWM comes first; psutil's current
+    RSS is the last resort on systems without /proc or getrusage.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(kb if sys.platform != "darwin" else kb / 1024) * 1024
+    except (ImportError, OSError):
+        pass
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def probe() -> Dict[str, Any]:
+    """What the target offers: machine, python, runtimes with versions, power meters, sensors."""
+    root = sysfs_root()
+    runtimes = {}
+    for module, name in (("numpy", "numpy"), ("onnxruntime", "onnxruntime"),
+                         ("ai_edge_litert", "litert"), ("tflite_runtime", "tflite_runtime")):
+        runtimes[name] = _module_version(module)
+    meters, unavailable = _probe_meters(root)
+    affinity = getattr(os, "sched_getaffinity", None)
+    return {
+        "ok": True,
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "release": platform.release(),
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "runtimes": runtimes,
+        "meters": meters,
+        "meters_unavailable": unavailable,
+        "cpus": os.cpu_count(),
+        "cpu_affinity": sorted(affinity(0)) if affinity else None,
+        "cpu_freq_mhz": cpu_freqs(root),
+        "temperature_c": temperatures(root),
+        "extra": {"agent_version": AGENT_VERSION},
+    }
+
+
+def _module_version(module: str) -> Optional[str]:
+    try:
+        mod = __import__(module)
+    except Exception:  # noqa: BLE001 - broken installs count as absent
+        return None
+    return str(getattr(mod, "__version__", "unknown"))
+
+
+def _probe_meters(root: str) -> Tuple[List[Dict[str, Any]], List[Dict[str, str]]]:
+    try:
+        import energy
+    except Exception as e:  # noqa: BLE001
+        return [], [{"source": "energy.py", "reason": "unavailable (%s)" % type(e).__name__}]
+    found = energy.probe_meters(root) if hasattr(energy, "probe_meters") else None
+    if found is None:
+        return [{"source": m.source, "measured": m.measured} for m in energy.discover_meters(root)], []
+    return (
+        [{"source": m.source, "measured": m.measured} for m in found.meters],
+        [{"source": s, "reason": r} for s, r in found.unavailable],
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

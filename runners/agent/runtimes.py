@@ -1,0 +1,316 @@
+"""Runtime adapters of the device-side agent: load a model, describe its inputs, run it.
+
+Pushed next to ``agent.py`` and imported as a top-level module. Imports only the standard
+library and numpy at module level; each runtime (onnxruntime, ai_edge_litert, tflite_runtime) is
+imported when a model of its format is loaded, so a target needs only the one it uses.
+Keep the syntax compatible with Python 3.8 (older board images).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+
+class AgentError(Exception):
+    """A failure reported as data: ``kind`` is a ``runners.base.ErrorKind``."""
+
+    def __init__(self, message: str, kind: str = "agent") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(int16)": np.int16,
+    "tensor(uint16)": np.uint16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+}
+
+
+class InputSpec:
+    """One model input: name, concrete shape (dynamic dims set to 1), dtype, quantization."""
+
+    def __init__(
+        self,
+        name: str,
+        shape: Tuple[int, ...],
+        dtype: Any,
+        quant: Optional[Tuple[float, int]] = None,
+        dynamic_batch: bool = False,
+    ) -> None:
+        self.name = name
+        self.shape = shape
+        self.dtype = np.dtype(dtype)
+        self.quant = quant  # (scale, zero_point) of an integer-quantized input, else None
+        self.dynamic_batch = dynamic_batch
+
+    def describe(self) -> Dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype.name, "quant": self.quant}
+
+
+class Session:
+    """A loaded model. ``bind(feeds)`` returns a no-argument callable: one timed inference."""
+
+    name = ""
+    version = ""
+    inputs: List[InputSpec] = []
+
+    def bind(self, feeds: Dict[str, np.ndarray]) -> Callable[[], Any]:
+        raise NotImplementedError
+
+    def predict(self, feeds: Dict[str, np.ndarray]) -> np.ndarray:
+        """Run once and return the first output."""
+        raise NotImplementedError
+
+
+class OrtSession(Session):
+    def __init__(self, path: str, threads: int) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise AgentError(
+                "onnxruntime is not installed on the target; install it (edge-compress targets setup).",
+                "agent",
+            ) from None
+        self.name, self.version = "onnxruntime", ort.__version__
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, int(threads))
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        try:
+            self._sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise AgentError(
+                "onnxruntime could not load the model %s (%s)." % (os.path.basename(path), _first_line(e))
+            ) from None
+        self.inputs = [self._spec(i) for i in self._sess.get_inputs()]
+
+    @staticmethod
+    def _spec(arg: Any) -> InputSpec:
+        dtype = _ORT_TYPES.get(arg.type)
+        if dtype is None:
+            raise AgentError("input %r has type %s, which the agent cannot generate." % (arg.name, arg.type))
+        dims = list(arg.shape or [])
+        dynamic_batch = bool(dims) and not isinstance(dims[0], int)
+        shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in dims)
+        return InputSpec(arg.name, shape, dtype, None, dynamic_batch)
+
+    def bind(self, feeds: Dict[str, np.ndarray]) -> Callable[[], Any]:
+        run = self._sess.run
+
+        def once() -> Any:
+            return run(None, feeds)
+
+        return once
+
+    def predict(self, feeds: Dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self._sess.run(None, feeds)[0])
+
+
+class TfliteSession(Session):
+    def __init__(self, path: str, threads: int, prefer: str = "auto") -> None:
+        interpreter_cls, self.name, self.version = _tflite_interpreter(prefer)
+        try:
+            self._it = interpreter_cls(model_path=path, num_threads=max(1, int(threads)))
+            for d in self._it.get_input_details():
+                sig = d.get("shape_signature")
+                if sig is not None and any(int(x) < 0 for x in sig):
+                    self._it.resize_tensor_input(d["index"], [max(1, int(x)) for x in sig])
+            self._it.allocate_tensors()
+        except Exception as e:
+            raise AgentError(
+                "%s could not load the model %s (%s)." % (self.name, os.path.basename(path), _first_line(e))
+            ) from None
+        self._details = self._it.get_input_details()
+        self._out = self._it.get_output_details()[0]["index"]
+        self.inputs = [self._spec(d) for d in self._details]
+
+    @staticmethod
+    def _spec(d: Dict[str, Any]) -> InputSpec:
+        scale, zp = d.get("quantization") or (0.0, 0)
+        quant = (float(scale), int(zp)) if scale else None
+        sig = d.get("shape_signature")
+        dynamic = sig is not None and len(sig) > 0 and int(sig[0]) < 0
+        return InputSpec(d["name"], tuple(int(x) for x in d["shape"]), d["dtype"], quant, dynamic)
+
+    def _set(self, feeds: Dict[str, np.ndarray]) -> None:
+        for d in self._details:
+            arr = feeds[d["name"]]
+            if tuple(arr.shape) != tuple(d["shape"]):
+                self._it.resize_tensor_input(d["index"], list(arr.shape))
+                self._it.allocate_tensors()
+            self._it.set_tensor(d["index"], arr)
+
+    def bind(self, feeds: Dict[str, np.ndarray]) -> Callable[[], Any]:
+        self._set(feeds)
+        return self._it.invoke
+
+    def predict(self, feeds: Dict[str, np.ndarray]) -> np.ndarray:
+        self._set(feeds)
+        self._it.invoke()
+        return np.array(self._it.get_tensor(self._out))
+
+
+def _tflite_interpreter(prefer: str) -> Tuple[Any, str, str]:
+    """The first importable TFLite interpreter: ai_edge_litert, then tflite_runtime."""
+    order = ["litert", "tflite_runtime"]
+    if prefer in order:
+        order.remove(prefer)
+        order.insert(0, prefer)
+    for which in order:
+        try:
+            if which == "litert":
+                import ai_edge_litert
+                from ai_edge_litert.interpreter import Interpreter
+
+                return Interpreter, "litert", str(getattr(ai_edge_litert, "__version__", "unknown"))
+            import tflite_runtime
+            from tflite_runtime.interpreter import Interpreter
+
+            return Interpreter, "tflite_runtime", str(getattr(tflite_runtime, "__version__", "unknown"))
+        except ImportError:
+            continue
+    raise AgentError(
+        "no TFLite runtime is installed on the target (ai-edge-litert or tflite-runtime); "
+        "install one (edge-compress targets setup --runtime litert)."
+    )
+
+
+def load_session(path: str, runtime: str, threads: int) -> Session:
+    """Load ``path`` with the runtime its format needs (``runtime`` may force a TFLite flavour)."""
+    if not os.path.isfile(path):
+        raise AgentError("the model file %s is not on the target." % path, "usage")
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".onnx":
+        if runtime not in ("auto", "onnxruntime"):
+            raise AgentError("runtime %r cannot run an .onnx model; use onnxruntime." % runtime, "usage")
+        return OrtSession(path, threads)
+    if suffix == ".tflite":
+        if runtime not in ("auto", "litert", "tflite_runtime"):
+            raise AgentError("runtime %r cannot run a .tflite model; use litert." % runtime, "usage")
+        return TfliteSession(path, threads, runtime)
+    raise AgentError("unsupported model format %r (expected .onnx or .tflite)." % suffix, "usage")
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+
+
+def random_inputs(specs: List[InputSpec], seed: int) -> Dict[str, np.ndarray]:
+    """Random arrays of each input's dtype and shape (full int8 range for int8 inputs)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for s in specs:
+        if s.dtype.kind == "f":
+            arr = rng.standard_normal(s.shape).astype(s.dtype)
+        elif s.dtype.kind in "iu":
+            info = np.iinfo(s.dtype)
+            lo, hi = (int(info.min), int(info.max) + 1) if info.bits <= 16 else (0, 2)
+            arr = rng.integers(lo, hi, size=s.shape).astype(s.dtype)
+        elif s.dtype.kind == "b":
+            arr = rng.integers(0, 2, size=s.shape).astype(np.bool_)
+        else:
+            raise AgentError("input %r has dtype %s, which the agent cannot generate." % (s.name, s.dtype))
+        feeds[s.name] = arr
+    return feeds
+
+
+def convert(arr: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Cast ``arr`` to the input's dtype, quantizing floats for an integer-quantized input."""
+    arr = np.asarray(arr)
+    if arr.dtype == spec.dtype:
+        return arr
+    if arr.dtype.kind == "f" and spec.dtype.kind in "iu":
+        if spec.quant is None:
+            raise AgentError(
+                "input %r is %s but the data is %s; give data of the input's dtype."
+                % (spec.name, spec.dtype.name, arr.dtype.name),
+                "usage",
+            )
+        scale, zp = spec.quant
+        info = np.iinfo(spec.dtype)
+        return np.clip(np.round(arr / scale) + zp, info.min, info.max).astype(spec.dtype)
+    return arr.astype(spec.dtype)
+
+
+def npz_inputs(path: str, specs: List[InputSpec]) -> Dict[str, np.ndarray]:
+    """Inputs from a .npz: arrays named like the inputs, or as many arrays in input order."""
+    data = _load_npz(path)
+    keys = list(data.keys())
+    if all(s.name in data for s in specs):
+        chosen = [data[s.name] for s in specs]
+    elif len(keys) == len(specs):
+        chosen = [data[k] for k in keys]
+    else:
+        names = ", ".join(s.name for s in specs)
+        raise AgentError(
+            "%s has arrays %s but the model's inputs are %s; name them alike."
+            % (os.path.basename(path), ", ".join(keys), names),
+            "usage",
+        )
+    feeds = {}
+    for spec, arr in zip(specs, chosen):
+        arr = convert(arr, spec)
+        if not spec.dynamic_batch and tuple(arr.shape) != spec.shape:
+            raise AgentError(
+                "input %r needs shape %s but %s gives %s."
+                % (spec.name, list(spec.shape), os.path.basename(path), list(arr.shape)),
+                "usage",
+            )
+        feeds[spec.name] = arr
+    return feeds
+
+
+def accuracy(session: Session, path: str) -> Tuple[float, int]:
+    """Top-1 accuracy over a labelled .npz (``x``, ``y``): argmax of the first output.
+
+    Returns:
+        (fraction correct, number of samples).
+    """
+    data = _load_npz(path)
+    if "x" not in data or "y" not in data:
+        raise AgentError("%s must hold arrays 'x' and 'y'." % os.path.basename(path), "usage")
+    x, y = np.asarray(data["x"]), np.asarray(data["y"])
+    if y.ndim > 1:
+        y = y.argmax(axis=-1)
+    if len(x) != len(y) or len(x) == 0:
+        raise AgentError("%s: 'x' and 'y' must have the same, non-zero length." % os.path.basename(path), "usage")
+    spec = session.inputs[0]
+    if len(session.inputs) != 1:
+        raise AgentError("the accuracy run supports single-input models only.", "usage")
+    step = 256 if spec.dynamic_batch else max(1, spec.shape[0] if spec.shape else 1)
+    correct = 0
+    for i in range(0, len(x), step):
+        xb = x[i : i + step]
+        if not spec.dynamic_batch and len(xb) < step:
+            break
+        xb = convert(xb.reshape((len(xb),) + tuple(spec.shape[1:])), spec)
+        out = session.predict({spec.name: xb}).reshape(len(xb), -1)
+        correct += int((out.argmax(axis=1) == y[i : i + len(xb)]).sum())
+    n = (len(x) // step) * step if not spec.dynamic_batch else len(x)
+    if n == 0:
+        raise AgentError("%s has fewer samples than one batch of the model." % os.path.basename(path), "usage")
+    return correct / n, n
+
+
+def _load_npz(path: str) -> Any:
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise AgentError("cannot read %s (%s)." % (os.path.basename(path), _first_line(e)), "usage") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    msg = text[0] if text else type(e).__name__
+    return msg[:300].rstrip(".")
