@@ -226,8 +226,10 @@ def _resolve_raw(
             raise UserError(f"{path}: a profile cannot extend itself.")
         base = _read_yaml(builtin)
         base.pop("extends", None)
+        base.pop("name", None)
         return _deep_merge(base, raw), path
     base, _ = _resolve_raw(parent, files, chain + (name,))
+    base.pop("name", None)
     return _deep_merge(base, raw), path
 
 

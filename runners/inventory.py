@@ -18,7 +18,7 @@ Format::
         trust_on_first_use: false   # true: record an unknown host key in known_hosts (never a changed one)
         profile: rpi5               # device profile: power model for energy estimates
         python: ~/.cache/edge-compress/venv/bin/python
-        workdir: ~/.cache/edge-compress
+        workdir: ~/.cache/edge-compress   # adb default: /data/local/tmp/edge-compress
         env: {OMP_WAIT_POLICY: PASSIVE}
       pixel7:
         transport: adb
@@ -29,6 +29,7 @@ Format::
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +42,9 @@ ENV_VAR = "EDGE_COMPRESS_INVENTORY"
 DEFAULT_PATH = "~/.config/edge-compress/inventory.yaml"
 LOCAL = "local"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+DEFAULT_WORKDIR = "~/.cache/edge-compress"
+ADB_WORKDIR = "/data/local/tmp/edge-compress"
 
 
 class Target(BaseModel):
@@ -58,7 +62,10 @@ class Target(BaseModel):
     trust_on_first_use: bool = False
     profile: str | None = None
     python: str = "python3"
-    workdir: str = "~/.cache/edge-compress"
+    workdir: str | None = Field(
+        default=None,
+        description="work dir on the target (default ~/.cache/edge-compress; adb: /data/local/tmp/edge-compress)",
+    )
     serial: str | None = None
     adb_path: str = "adb"
     benchmark_model: str | None = Field(
@@ -71,6 +78,9 @@ class Target(BaseModel):
     @classmethod
     def _env_as_strings(cls, v: Any) -> Any:
         if isinstance(v, dict):
+            for k in v:
+                if not re.match(ENV_NAME, str(k)):
+                    raise ValueError(f"{k!r} is not a valid environment variable name")
             return {str(k): ("" if x is None else str(x)) for k, x in v.items()}
         return v
 
@@ -83,9 +93,16 @@ class Target(BaseModel):
     def _transport_fields(self) -> Target:
         if self.transport == "ssh" and not self.host:
             raise ValueError("an ssh target needs 'host'")
-        if not self.workdir.strip():
+        if self.workdir is not None and not self.workdir.strip():
             raise ValueError("'workdir' must not be empty")
         return self
+
+    @property
+    def remote_workdir(self) -> str:
+        """The work dir on the target: ``workdir``, else the transport's default."""
+        if self.workdir:
+            return self.workdir
+        return ADB_WORKDIR if self.transport == "adb" else DEFAULT_WORKDIR
 
     @property
     def known_hosts_path(self) -> str:

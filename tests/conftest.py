@@ -8,4 +8,4 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["tests.sshd"]

@@ -35,11 +35,20 @@ import platform
 import sys
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
+from typing import Any
 
 AGENT_VERSION = "1"
 SYSFS_ENV = "EDGE_COMPRESS_SYSFS_ROOT"
 THROTTLE_BATCH = 64  # samples fed to the throttle detector at a time, between timed iterations
+
+
+class AgentError(Exception):
+    """A failure reported as data: ``kind`` is a ``runners.base.ErrorKind``."""
+
+    def __init__(self, message: str, kind: str = "agent") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def sysfs_root() -> str:
@@ -50,7 +59,7 @@ def sysfs_root() -> str:
 # entry point
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the request named on the command line; print exactly one JSON document on stdout."""
     argv = list(sys.argv[1:] if argv is None else argv)
     out = _claim_stdout()
@@ -61,7 +70,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             result = run_request(read_request(argv[0]))
         else:
             result = failure("usage: agent.py request.json | agent.py --probe", "usage")
-    except Exception as e:  # noqa: BLE001 - every failure must become a JSON result
+    except Exception as e:  # every failure must become a JSON result
         result = _failure_from(e)
     out.write(json.dumps(result, default=_json_default) + "\n")
     out.flush()
@@ -80,20 +89,27 @@ def _claim_stdout() -> Any:
         return sys.__stdout__
 
 
-def _failure_from(e: BaseException) -> Dict[str, Any]:
+def _failure_from(e: BaseException) -> dict[str, Any]:
     kind = getattr(e, "kind", None)
     if kind is not None:
         return failure(str(e), kind)
+    if isinstance(e, ImportError) and getattr(e, "name", None) == "numpy":
+        return failure(
+            f"numpy is not installed for {sys.executable} on the target; run edge-compress targets setup.",
+            "agent",
+        )
     if isinstance(e, MemoryError):
         return failure("the target ran out of memory while running the model.", "agent")
     msg = str(e).strip().splitlines()
     detail = msg[0][:300] if msg else ""
-    result = failure("the agent failed with %s%s." % (type(e).__name__, ": " + detail if detail else ""), "agent")
+    result = failure(
+        "the agent failed with {}{}.".format(type(e).__name__, ": " + detail if detail else ""), "agent"
+    )
     result["extra"]["traceback"] = traceback.format_exc()
     return result
 
 
-def failure(message: str, kind: str = "agent") -> Dict[str, Any]:
+def failure(message: str, kind: str = "agent") -> dict[str, Any]:
     return {"ok": False, "error": message, "error_kind": kind, "extra": {"agent_version": AGENT_VERSION}}
 
 
@@ -103,16 +119,14 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def read_request(path: str) -> Dict[str, Any]:
-    from runtimes import AgentError
-
+def read_request(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             req = json.load(f)
     except (OSError, ValueError) as e:
-        raise AgentError("cannot read the request %s (%s)." % (path, e), "usage") from None
+        raise AgentError(f"cannot read the request {path} ({e}).", "usage") from None
     if not isinstance(req, dict) or "model" not in req:
-        raise AgentError("the request %s has no 'model' field." % path, "usage")
+        raise AgentError(f"the request {path} has no 'model' field.", "usage")
     return req
 
 
@@ -120,11 +134,10 @@ def read_request(path: str) -> Dict[str, Any]:
 # measurement
 
 
-def run_request(req: Dict[str, Any]) -> Dict[str, Any]:
+def run_request(req: dict[str, Any]) -> dict[str, Any]:
     """Load, warm up, measure (with throttle handling), and summarize one model."""
-    _require_numpy()
     import numpy as np
-    from runtimes import AgentError, accuracy, load_session, npz_inputs, random_inputs
+    from runtimes import accuracy, load_session, npz_inputs, random_inputs
 
     threads = int(req.get("threads", 1))
     if threads < 1:
@@ -150,7 +163,7 @@ def run_request(req: Dict[str, Any]) -> Dict[str, Any]:
         once()
 
     loop = LoopConfig.from_request(req)
-    meter, energy_note = (pick_meter(root) if req.get("energy", True) else (None, "energy disabled"))
+    meter, energy_note = pick_meter(root) if req.get("energy", True) else (None, "energy disabled")
     result = measure(once, loop, meter=meter, detect=bool(req.get("detect_throttle", True)))
     samples = result.pop("samples")
     extra = result.pop("extra")
@@ -160,9 +173,11 @@ def run_request(req: Dict[str, Any]) -> Dict[str, Any]:
         acc, n_acc = accuracy(session, str(req["accuracy_npz"]))
         extra["accuracy_samples"] = n_acc
 
-    energy = energy_reading(result.pop("meter_result"), samples, loop.wall_s_last, req, threads)
-    if energy is None and energy_note:
-        extra["energy_note"] = energy_note
+    energy, note = energy_reading(result.pop("meter_result"), samples, loop.wall_s_last, req, threads)
+    if not req.get("energy", True):
+        energy, note = None, ""
+    if note or energy_note:
+        extra["energy_note"] = "; ".join(x for x in (energy_note, note) if x)
     freq_after, temp_after = cpu_freqs(root, affinity), temperatures(root)
     extra.update(
         {
@@ -179,8 +194,6 @@ def run_request(req: Dict[str, Any]) -> Dict[str, Any]:
             "numpy": np.__version__,
         }
     )
-    if energy is not None and energy.pop("note", ""):
-        extra["energy_note"] = energy.get("_note", "") or extra.get("energy_note", "")
     return {
         "ok": True,
         "latency_ms": samples,
@@ -196,21 +209,12 @@ def run_request(req: Dict[str, Any]) -> Dict[str, Any]:
         "cpu_affinity": affinity,
         "machine": platform.machine(),
         "cpu_freq_mhz": [_mean(freq_before), _mean(freq_after)] if freq_before and freq_after else [],
-        "temperature_c": [max(temp_before.values()), max(temp_after.values())] if temp_before and temp_after else [],
+        "temperature_c": [max(temp_before.values()), max(temp_after.values())]
+        if temp_before and temp_after
+        else [],
         "extra": extra,
         **result,
     }
-
-
-def _require_numpy() -> None:
-    from runtimes import AgentError  # noqa: F401 - runtimes itself needs numpy
-
-    try:
-        import numpy  # noqa: F401
-    except ImportError:
-        raise AgentError(
-            "numpy is not installed for %s on the target; run edge-compress targets setup." % sys.executable
-        ) from None
 
 
 class LoopConfig:
@@ -224,7 +228,7 @@ class LoopConfig:
         self.wall_s_last = 0.0  # wall time (s) of the last timed loop
 
     @classmethod
-    def from_request(cls, req: Dict[str, Any]) -> LoopConfig:
+    def from_request(cls, req: dict[str, Any]) -> LoopConfig:
         return cls(
             int(req.get("min_count", 50)),
             float(req.get("min_duration_s", 1.0)),
@@ -233,20 +237,65 @@ class LoopConfig:
         )
 
 
-def timed_loop(
-    once: Callable[[], Any], cfg: LoopConfig, detector: Any = None, stop_on_throttle: bool = True
-) -> Tuple[List[float], int]:
-    """Time ``once()`` until the bounds are met; returns (samples in ms, samples flagged throttled).
+class Watch:
+    """Feeds latency samples (ms) to a throttle detector; counts flagged samples and the onset.
 
-    The detector sees every sample, in order, in batches fed *between* timed iterations, so it
-    adds nothing to a sample. With ``stop_on_throttle`` the loop ends as soon as it fires.
+    A sample is flagged when it lies inside one of the detector's episodes (``episodes``:
+    ``(start, end | None)`` index pairs); detectors without episodes flag the samples after
+    which ``throttled`` is true.
     """
-    clock = time.perf_counter
-    samples: List[float] = []
+
+    def __init__(self, detector: Any) -> None:
+        self.detector = detector
+        self.fed = 0
+        self._seen = 0  # fallback count for detectors without ``episodes``
+        self._first: int | None = None
+
+    def feed(self, samples: list[float]) -> None:
+        update = self.detector.update
+        for i in range(self.fed, len(samples)):
+            update(samples[i])
+            if self.detector.throttled:
+                self._seen += 1
+                if self._first is None:
+                    self._first = i
+        self.fed = len(samples)
+
+    def _episodes(self) -> list[tuple[int, int]] | None:
+        eps = getattr(self.detector, "episodes", None)
+        if eps is None:
+            return None
+        return [(int(a), self.fed if b is None else int(b)) for a, b in eps]
+
+    @property
+    def flagged(self) -> int:
+        """Samples taken while throttled."""
+        eps = self._episodes()
+        return self._seen if eps is None else sum(b - a for a, b in eps)
+
+    @property
+    def onset(self) -> int | None:
+        """Index of the first throttled sample, None if none."""
+        eps = self._episodes()
+        return self._first if eps is None else (eps[0][0] if eps else None)
+
+
+def timed_loop(
+    once: Callable[[], Any],
+    cfg: LoopConfig,
+    watch: Watch | None = None,
+    stop_on_throttle: bool = True,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[float]:
+    """Time ``once()`` until the bounds are met; returns every sample in ms.
+
+    The throttle watch sees every sample, in order, in batches fed *between* timed iterations, so
+    it adds nothing to a sample. With ``stop_on_throttle`` the loop ends as soon as it fires.
+    """
+    samples: list[float] = []
     append = samples.append
-    fed, flagged = 0, 0
-    start = clock()
     n, min_count, max_count, min_dur = 0, cfg.min_count, cfg.max_count, cfg.min_duration_s
+    start = clock()
     while True:
         t0 = clock()
         once()
@@ -255,23 +304,14 @@ def timed_loop(
         n += 1
         if n >= max_count or (n >= min_count and t1 - start >= min_dur):
             break
-        if detector is not None and n - fed >= THROTTLE_BATCH:
-            flagged += _feed(detector, samples, fed)
-            fed = n
-            if stop_on_throttle and flagged:
+        if watch is not None and n - watch.fed >= THROTTLE_BATCH:
+            watch.feed(samples)
+            if stop_on_throttle and watch.flagged:
                 break
-    if detector is not None and fed < n:
-        flagged += _feed(detector, samples, fed)
     cfg.wall_s_last = clock() - start
-    return samples, flagged
-
-
-def _feed(detector: Any, samples: List[float], start: int) -> int:
-    flagged = 0
-    for x in samples[start:]:
-        detector.update(x)
-        flagged += bool(detector.throttled)
-    return flagged
+    if watch is not None:
+        watch.feed(samples)
+    return samples
 
 
 def measure(
@@ -280,69 +320,94 @@ def measure(
     *,
     meter: Any = None,
     detect: bool = True,
-    detector_factory: Optional[Callable[[], Any]] = None,
+    detector_factory: Callable[[], Any] | None = None,
     sleep: Callable[[float], None] = time.sleep,
-) -> Dict[str, Any]:
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Any]:
     """The timed loop with throttle handling: if the detector fires, cool down and re-measure once.
 
     Returns ``samples`` (the reported pass), ``throttled`` (fired in any pass), ``remeasured``,
     ``throttled_samples`` (flagged samples of the discarded first pass), ``meter_result`` and
     ``extra`` (discarded sample count, whether the reported pass is still throttled).
     """
-    extra: Dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     factory = detector_factory
     if detect and factory is None:
         factory, note = _detector_factory()
         if note:
             extra["throttle_note"] = note
-    first, flagged = _pass(once, cfg, meter, factory() if detect and factory else None, True)
-    samples, meter_result = first
-    if not flagged:
-        return {"samples": samples, "throttled": False, "remeasured": False, "throttled_samples": 0,
-                "meter_result": meter_result, "extra": extra}
+    watch = Watch(factory()) if detect and factory else None
+    samples, reading = _pass(once, cfg, meter, watch, True, clock)
+    if watch is None or not watch.flagged:
+        return {
+            "samples": samples,
+            "throttled": False,
+            "remeasured": False,
+            "throttled_samples": 0,
+            "meter_result": reading,
+            "extra": extra,
+        }
     extra["discarded_samples"] = len(samples)
-    extra["throttle_onset_sample"] = _onset(samples, flagged)
+    extra["throttle_onset_sample"] = watch.onset
     sleep(cfg.cooldown_s)
-    (samples2, meter_result2), flagged2 = _pass(once, cfg, meter, factory() if factory else None, False)
-    extra["still_throttled"] = bool(flagged2)
-    extra["throttled_samples_reported"] = flagged2
-    return {"samples": samples2, "throttled": True, "remeasured": True, "throttled_samples": flagged,
-            "meter_result": meter_result2, "extra": extra}
+    watch2 = Watch(factory()) if factory else None
+    samples2, reading2 = _pass(once, cfg, meter, watch2, False, clock)
+    extra["still_throttled"] = bool(watch2 and watch2.flagged)
+    extra["throttled_samples_reported"] = watch2.flagged if watch2 else 0
+    return {
+        "samples": samples2,
+        "throttled": True,
+        "remeasured": True,
+        "throttled_samples": watch.flagged,
+        "meter_result": reading2,
+        "extra": extra,
+    }
 
 
-def _onset(samples: List[float], flagged: int) -> int:
-    return max(0, len(samples) - flagged)
+def _pass(
+    once: Callable[[], Any],
+    cfg: LoopConfig,
+    meter: Any,
+    watch: Watch | None,
+    stop: bool,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[list[float], Any]:
+    """One timed loop with the meter around it; the reading is a MeterResult, an error dict or None."""
+    started = _start_meter(meter)
+    samples = timed_loop(once, cfg, watch, stop_on_throttle=stop, clock=clock)
+    if isinstance(started, dict):
+        return samples, started
+    return samples, (_stop_meter(meter) if started else None)
 
 
-def _pass(once: Callable[[], Any], cfg: LoopConfig, meter: Any, detector: Any, stop: bool) -> Tuple[Any, int]:
-    meter_ok = _start_meter(meter)
-    samples, flagged = timed_loop(once, cfg, detector, stop_on_throttle=stop)
-    reading = _stop_meter(meter) if meter_ok else None
-    return (samples, reading), flagged
-
-
-def _start_meter(meter: Any) -> bool:
+def _start_meter(meter: Any) -> Any:
+    """True when started, False without a meter, an error dict when the meter failed to start."""
     if meter is None:
         return False
     try:
         meter.start()
         return True
-    except Exception:  # noqa: BLE001 - a meter failing must not fail the measurement
-        return False
+    except Exception as e:  # a meter failing must not fail the measurement
+        return {"error": "{} did not start ({})".format(getattr(meter, "source", "meter"), _line(e))}
 
 
 def _stop_meter(meter: Any) -> Any:
     try:
         return meter.stop()
-    except Exception as e:  # noqa: BLE001
-        return {"error": str(e)}
+    except Exception as e:
+        return {"error": "{} failed ({})".format(getattr(meter, "source", "meter"), _line(e))}
 
 
-def _detector_factory() -> Tuple[Optional[Callable[[], Any]], str]:
+def _line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200].rstrip(".")
+
+
+def _detector_factory() -> tuple[Callable[[], Any] | None, str]:
     try:
         from throttle import IMMDetector
-    except Exception as e:  # noqa: BLE001 - throttle.py missing or too new for this python
-        return None, "throttle detector unavailable on the target (%s)" % type(e).__name__
+    except Exception as e:  # throttle.py missing or too new for this python
+        return None, f"throttle detector unavailable on the target ({type(e).__name__})"
     return IMMDetector, ""
 
 
@@ -350,7 +415,7 @@ def _detector_factory() -> Tuple[Optional[Callable[[], Any]], str]:
 # statistics
 
 
-def summarize(samples_ms: List[float], seed: int = 0, resamples: Optional[int] = None) -> Dict[str, Any]:
+def summarize(samples_ms: list[float], seed: int = 0, resamples: int | None = None) -> dict[str, Any]:
     """count, mean, median, p90, p99, std (ddof=1), min, max (ms) and a bootstrap 95% CI of the median.
 
     The bootstrap uses a fixed seed; the number of resamples shrinks for long series so the
@@ -376,14 +441,14 @@ def summarize(samples_ms: List[float], seed: int = 0, resamples: Optional[int] =
     }
 
 
-def bootstrap_median_ci(a: Any, seed: int = 0, resamples: Optional[int] = None) -> Tuple[float, float]:
+def bootstrap_median_ci(a: Any, seed: int = 0, resamples: int | None = None) -> tuple[float, float]:
     """Percentile-bootstrap 95% confidence interval of the median (ms), numpy only."""
     import numpy as np
 
     n = len(a)
     if n < 2:
         return float(a[0]), float(a[0])
-    b = resamples or int(min(2000, max(200, 2e7 // n)))
+    b = resamples or int(min(1000, max(200, 1e7 // n)))
     rng = np.random.default_rng(seed)
     chunk = max(1, int(2e6 // n))
     meds = []
@@ -394,7 +459,7 @@ def bootstrap_median_ci(a: Any, seed: int = 0, resamples: Optional[int] = None) 
     return float(lo), float(hi)
 
 
-def _mean(values: Dict[str, float]) -> float:
+def _mean(values: dict[str, float]) -> float:
     return sum(values.values()) / len(values)
 
 
@@ -402,63 +467,75 @@ def _mean(values: Dict[str, float]) -> float:
 # energy
 
 
-def pick_meter(root: str) -> Tuple[Any, str]:
+def pick_meter(root: str) -> tuple[Any, str]:
     """The best power meter of the target, or (None, reason)."""
     try:
         import energy
-    except Exception as e:  # noqa: BLE001
-        return None, "energy.py unavailable on the target (%s): no meter, estimate only" % type(e).__name__
+    except Exception as e:
+        return None, f"energy.py unavailable on the target ({type(e).__name__}): no meter, estimate only"
     try:
         meters = energy.discover_meters(root)
-    except Exception as e:  # noqa: BLE001
-        return None, "meter discovery failed (%s)" % str(e).splitlines()[0][:200]
+    except Exception as e:
+        return None, f"meter discovery failed ({str(e).splitlines()[0][:200]})"
     return (meters[0], "") if meters else (None, "no power meter found on the target")
 
 
 def energy_reading(
-    reading: Any, samples: List[float], wall_s: float, req: Dict[str, Any], threads: int
-) -> Optional[Dict[str, Any]]:
-    """Per-inference energy from a meter reading, else an estimate from the request's power model."""
+    reading: Any, samples: list[float], wall_s: float, req: dict[str, Any], threads: int
+) -> tuple[dict[str, Any] | None, str]:
+    """Per-inference energy from a meter reading, else an estimate from the request's power model.
+
+    Returns (EnergyReading fields or None, note). A failed meter falls back to the estimate and
+    says so in the note.
+    """
     n = len(samples)
-    if reading is not None and not isinstance(reading, dict) and n and reading.seconds > 0:
+    note = ""
+    if isinstance(reading, dict):
+        note = reading.get("error", "")
+    elif reading is not None and n and reading.seconds > 0:
         out = {
             "joules_per_inference": reading.joules / n,
             "avg_watts": reading.avg_watts,
             "source": reading.source,
             "measured": bool(reading.measured),
         }
-        if reading.note:
-            out["note"] = reading.note
-        return out
+        return out, reading.note
     power = req.get("power")
     if not power or not n:
-        return None
+        return None, note or ("" if power else "no power model given: no energy estimate")
     try:
         import energy
-    except Exception:  # noqa: BLE001
-        return None
+    except Exception as e:
+        return None, f"energy.py unavailable on the target ({type(e).__name__})"
     busy_s = min(sum(samples) / 1e3, wall_s)
     cores = max(1, int(power.get("cores_total") or 1))
     est = energy.estimate_energy(
-        busy_s, wall_s, float(power["idle_w"]), float(power["active_w"]),
-        cores_used=min(threads, cores), cores_total=cores,
+        busy_s,
+        wall_s,
+        float(power["idle_w"]),
+        float(power["active_w"]),
+        cores_used=min(threads, cores),
+        cores_total=cores,
     )
-    source = est.source + (" (%s)" % power["name"] if power.get("name") else "")
-    return {"joules_per_inference": est.joules / n, "avg_watts": est.avg_watts, "source": source,
-            "measured": False}
+    source = est.source + (" ({})".format(power["name"]) if power.get("name") else "")
+    out = {
+        "joules_per_inference": est.joules / n,
+        "avg_watts": est.avg_watts,
+        "source": source,
+        "measured": False,
+    }
+    return out, note
 
 
 # ---------------------------------------------------------------------------------------------
 # system information
 
 
-def set_affinity(core_mask: Optional[str]) -> Optional[List[int]]:
+def set_affinity(core_mask: str | None) -> list[int] | None:
     """Pin the process to the CPUs of a hex mask (before the runtime starts threads).
 
     Returns the CPUs the process may run on, or None where affinity is not supported.
     """
-    from runtimes import AgentError
-
     getter = getattr(os, "sched_getaffinity", None)
     if core_mask:
         text = str(core_mask).lower()
@@ -466,10 +543,10 @@ def set_affinity(core_mask: Optional[str]) -> Optional[List[int]]:
         try:
             mask = int(text, 16)
         except ValueError:
-            raise AgentError("core mask %r is not hexadecimal (e.g. f0)." % core_mask, "usage") from None
+            raise AgentError(f"core mask {core_mask!r} is not hexadecimal (e.g. f0).", "usage") from None
         cpus = [i for i in range(mask.bit_length()) if mask >> i & 1]
         if not cpus:
-            raise AgentError("core mask %r selects no CPU." % core_mask, "usage")
+            raise AgentError(f"core mask {core_mask!r} selects no CPU.", "usage")
         setter = getattr(os, "sched_setaffinity", None)
         if setter is None:
             raise AgentError("this target cannot set CPU affinity; drop --core-mask.", "usage")
@@ -478,13 +555,13 @@ def set_affinity(core_mask: Optional[str]) -> Optional[List[int]]:
         except OSError:
             have = sorted(getter(0)) if getter else []
             raise AgentError(
-                "core mask %r selects no CPU available on this target (available: %s)." % (core_mask, have),
+                f"core mask {core_mask!r} selects no CPU available on this target (available: {have}).",
                 "usage",
             ) from None
     return sorted(getter(0)) if getter else None
 
 
-def cpu_freqs(root: str, cpus: Optional[List[int]] = None) -> Dict[str, float]:
+def cpu_freqs(root: str, cpus: list[int] | None = None) -> dict[str, float]:
     """Current frequency (MHz) per CPU from cpufreq's scaling_cur_freq (kHz)."""
     out = {}
     pattern = os.path.join(root, "sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_cur_freq")
@@ -498,7 +575,7 @@ def cpu_freqs(root: str, cpus: Optional[List[int]] = None) -> Dict[str, float]:
     return out
 
 
-def temperatures(root: str) -> Dict[str, float]:
+def temperatures(root: str) -> dict[str, float]:
     """Temperature (deg C) per thermal zone (``type`` name) from temp (millidegrees C)."""
     out = {}
     for zone in sorted(glob.glob(os.path.join(root, "sys/class/thermal/thermal_zone[0-9]*"))):
@@ -508,14 +585,14 @@ def temperatures(root: str) -> Dict[str, float]:
         name = os.path.basename(zone)
         try:
             with open(os.path.join(zone, "type"), encoding="ascii", errors="replace") as f:
-                name = "%s:%s" % (name, f.read().strip())
+                name = f"{name}:{f.read().strip()}"
         except OSError:
             pass
         out[name] = value / 1e3
     return out
 
 
-def _read_float(path: str) -> Optional[float]:
+def _read_float(path: str) -> float | None:
     try:
         with open(path, encoding="ascii", errors="replace") as f:
             return float(f.read().strip())
@@ -523,7 +600,7 @@ def _read_float(path: str) -> Optional[float]:
         return None
 
 
-def peak_rss_bytes() -> Optional[int]:
+def peak_rss_bytes() -> int | None:
     """Peak resident set size of this process (bytes): VmHWM, else getrusage, else psutil's RSS.
 
     psutil has no peak RSS on Linux, so /proc/self/status VmHWM comes first; psutil's current
@@ -547,16 +624,20 @@ def peak_rss_bytes() -> Optional[int]:
         import psutil
 
         return int(psutil.Process().memory_info().rss)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
 
 
-def probe() -> Dict[str, Any]:
+def probe() -> dict[str, Any]:
     """What the target offers: machine, python, runtimes with versions, power meters, sensors."""
     root = sysfs_root()
     runtimes = {}
-    for module, name in (("numpy", "numpy"), ("onnxruntime", "onnxruntime"),
-                         ("ai_edge_litert", "litert"), ("tflite_runtime", "tflite_runtime")):
+    for module, name in (
+        ("numpy", "numpy"),
+        ("onnxruntime", "onnxruntime"),
+        ("ai_edge_litert", "litert"),
+        ("tflite_runtime", "tflite_runtime"),
+    ):
         runtimes[name] = _module_version(module)
     meters, unavailable = _probe_meters(root)
     affinity = getattr(os, "sched_getaffinity", None)
@@ -578,19 +659,19 @@ def probe() -> Dict[str, Any]:
     }
 
 
-def _module_version(module: str) -> Optional[str]:
+def _module_version(module: str) -> str | None:
     try:
         mod = __import__(module)
-    except Exception:  # noqa: BLE001 - broken installs count as absent
+    except Exception:  # broken installs count as absent
         return None
     return str(getattr(mod, "__version__", "unknown"))
 
 
-def _probe_meters(root: str) -> Tuple[List[Dict[str, Any]], List[Dict[str, str]]]:
+def _probe_meters(root: str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     try:
         import energy
-    except Exception as e:  # noqa: BLE001
-        return [], [{"source": "energy.py", "reason": "unavailable (%s)" % type(e).__name__}]
+    except Exception as e:
+        return [], [{"source": "energy.py", "reason": f"unavailable ({type(e).__name__})"}]
     found = energy.probe_meters(root) if hasattr(energy, "probe_meters") else None
     if found is None:
         return [{"source": m.source, "measured": m.measured} for m in energy.discover_meters(root)], []

@@ -9,7 +9,8 @@ Keep the syntax compatible with Python 3.8 (older board images).
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -42,9 +43,9 @@ class InputSpec:
     def __init__(
         self,
         name: str,
-        shape: Tuple[int, ...],
+        shape: tuple[int, ...],
         dtype: Any,
-        quant: Optional[Tuple[float, int]] = None,
+        quant: tuple[float, int] | None = None,
         dynamic_batch: bool = False,
     ) -> None:
         self.name = name
@@ -53,7 +54,7 @@ class InputSpec:
         self.quant = quant  # (scale, zero_point) of an integer-quantized input, else None
         self.dynamic_batch = dynamic_batch
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype.name, "quant": self.quant}
 
 
@@ -62,12 +63,12 @@ class Session:
 
     name = ""
     version = ""
-    inputs: List[InputSpec] = []
+    inputs: list[InputSpec] = []
 
-    def bind(self, feeds: Dict[str, np.ndarray]) -> Callable[[], Any]:
+    def bind(self, feeds: dict[str, np.ndarray]) -> Callable[[], Any]:
         raise NotImplementedError
 
-    def predict(self, feeds: Dict[str, np.ndarray]) -> np.ndarray:
+    def predict(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Run once and return the first output."""
         raise NotImplementedError
 
@@ -91,7 +92,7 @@ class OrtSession(Session):
             self._sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
             raise AgentError(
-                "onnxruntime could not load the model %s (%s)." % (os.path.basename(path), _first_line(e))
+                f"onnxruntime could not load the model {os.path.basename(path)} ({_first_line(e)})."
             ) from None
         self.inputs = [self._spec(i) for i in self._sess.get_inputs()]
 
@@ -99,13 +100,13 @@ class OrtSession(Session):
     def _spec(arg: Any) -> InputSpec:
         dtype = _ORT_TYPES.get(arg.type)
         if dtype is None:
-            raise AgentError("input %r has type %s, which the agent cannot generate." % (arg.name, arg.type))
+            raise AgentError(f"input {arg.name!r} has type {arg.type}, which the agent cannot generate.")
         dims = list(arg.shape or [])
         dynamic_batch = bool(dims) and not isinstance(dims[0], int)
         shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in dims)
         return InputSpec(arg.name, shape, dtype, None, dynamic_batch)
 
-    def bind(self, feeds: Dict[str, np.ndarray]) -> Callable[[], Any]:
+    def bind(self, feeds: dict[str, np.ndarray]) -> Callable[[], Any]:
         run = self._sess.run
 
         def once() -> Any:
@@ -113,7 +114,7 @@ class OrtSession(Session):
 
         return once
 
-    def predict(self, feeds: Dict[str, np.ndarray]) -> np.ndarray:
+    def predict(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return np.asarray(self._sess.run(None, feeds)[0])
 
 
@@ -129,21 +130,21 @@ class TfliteSession(Session):
             self._it.allocate_tensors()
         except Exception as e:
             raise AgentError(
-                "%s could not load the model %s (%s)." % (self.name, os.path.basename(path), _first_line(e))
+                f"{self.name} could not load the model {os.path.basename(path)} ({_first_line(e)})."
             ) from None
         self._details = self._it.get_input_details()
         self._out = self._it.get_output_details()[0]["index"]
         self.inputs = [self._spec(d) for d in self._details]
 
     @staticmethod
-    def _spec(d: Dict[str, Any]) -> InputSpec:
+    def _spec(d: dict[str, Any]) -> InputSpec:
         scale, zp = d.get("quantization") or (0.0, 0)
         quant = (float(scale), int(zp)) if scale else None
         sig = d.get("shape_signature")
         dynamic = sig is not None and len(sig) > 0 and int(sig[0]) < 0
         return InputSpec(d["name"], tuple(int(x) for x in d["shape"]), d["dtype"], quant, dynamic)
 
-    def _set(self, feeds: Dict[str, np.ndarray]) -> None:
+    def _set(self, feeds: dict[str, np.ndarray]) -> None:
         for d in self._details:
             arr = feeds[d["name"]]
             if tuple(arr.shape) != tuple(d["shape"]):
@@ -151,17 +152,17 @@ class TfliteSession(Session):
                 self._it.allocate_tensors()
             self._it.set_tensor(d["index"], arr)
 
-    def bind(self, feeds: Dict[str, np.ndarray]) -> Callable[[], Any]:
+    def bind(self, feeds: dict[str, np.ndarray]) -> Callable[[], Any]:
         self._set(feeds)
         return self._it.invoke
 
-    def predict(self, feeds: Dict[str, np.ndarray]) -> np.ndarray:
+    def predict(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         self._set(feeds)
         self._it.invoke()
         return np.array(self._it.get_tensor(self._out))
 
 
-def _tflite_interpreter(prefer: str) -> Tuple[Any, str, str]:
+def _tflite_interpreter(prefer: str) -> tuple[Any, str, str]:
     """The first importable TFLite interpreter: ai_edge_litert, then tflite_runtime."""
     order = ["litert", "tflite_runtime"]
     if prefer in order:
@@ -189,24 +190,24 @@ def _tflite_interpreter(prefer: str) -> Tuple[Any, str, str]:
 def load_session(path: str, runtime: str, threads: int) -> Session:
     """Load ``path`` with the runtime its format needs (``runtime`` may force a TFLite flavour)."""
     if not os.path.isfile(path):
-        raise AgentError("the model file %s is not on the target." % path, "usage")
+        raise AgentError(f"the model file {path} is not on the target.", "usage")
     suffix = os.path.splitext(path)[1].lower()
     if suffix == ".onnx":
         if runtime not in ("auto", "onnxruntime"):
-            raise AgentError("runtime %r cannot run an .onnx model; use onnxruntime." % runtime, "usage")
+            raise AgentError(f"runtime {runtime!r} cannot run an .onnx model; use onnxruntime.", "usage")
         return OrtSession(path, threads)
     if suffix == ".tflite":
         if runtime not in ("auto", "litert", "tflite_runtime"):
-            raise AgentError("runtime %r cannot run a .tflite model; use litert." % runtime, "usage")
+            raise AgentError(f"runtime {runtime!r} cannot run a .tflite model; use litert.", "usage")
         return TfliteSession(path, threads, runtime)
-    raise AgentError("unsupported model format %r (expected .onnx or .tflite)." % suffix, "usage")
+    raise AgentError(f"unsupported model format {suffix!r} (expected .onnx or .tflite).", "usage")
 
 
 # ---------------------------------------------------------------------------------------------
 # inputs
 
 
-def random_inputs(specs: List[InputSpec], seed: int) -> Dict[str, np.ndarray]:
+def random_inputs(specs: list[InputSpec], seed: int) -> dict[str, np.ndarray]:
     """Random arrays of each input's dtype and shape (full int8 range for int8 inputs)."""
     rng = np.random.default_rng(seed)
     feeds = {}
@@ -220,7 +221,7 @@ def random_inputs(specs: List[InputSpec], seed: int) -> Dict[str, np.ndarray]:
         elif s.dtype.kind == "b":
             arr = rng.integers(0, 2, size=s.shape).astype(np.bool_)
         else:
-            raise AgentError("input %r has dtype %s, which the agent cannot generate." % (s.name, s.dtype))
+            raise AgentError(f"input {s.name!r} has dtype {s.dtype}, which the agent cannot generate.")
         feeds[s.name] = arr
     return feeds
 
@@ -233,8 +234,7 @@ def convert(arr: np.ndarray, spec: InputSpec) -> np.ndarray:
     if arr.dtype.kind == "f" and spec.dtype.kind in "iu":
         if spec.quant is None:
             raise AgentError(
-                "input %r is %s but the data is %s; give data of the input's dtype."
-                % (spec.name, spec.dtype.name, arr.dtype.name),
+                f"input {spec.name!r} is {spec.dtype.name} but the data is {arr.dtype.name}; give data of the input's dtype.",
                 "usage",
             )
         scale, zp = spec.quant
@@ -243,7 +243,7 @@ def convert(arr: np.ndarray, spec: InputSpec) -> np.ndarray:
     return arr.astype(spec.dtype)
 
 
-def npz_inputs(path: str, specs: List[InputSpec]) -> Dict[str, np.ndarray]:
+def npz_inputs(path: str, specs: list[InputSpec]) -> dict[str, np.ndarray]:
     """Inputs from a .npz: arrays named like the inputs, or as many arrays in input order."""
     data = _load_npz(path)
     keys = list(data.keys())
@@ -254,24 +254,24 @@ def npz_inputs(path: str, specs: List[InputSpec]) -> Dict[str, np.ndarray]:
     else:
         names = ", ".join(s.name for s in specs)
         raise AgentError(
-            "%s has arrays %s but the model's inputs are %s; name them alike."
-            % (os.path.basename(path), ", ".join(keys), names),
+            "{} has arrays {} but the model's inputs are {}; name them alike.".format(
+                os.path.basename(path), ", ".join(keys), names
+            ),
             "usage",
         )
     feeds = {}
-    for spec, arr in zip(specs, chosen):
+    for spec, arr in zip(specs, chosen, strict=False):
         arr = convert(arr, spec)
         if not spec.dynamic_batch and tuple(arr.shape) != spec.shape:
             raise AgentError(
-                "input %r needs shape %s but %s gives %s."
-                % (spec.name, list(spec.shape), os.path.basename(path), list(arr.shape)),
+                f"input {spec.name!r} needs shape {list(spec.shape)} but {os.path.basename(path)} gives {list(arr.shape)}.",
                 "usage",
             )
         feeds[spec.name] = arr
     return feeds
 
 
-def accuracy(session: Session, path: str) -> Tuple[float, int]:
+def accuracy(session: Session, path: str) -> tuple[float, int]:
     """Top-1 accuracy over a labelled .npz (``x``, ``y``): argmax of the first output.
 
     Returns:
@@ -279,12 +279,14 @@ def accuracy(session: Session, path: str) -> Tuple[float, int]:
     """
     data = _load_npz(path)
     if "x" not in data or "y" not in data:
-        raise AgentError("%s must hold arrays 'x' and 'y'." % os.path.basename(path), "usage")
+        raise AgentError(f"{os.path.basename(path)} must hold arrays 'x' and 'y'.", "usage")
     x, y = np.asarray(data["x"]), np.asarray(data["y"])
     if y.ndim > 1:
         y = y.argmax(axis=-1)
     if len(x) != len(y) or len(x) == 0:
-        raise AgentError("%s: 'x' and 'y' must have the same, non-zero length." % os.path.basename(path), "usage")
+        raise AgentError(
+            f"{os.path.basename(path)}: 'x' and 'y' must have the same, non-zero length.", "usage"
+        )
     spec = session.inputs[0]
     if len(session.inputs) != 1:
         raise AgentError("the accuracy run supports single-input models only.", "usage")
@@ -299,7 +301,7 @@ def accuracy(session: Session, path: str) -> Tuple[float, int]:
         correct += int((out.argmax(axis=1) == y[i : i + len(xb)]).sum())
     n = (len(x) // step) * step if not spec.dynamic_batch else len(x)
     if n == 0:
-        raise AgentError("%s has fewer samples than one batch of the model." % os.path.basename(path), "usage")
+        raise AgentError(f"{os.path.basename(path)} has fewer samples than one batch of the model.", "usage")
     return correct / n, n
 
 
@@ -307,7 +309,7 @@ def _load_npz(path: str) -> Any:
     try:
         return np.load(path, allow_pickle=False)
     except Exception as e:
-        raise AgentError("cannot read %s (%s)." % (os.path.basename(path), _first_line(e)), "usage") from None
+        raise AgentError(f"cannot read {os.path.basename(path)} ({_first_line(e)}).", "usage") from None
 
 
 def _first_line(e: BaseException) -> str:

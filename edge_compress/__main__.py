@@ -1,0 +1,3 @@
+from edge_compress.cli import run
+
+run()

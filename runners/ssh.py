@@ -1,0 +1,554 @@
+"""SSHRunner: measure on a Linux board over SSH (paramiko), through the device-side agent.
+
+Transport steps are small functions run under try/finally: connect (strict host-key check),
+push (SFTP, content-addressed cache ``<workdir>/blobs/<sha256>/<name>`` so an unchanged artifact
+is not re-sent), execute (a shlex-quoted command with a deadline; the agent is killed on
+timeout), collect (parse the agent's JSON), clean up (the per-run directory is always removed).
+
+Host keys are checked against the target's known_hosts file only: an unknown key is refused
+unless the target sets ``trust_on_first_use`` (then it is recorded and reported); a changed key
+is always refused, and never retried. Dropped connections are retried with exponential
+back-off. One run per device at a time (thread + file lock); different devices run in parallel.
+``run`` never raises for target failures: they come back as ``Measurement.failure``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import posixpath
+import select
+import shlex
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from runners.agent import host
+from runners.base import ErrorKind, Measurement, RunRequest
+from runners.inventory import Target
+
+
+class TransportError(Exception):
+    """A failed transport step: ``kind`` is the Measurement error kind; ``retryable`` for drops."""
+
+    def __init__(self, message: str, kind: ErrorKind = "connection", *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.kind: ErrorKind = kind
+        self.retryable = retryable
+
+
+def fingerprint(key: Any) -> str:
+    """OpenSSH-style SHA256 fingerprint of a paramiko key."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def remote_path(path: str) -> str:
+    """A path for a remote ``sh`` command line: quoted, with a leading ``~/`` kept expandable."""
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# connect
+
+
+def _host_key_policy(known_hosts: str, trust_on_first_use: bool, added: list[str]) -> Any:
+    import paramiko
+
+    class Policy(paramiko.MissingHostKeyPolicy):
+        """Unknown key: refuse, or with TOFU record it in ``known_hosts`` (changed keys never get here)."""
+
+        def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+            fp = fingerprint(key)
+            if not trust_on_first_use:
+                raise TransportError(
+                    f"the host key of {hostname} ({key.get_name()} {fp}) is not in {known_hosts}; "
+                    "add it (ssh-keyscan) or set trust_on_first_use: true for this target",
+                    "host_key",
+                )
+            client.get_host_keys().add(hostname, key.get_name(), key)
+            os.makedirs(os.path.dirname(os.path.abspath(known_hosts)), exist_ok=True)
+            with open(known_hosts, "a", encoding="utf-8") as f:
+                f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+            added.append(f"{hostname} {key.get_name()} {fp}")
+
+    return Policy()
+
+
+def connect_client(target: Target, timeout_s: float = 15.0) -> tuple[Any, list[str]]:
+    """Open an authenticated paramiko client; returns (client, host keys recorded by TOFU).
+
+    Raises:
+        TransportError: host key unknown/changed ('host_key', never retryable), authentication
+            failed ('connection'), or the host is unreachable ('connection', retryable).
+    """
+    import paramiko
+
+    kh = target.known_hosts_path
+    if target.key_file and not os.path.isfile(target.key_file):
+        raise TransportError(f"key file {target.key_file} of target {target.name!r} does not exist", "usage")
+    client = paramiko.SSHClient()
+    added: list[str] = []
+    if os.path.exists(kh):
+        client.load_host_keys(kh)
+    client.set_missing_host_key_policy(_host_key_policy(kh, target.trust_on_first_use, added))
+    where = f"{target.user + '@' if target.user else ''}{target.host}:{target.port}"
+    try:
+        client.connect(
+            target.host,
+            target.port,
+            username=target.user,
+            key_filename=target.key_file,
+            look_for_keys=target.key_file is None,
+            allow_agent=target.key_file is None,
+            timeout=timeout_s,
+            banner_timeout=timeout_s,
+            auth_timeout=timeout_s,
+        )
+    except TransportError:
+        client.close()
+        raise
+    except paramiko.BadHostKeyException as e:
+        client.close()
+        raise TransportError(
+            f"the host key of {where} CHANGED (server offers {e.key.get_name()} {fingerprint(e.key)}, "
+            f"{kh} has {fingerprint(e.expected_key)}): refusing to connect; if the device was "
+            "reinstalled, remove its old line from that file",
+            "host_key",
+        ) from None
+    except paramiko.AuthenticationException as e:
+        client.close()
+        key = target.key_file or "the default keys / agent"
+        raise TransportError(f"authentication to {where} failed with {key} ({e})", "connection") from None
+    except (OSError, EOFError, paramiko.SSHException) as e:
+        client.close()
+        raise TransportError(
+            f"cannot connect to {where} ({_reason(e)})", "connection", retryable=True
+        ) from None
+    transport = client.get_transport()
+    if transport is not None:
+        transport.set_keepalive(15)
+    return client, added
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200].rstrip(".")
+
+
+# ---------------------------------------------------------------------------------------------
+# a connected session: exec, push, paths
+
+
+@dataclass
+class ExecResult:
+    exit_code: int  # -1: no exit status (killed by a signal)
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class SSHSession:
+    """An open connection to a target: SFTP, the resolved work dir, exec with a deadline."""
+
+    target: Target
+    client: Any
+    sftp: Any
+    home: str
+    workdir: str
+    host_keys_added: list[str] = field(default_factory=list)
+
+    @property
+    def where(self) -> str:
+        return f"target {self.target.name!r} ({self.target.describe()})"
+
+    def alive(self) -> bool:
+        t = self.client.get_transport()
+        return bool(t is not None and t.is_active())
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.sftp.close()
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+    def lost(self, step: str, e: BaseException | None = None) -> TransportError:
+        why = f" ({_reason(e)})" if e is not None else ""
+        return TransportError(f"the connection to {self.where} was lost during {step}{why}", retryable=True)
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """Map paramiko / socket failures inside a step to TransportError (drop or target problem)."""
+        import paramiko
+
+        try:
+            yield
+        except TransportError:
+            raise
+        except (EOFError, ConnectionError, TimeoutError, paramiko.SSHException) as e:
+            raise self.lost(name, e) from None
+        except OSError as e:  # an SFTP status error (permission, no space) unless the link is gone
+            if not self.alive():
+                raise self.lost(name, e) from None
+            raise TransportError(f"{name} failed on {self.where}: {_reason(e)}", "infrastructure") from None
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    def makedirs(self, path: str) -> None:
+        """``mkdir -p`` over SFTP."""
+        parts, cur = [p for p in path.split("/") if p], "/" if path.startswith("/") else ""
+        for p in parts:
+            cur = posixpath.join(cur, p) if cur else p
+            try:
+                self.sftp.stat(cur)
+            except FileNotFoundError:
+                try:
+                    self.sftp.mkdir(cur)
+                except OSError:
+                    self.sftp.stat(cur)  # created concurrently: fine; else raise
+
+    def exists_with_size(self, path: str, size: int) -> bool:
+        try:
+            return self.sftp.stat(path).st_size == size
+        except FileNotFoundError:
+            return False
+
+    def push(self, local: str, name: str | None = None, blob: str | None = None) -> tuple[str, int]:
+        """Push ``local`` to ``<workdir>/blobs/<sha256>/<name>``; returns (remote path, bytes sent).
+
+        ``blob`` names the cache directory (default: the file's SHA-256). Bytes sent is 0 when
+        the file is already there (same directory, same size): a cache hit.
+        """
+        name = name or os.path.basename(local)
+        digest = blob or host.sha256_file(local)
+        size = os.path.getsize(local)
+        d = posixpath.join(self.workdir, "blobs", digest)
+        remote = posixpath.join(d, name)
+        if self.exists_with_size(remote, size):
+            return remote, 0
+        self.makedirs(d)
+        tmp = posixpath.join(d, f".{uuid.uuid4().hex}.part")
+        try:
+            self.sftp.put(local, tmp)
+            self.sftp.posix_rename(tmp, remote)
+        except Exception:
+            with contextlib.suppress(Exception):
+                self.sftp.remove(tmp)
+            raise
+        return remote, size
+
+    def push_bundle(self) -> tuple[str, int]:
+        """Push the agent files into ``<workdir>/blobs/<bundle sha256>/``; returns (dir, bytes sent)."""
+        bundle = host.agent_bundle()
+        sent = 0
+        for name, path in bundle.files:
+            _, n = self.push(str(path), name, blob=bundle.sha256)
+            sent += n
+        return posixpath.join(self.workdir, "blobs", bundle.sha256), sent
+
+    # -- exec ----------------------------------------------------------------------------------
+
+    def exec(
+        self, command: str, timeout_s: float, on_timeout: Callable[[], None] | None = None
+    ) -> ExecResult:
+        """Run a shell command line (callers quote every value) and wait up to ``timeout_s`` s.
+
+        Raises:
+            TransportError: 'timeout' after ``on_timeout()`` ran; 'connection' (retryable) when
+                the connection drops before the command ends.
+        """
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise self.lost("execute")
+        chan = transport.open_session(timeout=30)
+        try:
+            chan.exec_command(command)
+            chan.shutdown_write()
+            out, err = _drain(chan, transport, time.monotonic() + timeout_s)
+            if out is None:
+                if on_timeout is not None:
+                    on_timeout()
+                raise TransportError(
+                    f"the command on {self.where} exceeded its timeout of {timeout_s:g} s", "timeout"
+                )
+            code = chan.recv_exit_status() if chan.exit_status_ready() else -1
+            if code == -1 and not transport.is_active():
+                raise self.lost("execute")
+            return ExecResult(code, out.decode(errors="replace"), (err or b"").decode(errors="replace"))
+        finally:
+            chan.close()
+
+
+def _drain(chan: Any, transport: Any, deadline: float) -> tuple[bytes | None, bytes | None]:
+    """Read stdout / stderr until the command exits; (None, None) when the deadline passes."""
+    out, err = bytearray(), bytearray()
+    while True:
+        busy = False
+        while chan.recv_ready():
+            out += chan.recv(65536)
+            busy = True
+        while chan.recv_stderr_ready():
+            err += chan.recv_stderr(65536)
+            busy = True
+        if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+            return bytes(out), bytes(err)
+        if not transport.is_active():
+            return bytes(out), bytes(err)
+        if time.monotonic() > deadline:
+            return None, None
+        if not busy:
+            select.select([chan], [], [], 0.1)
+
+
+def open_session(target: Target, timeout_s: float = 15.0) -> SSHSession:
+    """Connect, open SFTP and resolve (create) the work dir on the target."""
+    client, added = connect_client(target, timeout_s)
+    sess = SSHSession(target, client, None, "", "", added)
+    try:
+        with sess.step("connect"):
+            sess.sftp = client.open_sftp()
+            sess.home = sess.sftp.normalize(".")
+            sess.workdir = _resolve(target.remote_workdir, sess.home)
+            sess.makedirs(sess.workdir)
+    except BaseException:
+        sess.close()
+        raise
+    return sess
+
+
+def _resolve(path: str, home: str) -> str:
+    if path == "~":
+        return home
+    if path.startswith("~/"):
+        return posixpath.join(home, path[2:])
+    return path if path.startswith("/") else posixpath.join(home, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# the runner
+
+
+class SSHRunner:
+    """Measures artifacts on one SSH target; ``run`` never raises for target failures."""
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        retries: int = 2,
+        backoff_s: float = 0.5,
+        connect_timeout_s: float = 15.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if target.transport != "ssh":
+            raise ValueError(f"target {target.name!r} is not an ssh target")
+        self.target = target
+        self.name = target.name
+        self.retries = max(0, retries)
+        self.backoff_s = backoff_s
+        self.connect_timeout_s = connect_timeout_s
+        self._sleep = sleep
+
+    @property
+    def lock_key(self) -> str:
+        """Identity of the device for the one-run-at-a-time lock."""
+        return f"ssh:{self.target.user or ''}@{self.target.host}:{self.target.port}"
+
+    def session(self) -> SSHSession:
+        """An open session (the caller closes it); raises TransportError."""
+        return open_session(self.target, self.connect_timeout_s)
+
+    def python_command(self, python: str | None = None) -> str:
+        """The quoted interpreter, with the target's environment: ``env 'K=V' ... PY``."""
+        envs = " ".join(shlex.quote(f"{k}={v}") for k, v in self.target.env.items())
+        py = remote_path(python or self.target.python)
+        return f"env {envs} {py}" if envs else py
+
+    # -- run -------------------------------------------------------------------------------------
+
+    def run(self, request: RunRequest) -> Measurement:
+        """Push, run the agent, collect; failures are returned as ``Measurement.failure``."""
+        t0 = time.monotonic()
+        problem = host.check_request(request)
+        if problem:
+            return self._fail(request, problem, "usage", t0)
+        try:
+            power = host.power_model(request.profile or self.target.profile)
+        except Exception as e:  # UserError: unknown profile
+            return self._fail(request, str(e), "usage", t0)
+        try:
+            with host.device_lock(self.lock_key, request.timeout_s):
+                m = self._run_with_retries(request, power)
+        except host.DeviceBusy as e:
+            m = Measurement.failure(self.name, request.model_path, f"{e}.", "infrastructure")
+        m.wall_s = time.monotonic() - t0
+        m.emulated = self.target.emulated
+        return m
+
+    def _fail(self, request: RunRequest, msg: str, kind: ErrorKind, t0: float) -> Measurement:
+        m = Measurement.failure(self.name, request.model_path, msg, kind)
+        m.wall_s = time.monotonic() - t0
+        return m
+
+    def _run_with_retries(self, request: RunRequest, power: dict[str, Any] | None) -> Measurement:
+        first: TransportError | None = None
+        for attempt in range(self.retries + 1):
+            try:
+                m = self._attempt(request, power)
+                m.extra["attempts"] = attempt + 1
+                return m
+            except TransportError as e:
+                first = first or e
+                if not e.retryable or attempt == self.retries:
+                    return self._final_failure(request, first, e, attempt)
+                self._sleep(self.backoff_s * 2**attempt)
+            except Exception as e:  # noqa: BLE001 - a bug must not lose the whole nightly run
+                msg = f"unexpected error on target {self.name!r}: {type(e).__name__}: {_reason(e)}."
+                return Measurement.failure(self.name, request.model_path, msg, "infrastructure")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _final_failure(
+        self, request: RunRequest, first: TransportError, last: TransportError, attempt: int
+    ) -> Measurement:
+        msg = str(first)
+        if attempt:
+            msg += f"; {attempt} retr{'y' if attempt == 1 else 'ies'} failed"
+            if last is not first:
+                msg += f" (last: {last})"
+        m = Measurement.failure(self.name, request.model_path, msg + ".", first.kind)
+        m.extra["attempts"] = attempt + 1
+        return m
+
+    def _attempt(self, request: RunRequest, power: dict[str, Any] | None) -> Measurement:
+        sess = self.session()  # connect
+        try:
+            with sess.step("push"):
+                paths, pushed = self._push(sess, request)
+            rundir = self._make_rundir(sess, request, paths, power)
+            try:
+                result = self._execute(sess, rundir, paths["agent"], request)
+                m = self._collect(result, request)
+            finally:
+                self._cleanup(sess, rundir)
+        finally:
+            sess.close()
+        m.pushed_bytes = sum(pushed.values())
+        m.extra["pushed"] = pushed
+        if sess.host_keys_added:
+            m.extra["host_keys_added"] = sess.host_keys_added
+        return m
+
+    # -- steps -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _push(sess: SSHSession, request: RunRequest) -> tuple[dict[str, str], dict[str, int]]:
+        """Push the agent bundle, the model and the .npz files (cached by content hash)."""
+        bundle_dir, sent = sess.push_bundle()
+        paths = {"agent": posixpath.join(bundle_dir, "agent.py")}
+        pushed = {"agent": sent}
+        for key in ("model_path", "inputs_npz", "accuracy_npz"):
+            local = getattr(request, key)
+            if local:
+                paths[key], pushed[key] = sess.push(local)
+        return paths, pushed
+
+    @staticmethod
+    def _make_rundir(
+        sess: SSHSession, request: RunRequest, paths: dict[str, str], power: dict[str, Any] | None
+    ) -> str:
+        rundir = posixpath.join(sess.workdir, "runs", uuid.uuid4().hex)
+        payload = host.agent_request(
+            request,
+            model=paths["model_path"],
+            inputs_npz=paths.get("inputs_npz"),
+            accuracy_npz=paths.get("accuracy_npz"),
+            power=power,
+        )
+        with sess.step("push"):
+            sess.makedirs(rundir)
+            with sess.sftp.open(posixpath.join(rundir, "request.json"), "w") as f:
+                f.write(json.dumps(payload))
+        return rundir
+
+    def _execute(self, sess: SSHSession, rundir: str, agent: str, request: RunRequest) -> ExecResult:
+        """Run the agent in the run dir; on timeout kill it (by the pid it recorded)."""
+        command = (
+            f"cd {shlex.quote(rundir)} && echo $$ > agent.pid && "
+            f"exec {self.python_command()} {shlex.quote(agent)} request.json"
+        )
+        try:
+            return sess.exec(command, request.timeout_s, on_timeout=lambda: self._kill(sess, rundir))
+        except TransportError as e:
+            if e.kind == "timeout":
+                raise TransportError(
+                    f"the run on {sess.where} exceeded its timeout of {request.timeout_s:g} s; "
+                    "the agent was killed",
+                    "timeout",
+                ) from None
+            raise
+
+    @staticmethod
+    def _kill(sess: SSHSession, rundir: str) -> None:
+        pidfile = shlex.quote(posixpath.join(rundir, "agent.pid"))
+        command = (
+            f'p=$(cat {pidfile} 2>/dev/null); [ -n "$p" ] || exit 0; kill -TERM "$p" 2>/dev/null; '
+            f'i=0; while kill -0 "$p" 2>/dev/null && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done; '
+            f'kill -KILL "$p" 2>/dev/null; true'
+        )
+        with contextlib.suppress(Exception):
+            sess.exec(command, 15)
+
+    def _collect(self, result: ExecResult, request: RunRequest) -> Measurement:
+        return host.parse_agent_output(
+            result.stdout,
+            result.stderr,
+            result.exit_code,
+            target=self.name,
+            model_path=request.model_path,
+            python=self.target.python,
+        )
+
+    @staticmethod
+    def _cleanup(sess: SSHSession, rundir: str) -> None:
+        """Remove the run dir (best effort: the connection may be gone)."""
+        if not sess.alive():
+            return
+        with contextlib.suppress(Exception):
+            sess.exec(f"rm -rf -- {shlex.quote(rundir)}", 30)
+
+    # -- probe -----------------------------------------------------------------------------------
+
+    def probe(self, python: str | None = None, timeout_s: float = 120.0) -> dict[str, Any]:
+        """Reachability and the agent's ``--probe`` answer; failures are data (``ok: false``)."""
+        t0 = time.monotonic()
+        try:
+            sess = self.session()
+        except TransportError as e:
+            return {"ok": False, "reachable": False, "error": f"{e}.", "error_kind": e.kind}
+        try:
+            with sess.step("push"):
+                bundle_dir, _ = sess.push_bundle()
+            agent = shlex.quote(posixpath.join(bundle_dir, "agent.py"))
+            res = sess.exec(f"{self.python_command(python)} {agent} --probe", timeout_s)
+            data = host.find_result(res.stdout)
+            if data is None:
+                msg = host.no_result_message(res.stderr, res.exit_code, python or self.target.python)
+                data = {"ok": False, "error": msg, "error_kind": "agent"}
+        except TransportError as e:
+            data = {"ok": False, "error": f"{e}.", "error_kind": e.kind}
+        finally:
+            sess.close()
+        data["reachable"] = True
+        data["wall_s"] = time.monotonic() - t0
+        if sess.host_keys_added:
+            data["host_keys_added"] = sess.host_keys_added
+        return data

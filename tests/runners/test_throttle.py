@@ -1,0 +1,287 @@
+"""Tests of runners/throttle.py: synthetic series with known change points, and a real loaded CPU."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from runners.throttle import IMMDetector, ThrottleResult, detect_throttling, robust_level_scale
+
+WARMUP = 20
+
+
+@dataclass(frozen=True)
+class Series:
+    x: np.ndarray  # latency, ms
+    change: int | None  # first throttled sample
+    recover: int | None  # first sample back to normal (step_return only)
+    base_ms: float
+    sigma_ms: float  # gaussian jitter standard deviation
+
+
+def realistic_noise(rng: np.random.Generator, n: int, base: float, cv: float) -> np.ndarray:
+    """On-device latency noise (ms): gaussian jitter, lognormal right tail (8%), rare 5x spikes."""
+    x = base * (1 + cv * rng.standard_normal(n))
+    tail = rng.random(n) < 0.08
+    x[tail] += base * cv * 2 * rng.lognormal(0.0, 0.7, tail.sum())
+    x[rng.random(n) < 0.005] *= 5
+    return np.maximum(x, base * 0.05)
+
+
+def simulate_series(
+    kind: str,
+    n: int,
+    seed: int,
+    *,
+    size: float = 0.5,
+    base: float | None = None,
+    cv: float | None = None,
+    ramp_len: int = 30,
+    episode_len: int = 60,
+) -> Series:
+    """A latency series of ``kind``: stationary | step | ramp | step_return | step_down.
+
+    ``size`` is the relative change (0.5 = +50%); the change point is drawn after the warm-up.
+    """
+    rng = np.random.default_rng(seed)
+    base = float(10 ** rng.uniform(-1, 2)) if base is None else base
+    cv = float(rng.uniform(0.01, 0.05)) if cv is None else cv
+    level = np.ones(n)
+    change = recover = None
+    if kind != "stationary":
+        change = int(rng.integers(WARMUP + 20, n - episode_len - 30))
+        if kind == "step":
+            level[change:] += size
+        elif kind == "step_down":
+            level[change:] -= size
+        elif kind == "ramp":
+            level[change:] += size * np.minimum(np.arange(1, n - change + 1), ramp_len) / ramp_len
+        elif kind == "step_return":
+            recover = change + episode_len
+            level[change:recover] += size
+        else:
+            raise ValueError(kind)
+    return Series(realistic_noise(rng, n, base, cv) * level, change, recover, base, base * cv)
+
+
+def alarm_index(x: np.ndarray, **params: float) -> int | None:
+    """Index at which the online detector first reports ``throttled``."""
+    det = IMMDetector(**params)
+    for i, v in enumerate(x):
+        det.update(float(v))
+        if det.throttled:
+            return i
+    return None
+
+
+# ------------------------------------------------------------------------------------------
+# detection of known change points
+
+
+@pytest.mark.parametrize("size", [0.2, 0.35, 0.5, 1.0])
+def test_step_up_is_detected_within_10_samples(size: float) -> None:
+    for seed in range(12):
+        s = simulate_series("step", 220, seed, size=size)
+        res = detect_throttling(s.x)
+        alarm = alarm_index(s.x)
+        assert res.onset_index is not None and alarm is not None, f"seed {seed}: step +{size:.0%} missed"
+        assert s.change <= res.onset_index <= alarm <= s.change + 10, (seed, s.change, res.onset_index, alarm)
+        # once detected, the rest of the series is throttled and flagged
+        assert res.episodes == [(res.onset_index, len(s.x))]
+        assert all(res.flags[res.onset_index :]) and not any(res.flags[: res.onset_index])
+
+
+@pytest.mark.parametrize(("size", "ramp_len"), [(0.5, 30), (1.0, 40), (0.3, 15)])
+def test_linear_ramp_is_detected_within_10_samples(size: float, ramp_len: int) -> None:
+    delays = []
+    for seed in range(12):
+        s = simulate_series("ramp", 220, 100 + seed, size=size, ramp_len=ramp_len, cv=0.03)
+        alarm = alarm_index(s.x)
+        assert alarm is not None and alarm >= s.change, (seed, s.change, alarm)
+        delays.append(alarm - s.change)
+    assert max(delays) <= 10, delays
+
+
+def test_return_to_normal_closes_the_episode() -> None:
+    for seed in range(10):
+        s = simulate_series("step_return", 260, 200 + seed, size=0.4, episode_len=60)
+        res = detect_throttling(s.x)
+        assert len(res.episodes) == 1, (seed, res.episodes)
+        start, end = res.episodes[0]
+        assert s.change <= start <= s.change + 10
+        assert s.recover <= end <= s.recover + 10, (seed, s.recover, end)
+        flags = np.asarray(res.flags)
+        assert flags[start:end].all() and not flags[:start].any() and not flags[end:].any()
+        assert res.probs[end + 5] < 0.5
+
+
+def test_warmup_sets_baseline_and_probabilities_start_at_zero() -> None:
+    s = simulate_series("step", 150, 7, size=0.5, base=12.0, cv=0.02)
+    det = IMMDetector()
+    probs = [det.update(v) for v in s.x[:WARMUP]]
+    assert probs == [0.0] * WARMUP and det.probability == 0.0 and not det.throttled
+    assert det.baseline_ms == pytest.approx(12.0, rel=0.02)
+    assert 0.5 * 0.24 < det.scale_ms < 2.0 * 0.24  # 2% of 12 ms
+    res = detect_throttling(s.x)
+    assert res.probs[:WARMUP] == [0.0] * WARMUP
+    assert all(0.0 <= p <= 1.0 for p in res.probs)
+    assert max(res.probs[WARMUP : s.change]) < 0.9 < min(res.probs[s.change + 10 :])
+
+
+def test_online_updates_match_batch_and_report_throttled() -> None:
+    s = simulate_series("step", 200, 11, size=0.6)
+    det = IMMDetector(threshold=0.95, confirm=4)
+    online, states = [], []
+    for v in s.x:
+        online.append(det.update(v))
+        states.append(det.throttled)
+    res = detect_throttling(s.x, threshold=0.95, confirm=4)
+    assert online == res.probs
+    first = states.index(True)
+    assert first == res.onset_index + 3  # confirmed on the 4th consecutive sample
+    assert det.episodes == [(res.onset_index, None)]  # still open at the end
+
+
+# ------------------------------------------------------------------------------------------
+# false alarms
+
+
+def test_stationary_false_alarm_rate_at_most_one_percent() -> None:
+    runs = 150
+    alarms = [seed for seed in range(runs) if detect_throttling(simulate_series("stationary", 250, 5000 + seed).x).episodes]
+    assert len(alarms) <= 0.01 * runs, f"false alarms in seeds {alarms}"
+
+
+def test_isolated_spikes_and_pairs_do_not_fire() -> None:
+    rng = np.random.default_rng(3)
+    x = 8.0 * (1 + 0.02 * rng.standard_normal(300))
+    for i in (40, 41, 90, 150, 151, 200, 260):  # single and back-to-back spikes of 5x .. 30x
+        x[i] *= 5 if i % 2 else 30
+    res = detect_throttling(x)
+    assert res.episodes == [] and res.onset_index is None and not any(res.flags)
+    assert max(res.probs) < 0.9
+
+
+def test_downward_step_is_not_throttling_unless_both_directions() -> None:
+    s = simulate_series("step_down", 200, 21, size=0.3, cv=0.02)
+    assert detect_throttling(s.x).episodes == []
+    both = detect_throttling(s.x, direction="both")
+    assert both.onset_index is not None and s.change <= both.onset_index <= s.change + 10
+
+
+def test_small_shift_below_min_shift_is_ignored() -> None:
+    # +1 sigma sustained: statistically visible, but below min_shift (3 sigma): not throttling
+    rng = np.random.default_rng(5)
+    x = 10.0 + 0.1 * rng.standard_normal(400)
+    x[150:] += 0.1
+    assert detect_throttling(x).episodes == []
+    assert detect_throttling(x, min_shift=1.0).onset_index is not None
+
+
+def test_scale_invariance_from_0_1_ms_to_100_ms() -> None:
+    s = simulate_series("step_return", 250, 42, size=0.4, base=1.0, cv=0.03)
+    small, large = detect_throttling(s.x * 0.1), detect_throttling(s.x * 100.0)
+    assert small.episodes == large.episodes and small.episodes
+    assert np.allclose(small.probs, large.probs, atol=1e-9)
+
+
+def test_constant_warmup_uses_relative_noise_floor() -> None:
+    x = [5.0] * 60 + [6.0] * 20  # integer-like timings: MAD is 0
+    res = detect_throttling(x)
+    assert res.onset_index is not None and 60 <= res.onset_index <= 70
+    assert detect_throttling([5.0] * 200).episodes == []
+
+
+def test_robust_level_scale_ignores_outliers() -> None:
+    rng = np.random.default_rng(0)
+    x = 3.0 + 0.1 * rng.standard_normal(200)
+    x[::20] = 300.0  # 5% huge outliers
+    median, sigma = robust_level_scale(x)
+    assert median == pytest.approx(3.0, abs=0.03)
+    assert sigma == pytest.approx(0.1, rel=0.25)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"threshold": 1.0}, "Thresholds"),
+        ({"exit_threshold": 0.95}, "Thresholds"),
+        ({"confirm": 0}, "confirm"),
+        ({"warmup": 2}, "warmup"),
+        ({"p_switch": 0.7}, "Switch probabilities"),
+        ({"direction": "down"}, "direction"),
+    ],
+)
+def test_invalid_parameters_are_one_sentence_errors(kwargs: dict[str, object], needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        IMMDetector(**kwargs)
+
+
+def test_non_finite_sample_is_rejected() -> None:
+    det = IMMDetector()
+    det.update(1.0)
+    with pytest.raises(ValueError, match="sample 1 is nan"):
+        det.update(float("nan"))
+
+
+def test_empty_series() -> None:
+    assert detect_throttling([]) == ThrottleResult(probs=[], flags=[], onset_index=None, episodes=[])
+
+
+# ------------------------------------------------------------------------------------------
+# a real loaded CPU
+
+
+def _spin(cpu: int, stop: mp.synchronize.Event) -> None:  # type: ignore[name-defined]
+    os.sched_setaffinity(0, {cpu})
+    while not stop.is_set():
+        for _ in range(20_000):
+            pass
+
+
+def test_real_matmul_loop_slowed_by_a_competing_process() -> None:
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("os.sched_setaffinity is unavailable on this platform, so the load cannot share a CPU")
+    original = os.sched_getaffinity(0)
+    cpu = max(original)
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    stop = ctx.Event()
+    a = np.random.default_rng(0).standard_normal((64, 64))  # small: single-threaded BLAS
+    unloaded, loaded = 60, 60  # samples of ~12 ms: about 1.5 s on an idle core
+    samples: list[float] = []
+    proc = None
+    os.sched_setaffinity(0, {cpu})
+    try:
+        t = time.perf_counter()
+        for _ in range(50):
+            a @ a
+        reps = max(1, int(0.012 / ((time.perf_counter() - t) / 50)))
+        for i in range(unloaded + loaded):
+            if i == unloaded:  # the load starts mid-measurement, on the same CPU
+                proc = ctx.Process(target=_spin, args=(cpu, stop), daemon=True)
+                proc.start()
+            t = time.perf_counter()
+            for _ in range(reps):
+                a @ a
+            samples.append((time.perf_counter() - t) * 1e3)
+    finally:
+        stop.set()
+        if proc is not None:
+            proc.join(5)
+            if proc.is_alive():
+                proc.terminate()
+        os.sched_setaffinity(0, original)
+    x = np.asarray(samples)
+    slowdown = np.median(x[unloaded + 5 :]) / np.median(x[WARMUP:unloaded])
+    if slowdown < 1.3:
+        pytest.skip(f"the competing process slowed the loop by only {slowdown:.2f}x (machine busy?)")
+    res = detect_throttling(x)
+    flags = np.asarray(res.flags)
+    assert res.onset_index is not None and res.onset_index >= WARMUP
+    assert flags[unloaded + 10 :].mean() >= 0.8, (slowdown, res.episodes)
+    assert flags[WARMUP:unloaded].mean() <= 0.2, (slowdown, res.episodes)
