@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import posixpath
 import shlex
@@ -87,11 +86,15 @@ class AdbRunner:
                 argv, capture_output=True, text=True, timeout=timeout_s or self.command_timeout_s, check=False
             )
         except FileNotFoundError:
-            raise AdbError(f"adb not found ({self.target.adb_path!r}); install it or set adb_path", "usage") from None
+            raise AdbError(
+                f"adb not found ({self.target.adb_path!r}); install it or set adb_path", "usage"
+            ) from None
         except subprocess.TimeoutExpired:
             raise AdbError(f"adb {args[0]} on {self.name!r} timed out", "timeout") from None
         text = (proc.stderr + proc.stdout).lower()
-        if proc.returncode != 0 and ("device" in text and ("not found" in text or "offline" in text or "no devices" in text)):
+        if proc.returncode != 0 and (
+            "device" in text and ("not found" in text or "offline" in text or "no devices" in text)
+        ):
             last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:]
             raise AdbError(f"device {self.target.serial or '(default)'} is not reachable: {' '.join(last)}")
         return proc
@@ -102,19 +105,35 @@ class AdbRunner:
 
     def push(self, local: str, name: str | None = None, blob: str | None = None) -> tuple[str, int]:
         """Push to ``<workdir>/blobs/<sha256>/<name>`` unless there already; (device path, bytes sent)."""
-        name = name or os.path.basename(local)
-        digest = blob or host.sha256_file(local)
-        size = os.path.getsize(local)
-        d = posixpath.join(self.workdir, "blobs", digest)
-        remote = posixpath.join(d, name)
-        probe = self.shell(f"stat -c %s {shlex.quote(remote)} 2>/dev/null")
-        if probe.returncode == 0 and probe.stdout.strip() == str(size):
-            return remote, 0
-        tmp = posixpath.join(d, f".{uuid.uuid4().hex}.part")
-        self._check(self.shell(f"mkdir -p {shlex.quote(d)}"), "mkdir")
-        self._check(self.adb("push", local, tmp), "push")
-        self._check(self.shell(f"mv -f {shlex.quote(tmp)} {shlex.quote(remote)}"), "push")
-        return remote, size
+        return self.push_files([(local, name, blob)])[0]
+
+    def push_files(self, items: list[tuple[str, str | None, str | None]]) -> list[tuple[str, int]]:
+        """Push ``(local, name, blob)`` files to the blob cache; ``[(device path, bytes sent)]``.
+
+        One ``adb shell`` asks for the sizes of all the cached copies; only missing files are
+        pushed (to a temporary name, then renamed in one more call), so a fully cached push
+        costs a single adb round trip.
+        """
+        plan = []
+        for local, name, blob in items:
+            digest = blob or host.sha256_file(local)
+            remote = posixpath.join(self.workdir, "blobs", digest, name or os.path.basename(local))
+            plan.append((local, remote, os.path.getsize(local)))
+        quoted = " ".join(shlex.quote(r) for _, r, _ in plan)
+        res = self.shell(f'for f in {quoted}; do stat -c %s "$f" 2>/dev/null || echo -1; done')
+        have = res.stdout.split() if res.returncode == 0 else []
+        missing = [(loc, r, n) for i, (loc, r, n) in enumerate(plan) if i >= len(have) or have[i] != str(n)]
+        if missing:
+            dirs = " ".join(sorted({shlex.quote(posixpath.dirname(r)) for _, r, _ in missing}))
+            self._check(self.shell(f"mkdir -p {dirs}"), "mkdir")
+            moves = []
+            for local, remote, _ in missing:
+                tmp = posixpath.join(posixpath.dirname(remote), f".{uuid.uuid4().hex}.part")
+                self._check(self.adb("push", local, tmp), "push")
+                moves.append(f"mv -f {shlex.quote(tmp)} {shlex.quote(remote)}")
+            self._check(self.shell(" && ".join(moves)), "push")
+        sent = {r for _, r, _ in missing}
+        return [(r, n if r in sent else 0) for _, r, n in plan]
 
     @staticmethod
     def _check(proc: subprocess.CompletedProcess[str], step: str) -> None:
@@ -176,14 +195,17 @@ class AdbRunner:
         with contextlib.suppress(AdbError, OSError):
             self.shell(f'p=$(cat {path} 2>/dev/null); [ -n "$p" ] && kill -9 "$p"; true', timeout_s=30)
 
-    def _exec(self, command: str, rundir: str, pidfile: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    def _exec(
+        self, command: str, rundir: str, pidfile: str, timeout_s: float
+    ) -> subprocess.CompletedProcess[str]:
         try:
             return self.shell(command, timeout_s=timeout_s)
         except AdbError as e:
             if e.kind == "timeout":
                 self._kill(rundir, pidfile)
                 raise AdbError(
-                    f"the run on {self.name!r} exceeded its timeout of {timeout_s:g} s; it was killed", "timeout"
+                    f"the run on {self.name!r} exceeded its timeout of {timeout_s:g} s; it was killed",
+                    "timeout",
                 ) from None
             raise
 
@@ -191,17 +213,23 @@ class AdbRunner:
 
     def _run_agent(self, request: RunRequest, power: dict[str, Any] | None) -> Measurement:
         bundle = host.agent_bundle()
-        pushed = {"agent": sum(self.push(str(p), n, blob=bundle.sha256)[1] for n, p in bundle.files)}
+        keys = [k for k in ("model_path", "inputs_npz", "accuracy_npz") if getattr(request, k)]
+        items = [(str(p), n, bundle.sha256) for n, p in bundle.files]
+        items += [(getattr(request, k), None, None) for k in keys]
+        done = self.push_files(items)
         agent = posixpath.join(self.workdir, "blobs", bundle.sha256, "agent.py")
+        pushed = {"agent": sum(n for _, n in done[: len(bundle.files)])}
         paths: dict[str, str] = {}
-        for key in ("model_path", "inputs_npz", "accuracy_npz"):
-            if getattr(request, key):
-                paths[key], pushed[key] = self.push(getattr(request, key))
+        for key, (remote, n) in zip(keys, done[len(bundle.files) :], strict=True):
+            paths[key], pushed[key] = remote, n
         rundir = self._rundir()
         try:
             payload = host.agent_request(
-                request, model=paths["model_path"], inputs_npz=paths.get("inputs_npz"),
-                accuracy_npz=paths.get("accuracy_npz"), power=power,
+                request,
+                model=paths["model_path"],
+                inputs_npz=paths.get("inputs_npz"),
+                accuracy_npz=paths.get("accuracy_npz"),
+                power=power,
             )
             with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
                 json.dump(payload, f)
@@ -217,7 +245,11 @@ class AdbRunner:
         finally:
             self._cleanup(rundir)
         m = host.parse_agent_output(
-            proc.stdout, proc.stderr, proc.returncode, target=self.name, model_path=request.model_path,
+            proc.stdout,
+            proc.stderr,
+            proc.returncode,
+            target=self.name,
+            model_path=request.model_path,
             python=self.target.python,
         )
         m.pushed_bytes = sum(pushed.values())
@@ -244,27 +276,35 @@ class AdbRunner:
     def _run_benchmark_model(self, request: RunRequest, power: dict[str, Any] | None) -> Measurement:
         if model_suffix(request.model_path) != ".tflite":
             return Measurement.failure(
-                self.name, request.model_path,
+                self.name,
+                request.model_path,
                 f"target {self.name!r} has no python with numpy for the agent, and benchmark_model runs "
                 ".tflite models only; export a .tflite or install python on the device.",
                 "usage",
             )
         if request.inputs_npz or request.accuracy_npz:
             return Measurement.failure(
-                self.name, request.model_path,
+                self.name,
+                request.model_path,
                 "benchmark_model mode cannot use --inputs or --accuracy; these need python on the device.",
                 "usage",
             )
-        pushed: dict[str, int] = {}
-        binary = DEVICE_BENCHMARK_MODEL
+        items: list[tuple[str, str | None, str | None]] = [(request.model_path, None, None)]
         if self.target.benchmark_model:
-            binary, pushed["benchmark_model"] = self.push(self.target.benchmark_model, "benchmark_model")
-            self._check(self.shell(f"chmod 755 {shlex.quote(binary)}"), "chmod")
-        model, pushed["model_path"] = self.push(request.model_path)
+            items.append((self.target.benchmark_model, "benchmark_model", None))
+        done = self.push_files(items)
+        (model, sent), binary = done[0], DEVICE_BENCHMARK_MODEL
+        pushed = {"model_path": sent}
+        if self.target.benchmark_model:
+            binary, pushed["benchmark_model"] = done[1]
+            if pushed["benchmark_model"]:
+                self._check(self.shell(f"chmod 755 {shlex.quote(binary)}"), "chmod")
         rundir = self._rundir()
         try:
             words = self.benchmark_model_argv(binary, model, request)
-            command = f"cd {shlex.quote(rundir)} && echo $$ > bm.pid && exec " + " ".join(shlex.quote(w) for w in words)
+            command = f"cd {shlex.quote(rundir)} && echo $$ > bm.pid && exec " + " ".join(
+                shlex.quote(w) for w in words
+            )
             before = self.read_battery()
             proc = self._exec(command + " 2>&1", rundir, "bm.pid", request.timeout_s)
             after = self.read_battery()
@@ -276,8 +316,12 @@ class AdbRunner:
         return m
 
     def _parse_benchmark(
-        self, proc: subprocess.CompletedProcess[str], request: RunRequest,
-        before: dict[str, Any] | None, after: dict[str, Any] | None, power: dict[str, Any] | None,
+        self,
+        proc: subprocess.CompletedProcess[str],
+        request: RunRequest,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+        power: dict[str, Any] | None,
     ) -> Measurement:
         from runners.benchmark_model import parse_benchmark_model
 
@@ -287,20 +331,32 @@ class AdbRunner:
         except Exception as e:  # noqa: BLE001 - an unparsable output is an agent failure
             last = (text.strip().splitlines() or ["no output"])[-1][:200]
             return Measurement.failure(
-                self.name, request.model_path,
-                f"benchmark_model output could not be parsed ({e}); exit code {proc.returncode}: {last}.", "agent",
+                self.name,
+                request.model_path,
+                f"benchmark_model output could not be parsed ({e}); exit code {proc.returncode}: {last}.",
+                "agent",
             )
         if proc.returncode != 0 or not getattr(r, "count", 0):
             last = (text.strip().splitlines() or ["no output"])[-1][:200]
             return Measurement.failure(
-                self.name, request.model_path, f"benchmark_model failed (exit code {proc.returncode}): {last}.", "agent"
+                self.name,
+                request.model_path,
+                f"benchmark_model failed (exit code {proc.returncode}): {last}.",
+                "agent",
             )
         stats, extra = benchmark_stats(r)
         m = Measurement(
-            target=self.name, model_path=request.model_path, ok=True, latency_ms=[], stats=stats,
-            load_ms=_ms(getattr(r, "init_us", None)), first_inference_ms=_ms(getattr(r, "first_inference_us", None)),
-            peak_rss_bytes=_mb_to_bytes(getattr(r, "peak_memory_mb", None)), runtime="benchmark_model",
-            threads=request.threads, extra=extra,
+            target=self.name,
+            model_path=request.model_path,
+            ok=True,
+            latency_ms=[],
+            stats=stats,
+            load_ms=_ms(getattr(r, "init_us", None)),
+            first_inference_ms=_ms(getattr(r, "first_inference_us", None)),
+            peak_rss_bytes=_mb_to_bytes(getattr(r, "peak_memory_mb", None)),
+            runtime="benchmark_model",
+            threads=request.threads,
+            extra=extra,
         )
         m.energy, note = self._energy(before, after, stats, request.threads, power)
         if note:
@@ -326,14 +382,21 @@ class AdbRunner:
             return None
 
     def _energy(
-        self, before: dict[str, Any] | None, after: dict[str, Any] | None, stats: LatencyStats,
-        threads: int, power: dict[str, Any] | None,
+        self,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+        stats: LatencyStats,
+        threads: int,
+        power: dict[str, Any] | None,
     ) -> tuple[EnergyReading | None, str]:
         per_s = stats.mean_ms / 1e3
         if before and after:
             watts = (battery_watts(before) + battery_watts(after)) / 2
             note = "2 battery readings around the run"
-            if "Charging" in (before["status"], after["status"]) or "Full" in (before["status"], after["status"]):
+            if "Charging" in (before["status"], after["status"]) or "Full" in (
+                before["status"],
+                after["status"],
+            ):
                 note += "; on external power: readings contaminated"
             return EnergyReading(watts * per_s, watts, "android-battery:current_now*voltage_now", True), note
         if power is None:
@@ -341,8 +404,17 @@ class AdbRunner:
         from runners.energy import estimate_energy
 
         cores = max(1, int(power["cores_total"]))
-        est = estimate_energy(per_s, per_s, power["idle_w"], power["active_w"], cores_used=min(threads, cores), cores_total=cores)
-        return EnergyReading(est.joules, est.avg_watts, f"{est.source} ({power['name']})", False), "no battery reading"
+        est = estimate_energy(
+            per_s,
+            per_s,
+            power["idle_w"],
+            power["active_w"],
+            cores_used=min(threads, cores),
+            cores_total=cores,
+        )
+        return EnergyReading(
+            est.joules, est.avg_watts, f"{est.source} ({power['name']})", False
+        ), "no battery reading"
 
     # -- probe ---------------------------------------------------------------------------------------
 
@@ -355,20 +427,26 @@ class AdbRunner:
             machine = (res.stdout.split() or ["?"])[0]
             if self.has_python():
                 bundle = host.agent_bundle()
-                for n, p in bundle.files:
-                    self.push(str(p), n, blob=bundle.sha256)
+                self.push_files([(str(p), n, bundle.sha256) for n, p in bundle.files])
                 agent = shlex.quote(posixpath.join(self.workdir, "blobs", bundle.sha256, "agent.py"))
                 out = self.shell(f"{self._python()} {agent} --probe", timeout_s=timeout_s)
                 data = host.find_result(out.stdout) or {
-                    "ok": False, "error": host.no_result_message(out.stderr, out.returncode, self.target.python),
+                    "ok": False,
+                    "error": host.no_result_message(out.stderr, out.returncode, self.target.python),
                     "error_kind": "agent",
                 }
                 return {**data, "reachable": True}
             bm = self.target.benchmark_model or DEVICE_BENCHMARK_MODEL
-            has_bm = bool(self.target.benchmark_model) or self.shell(f"[ -x {shlex.quote(bm)} ] && echo ok").stdout.strip() == "ok"
+            has_bm = (
+                bool(self.target.benchmark_model)
+                or self.shell(f"[ -x {shlex.quote(bm)} ] && echo ok").stdout.strip() == "ok"
+            )
             battery = self.read_battery() is not None
             return {
-                "ok": True, "reachable": True, "machine": machine, "python": None,
+                "ok": True,
+                "reachable": True,
+                "machine": machine,
+                "python": None,
                 "runtimes": {"benchmark_model": "present" if has_bm else None},
                 "meters": [{"source": "android-battery", "measured": True}] if battery else [],
             }
@@ -393,5 +471,48 @@ def _mb_to_bytes(mb: float | None) -> int | None:
 
 
 def benchmark_stats(r: Any) -> tuple[LatencyStats, dict[str, Any]]:
-    """LatencyStats from a parsed benchmark_model result (placeholder until the parser lands)."""
-    raise NotImplementedError
+    """LatencyStats (ms) from a parsed benchmark_model result, and the extra fields.
+
+    The tool prints a summary only: p90 / p99 and the median's confidence interval are unknown
+    and set to NaN (never made up); its own p5 / p95, delegation and memory figures go to extra.
+    """
+    from runners.benchmark_model import stats_ms
+
+    d = stats_ms(r)
+    nan = float("nan")
+
+    def f(key: str) -> float:
+        v = d.get(key)
+        return nan if v is None else float(v)
+
+    stats = LatencyStats(
+        count=int(d["count"] or 0),
+        mean_ms=f("mean"),
+        median_ms=f("median"),
+        p90_ms=nan,
+        p99_ms=nan,
+        std_ms=f("std"),
+        min_ms=f("min"),
+        max_ms=f("max"),
+        median_ci95_ms=(nan, nan),
+    )
+    extra = {
+        "benchmark_model": {k: v for k, v in d.items()},
+        "delegate": {
+            "name": getattr(r, "delegate_name", None),
+            "nodes_delegated": getattr(r, "nodes_delegated", None),
+            "nodes_total": getattr(r, "nodes_total", None),
+            "fallback": getattr(r, "delegate_fallback", False),
+            "warnings": list(getattr(r, "fallback_warnings", []))[:20],
+        },
+        "memory_mb": {
+            "init": getattr(r, "memory_init_mb", None),
+            "overall": getattr(r, "memory_overall_mb", None),
+            "is_delta": getattr(r, "memory_is_delta", None),
+        },
+        "stats_note": "benchmark_model prints no samples: p90, p99 and the median CI are unknown (NaN)",
+    }
+    profile = getattr(r, "op_profile", None)
+    if profile:
+        extra["op_profile"] = [row._asdict() for row in profile]
+    return stats, extra

@@ -20,6 +20,7 @@ Format::
         python: ~/.cache/edge-compress/venv/bin/python
         workdir: ~/.cache/edge-compress   # adb default: /data/local/tmp/edge-compress
         env: {OMP_WAIT_POLICY: PASSIVE}
+        retries: 2                  # reconnects after a dropped connection (exponential back-off)
       pixel7:
         transport: adb
         serial: 28031FDH2001XY
@@ -73,6 +74,9 @@ class Target(BaseModel):
     )
     env: dict[str, str] = Field(default_factory=dict)
     emulated: bool = False
+    retries: int = Field(
+        default=2, ge=0, le=10, description="ssh: reconnect attempts after a dropped connection"
+    )
 
     @field_validator("env", mode="before")
     @classmethod

@@ -13,7 +13,7 @@ def runner_for(target: Target) -> Runner:
     if target.transport == "ssh":
         from runners.ssh import SSHRunner
 
-        return SSHRunner(target)
+        return SSHRunner(target, retries=target.retries)
     if target.transport == "adb":
         from runners.adb import AdbRunner
 

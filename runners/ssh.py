@@ -429,20 +429,30 @@ class SSHRunner:
         return m
 
     def _attempt(self, request: RunRequest, power: dict[str, Any] | None) -> Measurement:
+        steps: dict[str, float] = {}
+        t = time.monotonic()
         sess = self.session()  # connect
+        steps["connect"] = time.monotonic() - t
         try:
+            t = time.monotonic()
             with sess.step("push"):
                 paths, pushed = self._push(sess, request)
             rundir = self._make_rundir(sess, request, paths, power)
+            steps["push"] = time.monotonic() - t
             try:
+                t = time.monotonic()
                 result = self._execute(sess, rundir, paths["agent"], request)
                 m = self._collect(result, request)
+                steps["execute"] = time.monotonic() - t
             finally:
+                t = time.monotonic()
                 self._cleanup(sess, rundir)
+                steps["cleanup"] = time.monotonic() - t
         finally:
             sess.close()
         m.pushed_bytes = sum(pushed.values())
         m.extra["pushed"] = pushed
+        m.extra["steps_s"] = steps
         if sess.host_keys_added:
             m.extra["host_keys_added"] = sess.host_keys_added
         return m
@@ -480,13 +490,16 @@ class SSHRunner:
         return rundir
 
     def _execute(self, sess: SSHSession, rundir: str, agent: str, request: RunRequest) -> ExecResult:
-        """Run the agent in the run dir; on timeout kill it (by the pid it recorded)."""
+        """Run the agent in the run dir, which the same command removes afterwards (one round trip);
+        on timeout kill the agent by the pid recorded in ``agent.pid``."""
+        d = shlex.quote(rundir)
         command = (
-            f"cd {shlex.quote(rundir)} && echo $$ > agent.pid && "
-            f"exec {self.python_command()} {shlex.quote(agent)} request.json"
+            f"cd {d} && {{ {self.python_command()} {shlex.quote(agent)} request.json & echo $! > agent.pid; "
+            f"wait $!; }}; rc=$?; cd / && rm -rf -- {d}; exit $rc"
         )
         try:
-            return sess.exec(command, request.timeout_s, on_timeout=lambda: self._kill(sess, rundir))
+            with sess.step("execute"):
+                return sess.exec(command, request.timeout_s, on_timeout=lambda: self._kill(sess, rundir))
         except TransportError as e:
             if e.kind == "timeout":
                 raise TransportError(
@@ -519,10 +532,14 @@ class SSHRunner:
 
     @staticmethod
     def _cleanup(sess: SSHSession, rundir: str) -> None:
-        """Remove the run dir (best effort: the connection may be gone)."""
+        """Remove the run dir if the agent command did not (best effort: the link may be gone)."""
         if not sess.alive():
             return
         with contextlib.suppress(Exception):
+            try:
+                sess.sftp.stat(rundir)
+            except FileNotFoundError:
+                return
             sess.exec(f"rm -rf -- {shlex.quote(rundir)}", 30)
 
     # -- probe -----------------------------------------------------------------------------------
@@ -538,7 +555,8 @@ class SSHRunner:
             with sess.step("push"):
                 bundle_dir, _ = sess.push_bundle()
             agent = shlex.quote(posixpath.join(bundle_dir, "agent.py"))
-            res = sess.exec(f"{self.python_command(python)} {agent} --probe", timeout_s)
+            with sess.step("probe"):
+                res = sess.exec(f"{self.python_command(python)} {agent} --probe", timeout_s)
             data = host.find_result(res.stdout)
             if data is None:
                 msg = host.no_result_message(res.stderr, res.exit_code, python or self.target.python)

@@ -10,8 +10,9 @@ samples taken while steady keep refining both, up to ``calib_max``. Each sample 
 ``z = (x - baseline) / scale`` (dimensionless), and fed to a bank of two Kalman filters over the
 state ``[level, slope]`` observed with unit noise:
 
-* model 0, steady: the level stays at the baseline (it is pulled back to 0 each step, with a
-  small process noise) and has no slope;
+* model 0, steady: the level stays at the baseline, up to a small mean-reverting wander
+  (``level' = steady_pull * level + noise``, which absorbs the short-term correlation of real
+  latency noise) and no slope;
 * model 1, throttled: a level-plus-slope random walk with larger process noise, which follows
   steps (frequency drops) and ramps (heating) within a few samples.
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -58,6 +60,11 @@ class _Filter:
     q_slope: float  # process noise variance of the slope, per sample
     x: list[float] = field(default_factory=lambda: [0.0, 0.0])
     p: list[float] = field(default_factory=lambda: [1.0, 0.0, 0.0])  # P11, P12, P22
+
+    def stationary_var(self) -> float:
+        """Variance of the level in the long run (a model without slope and ``level_coef < 1``)."""
+        c = self.level_coef
+        return self.q_level / (1 - c * c) if c * c < 1 else self.q_level
 
     def predict(self, x: list[float], p: list[float]) -> tuple[list[float], list[float]]:
         """Predicted state and covariance from the mixed ones: F x, F P F' + Q."""
@@ -109,17 +116,24 @@ def _student_t_loglik(e: float, var: float, nu: float) -> float:
 class IMMDetector:
     """Online IMM detector: feed latencies one at a time with :meth:`update`.
 
-    Parameters (dimensionless unless stated): ``threshold`` / ``exit_threshold`` on P(throttled);
-    ``confirm`` consecutive samples to enter or leave an episode; ``warmup`` samples for the
-    baseline; ``p_switch`` = P(steady -> throttled) per sample and ``p_return`` = P(throttled ->
-    steady) (default ``p_switch``); ``q_steady`` / ``q_level`` / ``q_slope`` process noise
-    variances in units of the baseline noise; ``steady_pull`` how much of the level model 0
-    keeps per step (0: always at the baseline); ``nu`` Student-t degrees of freedom; ``huber``
-    clip of filter innovations in predicted standard deviations; ``lr_max`` clamp of the
-    per-sample likelihood ratio; ``min_rel_noise`` floor of the noise scale as a fraction of the
-    baseline; ``min_shift`` smallest throttled level, in noise standard deviations; ``direction`` "up" (throttling slows things down) or "both"; ``calib_max`` samples
-    (taken while steady) that keep refining baseline and scale after the warm-up, refit every
-    ``refit_every`` samples.
+    Parameters (dimensionless unless stated):
+
+    * ``threshold`` / ``exit_threshold``: P(throttled) to enter / leave an episode, each held for
+      ``confirm`` consecutive samples;
+    * ``warmup``: samples (ms) that set the baseline before any detection;
+    * ``p_switch`` / ``p_return``: Markov transition probabilities per sample, steady -> throttled
+      and throttled -> steady (``p_return`` defaults to ``p_switch``);
+    * ``q_steady``, ``q_level``, ``q_slope``: process noise variances per sample, in squared
+      baseline-noise units; ``steady_pull``: fraction of its deviation from the baseline model 0
+      keeps per step (0: it always predicts the baseline);
+    * ``nu``: Student-t degrees of freedom of the likelihood; ``huber``: clip of filter
+      innovations, in predicted standard deviations; ``lr_max``: clamp of the per-sample
+      likelihood ratio;
+    * ``min_rel_noise``: floor of the noise scale as a fraction of the baseline; ``min_shift``:
+      smallest throttled level, in noise standard deviations;
+    * ``direction``: "up" (throttling only slows things down) or "both";
+    * ``calib_max``: samples, taken while steady, that keep refining baseline and scale after the
+      warm-up, refit every ``refit_every`` samples.
     """
 
     def __init__(
@@ -131,10 +145,10 @@ class IMMDetector:
         warmup: int = 20,
         p_switch: float = 0.01,
         p_return: float | None = None,
-        q_steady: float = 0.01,
+        q_steady: float = 0.3,
         q_level: float = 0.5,
         q_slope: float = 0.01,
-        steady_pull: float = 0.0,
+        steady_pull: float = 0.7,
         nu: float = 4.0,
         huber: float = 3.0,
         lr_max: float = 30.0,
@@ -222,21 +236,29 @@ class IMMDetector:
         self.baseline_ms, self.scale_ms = median, scale
 
     def _mix(self) -> list[tuple[list[float], list[float], float]]:
-        """IMM mixing: per target model, the mixed state, covariance and predicted probability."""
+        """IMM mixing: per target model, the mixed state, covariance and predicted probability.
+
+        A switch into the steady model resets the level to the baseline (its stationary
+        distribution) instead of carrying the throttled level over: leaving a throttled regime
+        means latency returns to normal, and a steady model that inherited the throttled level
+        would explain throttled samples and end episodes early.
+        """
         (t00, t01), (t10, t11) = self.transition
         mu0, mu1 = self._mu
         f0, f1 = self._filters
+        reset = ([0.0, 0.0], [f0.stationary_var(), 0.0, 0.0])
         out = []
-        for a, b in ((t00 * mu0, t10 * mu1), (t01 * mu0, t11 * mu1)):
+        for j, (a, b) in enumerate(((t00 * mu0, t10 * mu1), (t01 * mu0, t11 * mu1))):
+            (xa, pa), (xb, pb) = (f0.x, f0.p), ((f1.x, f1.p) if j == 1 else reset)
             c = a + b
             w0, w1 = a / c, b / c
-            x0 = [w0 * f0.x[0] + w1 * f1.x[0], w0 * f0.x[1] + w1 * f1.x[1]]
-            d00, d01 = f0.x[0] - x0[0], f0.x[1] - x0[1]
-            d10, d11 = f1.x[0] - x0[0], f1.x[1] - x0[1]
+            x0 = [w0 * xa[0] + w1 * xb[0], w0 * xa[1] + w1 * xb[1]]
+            d00, d01 = xa[0] - x0[0], xa[1] - x0[1]
+            d10, d11 = xb[0] - x0[0], xb[1] - x0[1]
             p0 = [
-                w0 * (f0.p[0] + d00 * d00) + w1 * (f1.p[0] + d10 * d10),
-                w0 * (f0.p[1] + d00 * d01) + w1 * (f1.p[1] + d10 * d11),
-                w0 * (f0.p[2] + d01 * d01) + w1 * (f1.p[2] + d11 * d11),
+                w0 * (pa[0] + d00 * d00) + w1 * (pb[0] + d10 * d10),
+                w0 * (pa[1] + d00 * d01) + w1 * (pb[1] + d10 * d11),
+                w0 * (pa[2] + d01 * d01) + w1 * (pb[2] + d11 * d11),
             ]
             out.append((x0, p0, c))
         return out
@@ -304,9 +326,13 @@ class IMMDetector:
         return p
 
 
-def detect_throttling(samples_ms: Sequence[float], **params: float | int | str) -> ThrottleResult:
-    """Run an :class:`IMMDetector` (``params`` are its keyword arguments) over a latency series."""
-    det = IMMDetector(**params)  # type: ignore[arg-type]
+def detect_throttling(samples_ms: Sequence[float], **params: Any) -> ThrottleResult:
+    """Run an :class:`IMMDetector` over a latency series (ms); ``params`` are its keyword arguments.
+
+    Flags are retrospective: a sample is flagged when it lies inside an episode, i.e. from the
+    first of the ``confirm`` samples that opened it up to the first of those that closed it.
+    """
+    det = IMMDetector(**params)
     probs = [det.update(x) for x in samples_ms]
     n = len(probs)
     episodes = [(start, n if end is None else end) for start, end in det.episodes]

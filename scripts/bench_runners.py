@@ -93,7 +93,9 @@ def bench_overhead(model: Path, rounds: int, per_round_s: float) -> dict[str, An
     agent_m, bare_m = _median(agent_meds), _median(bare_meds)
     return {
         "overhead_pct": (agent_m - bare_m) / bare_m * 100,
-        "overhead_wall_per_iteration_pct": (_median(agent_wall) - _median(bare_wall)) / _median(bare_wall) * 100,
+        "overhead_wall_per_iteration_pct": (_median(agent_wall) - _median(bare_wall))
+        / _median(bare_wall)
+        * 100,
         "agent_median_ms": agent_m,
         "bare_median_ms": bare_m,
         "timeit_median_ms": _median(timeit_meds),
@@ -163,8 +165,12 @@ def bench_push(model: Path, tmp: Path) -> dict[str, Any]:
                     _, n = sess.push(str(path))
                     times.append(time.perf_counter() - t0)
                     sent.append(n)
-                out[label] = {"first_s": times[0], "second_s": times[1], "bytes_sent": sent,
-                              "ratio": times[1] / times[0]}
+                out[label] = {
+                    "first_s": times[0],
+                    "second_s": times[1],
+                    "bytes_sent": sent,
+                    "ratio": times[1] / times[0],
+                }
         finally:
             sess.close()
     finally:
@@ -181,8 +187,12 @@ def bench_parallel(model: Path, tmp: Path, counts: list[int], duration_s: float)
     servers = start_many(max(counts), tmp / "sshd-many")
     try:
         runners = [
-            SSHRunner(Target(name=f"t{i}", **s.inventory_entry(python=sys.executable, workdir=str(tmp / f"w{i}"),
-                                                                profile="host")))
+            SSHRunner(
+                Target(
+                    name=f"t{i}",
+                    **s.inventory_entry(python=sys.executable, workdir=str(tmp / f"w{i}"), profile="host"),
+                )
+            )
             for i, s in enumerate(servers)
         ]
         req = RunRequest(str(model), min_count=10, min_duration_s=duration_s, warmup=5, cooldown_s=0.5)
@@ -218,7 +228,10 @@ def verdicts(result: dict[str, Any]) -> dict[str, Any]:
         "push_cached_ratio": result["push_cached_ratio"],
         "parallel_wall_ratio.8": result["parallel_wall_ratio"].get("8"),
     }
-    return {k: {"value": v, "target": TARGETS[k], "met": v is not None and v <= TARGETS[k]} for k, v in got.items()}
+    return {
+        k: {"value": v, "target": TARGETS[k], "met": v is not None and v <= TARGETS[k]}
+        for k, v in got.items()
+    }
 
 
 def main() -> int:
@@ -234,7 +247,9 @@ def main() -> int:
         tmp = Path(d)
         model = make_onnx_model(tmp / "conv.onnx")  # about 1 ms per inference on one x86 core
         result: dict[str, Any] = {}
-        result.update(bench_overhead(model, rounds=3 if args.quick else 7, per_round_s=0.5 if args.quick else 1.0))
+        result.update(
+            bench_overhead(model, rounds=3 if args.quick else 7, per_round_s=0.5 if args.quick else 1.0)
+        )
         result.update(bench_cv(model, repeats=5, duration_s=0.5 if args.quick else 2.0))
         result.update(bench_push(model, tmp))
         result.update(bench_parallel(model, tmp, [1, 4, 8], duration_s=2.0))

@@ -4,15 +4,19 @@ Runs the IMM detector, a plain one-sided CUSUM and a fixed-threshold detector (+
 median) side by side on the same series:
 
 * change runs: a step up (+20% .. +100%), a linear ramp (+30% .. +100% over 15 .. 40 samples), or
-  a step that returns to normal, at a known change point after the warm-up;
-* stationary runs: no change at all.
+  a step that returns to normal (after 30 .. 60 samples), at a known change point after the warm-up;
+* stationary runs: no change at all; and as many again with AR(1) jitter (coefficient 0.5), whose
+  false-alarm rate is reported as ``*_false_alarm_rate_ar1``.
 
 Noise is realistic for on-device latency: gaussian jitter (CV 1% .. 5%), a lognormal right tail on
 8% of the samples and rare 5x spikes (0.5%), at base levels from 0.1 ms to 100 ms.
 
-Detection delay = index of the first online alarm at or after the change point minus the change
-point (samples); an alarm before it counts as a false alarm; a run without an alarm at or after the
-change point is a miss. Writes ``benchmarks/throttle.json``.
+Detection delay = index of the first online alarm (the sample at which the detector reports
+``throttled``) at or after the change point minus the change point, in samples; an alarm before it
+is an early alarm; a run without an alarm at or after the change point is a miss. CUSUM uses
+k = 0.5, h = 5 on samples standardised by the warm-up median / MAD; the threshold detector alarms
+after 3 consecutive samples above the running median of the last 50 by more than 15%.
+Writes ``benchmarks/throttle.json``.
 
     python scripts/bench_throttle.py [--runs 300] [--n 300] [--out benchmarks/throttle.json]
 """
@@ -20,6 +24,7 @@ change point is a miss. Writes ``benchmarks/throttle.json``.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
@@ -43,9 +48,14 @@ class Series:
     kind: str
 
 
-def noise(rng: np.random.Generator, n: int, base: float, cv: float) -> np.ndarray:
-    """Stationary latency (ms): gaussian jitter + lognormal right tail + rare 5x spikes."""
-    x = base * (1 + cv * rng.standard_normal(n))
+def noise(rng: np.random.Generator, n: int, base: float, cv: float, ar: float = 0.0) -> np.ndarray:
+    """Stationary latency (ms): gaussian (optionally AR(1)) jitter + lognormal tail + rare 5x spikes."""
+    e = rng.standard_normal(n)
+    jitter = np.empty(n)
+    jitter[0] = e[0]
+    for i in range(1, n):
+        jitter[i] = ar * jitter[i - 1] + np.sqrt(1 - ar * ar) * e[i]
+    x = base * (1 + cv * jitter)
     tail = rng.random(n) < 0.08
     x[tail] += base * cv * 2 * rng.lognormal(0.0, 0.7, tail.sum())
     spikes = rng.random(n) < 0.005
@@ -53,7 +63,7 @@ def noise(rng: np.random.Generator, n: int, base: float, cv: float) -> np.ndarra
     return np.maximum(x, base * 0.05)
 
 
-def make_series(kind: str, n: int, seed: int) -> Series:
+def make_series(kind: str, n: int, seed: int, ar: float = 0.0) -> Series:
     rng = np.random.default_rng(seed)
     base = 10 ** rng.uniform(-1, 2)  # 0.1 ms .. 100 ms
     cv = rng.uniform(0.01, 0.05)
@@ -72,7 +82,7 @@ def make_series(kind: str, n: int, seed: int) -> Series:
             level[change : change + length] += rng.uniform(0.2, 1.0)
         else:
             raise ValueError(f"Unknown series kind {kind!r}.")
-    return Series(noise(rng, n, base, cv) * level, change, kind)
+    return Series(noise(rng, n, base, cv, ar) * level, change, kind)
 
 
 # ------------------------------------------------------------------------------------------
@@ -126,7 +136,9 @@ DETECTORS: dict[str, Callable[[np.ndarray], list[int]]] = {
 }
 
 
-def score(name: str, changed: list[Series], stationary: list[Series]) -> dict[str, float]:
+def score(
+    name: str, changed: list[Series], stationary: list[Series], correlated: list[Series]
+) -> dict[str, float]:
     detect = DETECTORS[name]
     delays: list[int] = []
     misses = early = 0
@@ -142,6 +154,7 @@ def score(name: str, changed: list[Series], stationary: list[Series]) -> dict[st
         else:
             misses += 1
     false_alarms = sum(bool(detect(s.x)) for s in stationary)
+    false_alarms_ar = sum(bool(detect(s.x)) for s in correlated)
     d = np.asarray(delays, dtype=float)
     out = {
         f"{name}_detect_delay_samples": float(np.median(d)) if d.size else float("nan"),
@@ -149,6 +162,7 @@ def score(name: str, changed: list[Series], stationary: list[Series]) -> dict[st
         f"{name}_false_alarm_rate": false_alarms / len(stationary),
         f"{name}_miss_rate": misses / len(changed),
         f"{name}_early_alarm_rate": early / len(changed),
+        f"{name}_false_alarm_rate_ar1": false_alarms_ar / len(correlated),
     }
     for kind, values in sorted(by_kind.items()):
         out[f"{name}_detect_delay_median_{kind}"] = float(np.median(values))
@@ -165,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     kinds = ["step", "ramp", "step_return"]
     changed = [make_series(kinds[i % 3], args.n, args.seed + i) for i in range(args.runs)]
     stationary = [make_series("stationary", args.n, args.seed + 10**6 + i) for i in range(args.runs)]
+    correlated = [
+        make_series("stationary", args.n, args.seed + 2 * 10**6 + i, ar=0.5) for i in range(args.runs)
+    ]
     t0 = time.perf_counter()
     result: dict[str, object] = {
         "change_runs": len(changed),
@@ -172,9 +189,12 @@ def main(argv: list[str] | None = None) -> int:
         "samples_per_series": args.n,
         "warmup": WARMUP,
         "confirm": CONFIRM,
+        "imm_parameters": {
+            k: p.default for k, p in inspect.signature(IMMDetector).parameters.items() if k != "self"
+        },
     }
     for name in DETECTORS:
-        result |= score(name, changed, stationary)
+        result |= score(name, changed, stationary, correlated)
     result["seconds"] = round(time.perf_counter() - t0, 2)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

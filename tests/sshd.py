@@ -11,7 +11,9 @@ Use as a pytest plugin (``pytest_plugins = ["tests.sshd"]``)::
 or, outside pytest (benchmarks), through the plain function :func:`start_sshd`. Each server runs
 ``/usr/sbin/sshd -D -e -f <own config>`` on 127.0.0.1 and a free port, with a generated ed25519
 host key, a generated user key in its own authorized_keys, ``UsePAM no``, ``StrictModes no``, the
-current user allowed (root by key only), and a known_hosts file holding its host key. Tests skip
+current user allowed (root by key only), and a known_hosts file holding its host key. Sessions
+start with ``SHLVL=1`` so bash does not source the user's ``~/.bashrc`` for each command (a
+developer's rc file can take a second, e.g. ``pyenv init``; a board's default one does not). Tests skip
 with a clear reason when sshd (Debian's openssh-server) is not installed.
 """
 
@@ -89,7 +91,11 @@ class SSHServer:
         return self.process.poll() is None
 
     def kill(self) -> None:
-        """SIGKILL the server and every process below it (sessions, the agent): a dropped device."""
+        """SIGKILL the server and every process below it (sessions, the agent): a dropped device.
+
+        Call it once the command of interest runs (e.g. the agent's python), not while a session
+        shell may still be in its rc files: killed mid-way, those can leave stale locks behind.
+        """
         for pid in _descendants(self.process.pid):
             _kill(pid)
         _kill(self.process.pid)
@@ -155,6 +161,9 @@ def _config(d: Path, port: int, user: str) -> str:
             "KbdInteractiveAuthentication no",
             f"AllowUsers {user}",
             "Subsystem sftp internal-sftp",
+        # bash sources ~/.bashrc for ssh commands only at shell level 1: starting sessions at
+        # SHLVL=1 keeps the test user's rc files (pyenv init, rehash locks) out of every command.
+        "SetEnv SHLVL=1",
             "MaxStartups 100:30:200",
             "MaxSessions 50",
             "LogLevel ERROR",

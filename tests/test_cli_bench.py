@@ -29,10 +29,17 @@ def artifact_dir(tmp_path: Path, model: Path, *, corrupt: bool = False) -> Path:
     (d / "model.tflite").write_bytes(b"not really tflite")
     data = (d / "model.int8.onnx").read_bytes()
     files = {
-        "model.tflite": {"sha256": hashlib.sha256(b"x").hexdigest(), "bytes": 99, "format": "tflite", "variant": "w8"},
+        "model.tflite": {
+            "sha256": hashlib.sha256(b"x").hexdigest(),
+            "bytes": 99,
+            "format": "tflite",
+            "variant": "w8",
+        },
         "model.int8.onnx": {
             "sha256": hashlib.sha256(data + (b"!" if corrupt else b"")).hexdigest(),
-            "bytes": len(data), "format": "onnx", "variant": "w8a8",
+            "bytes": len(data),
+            "format": "onnx",
+            "variant": "w8a8",
         },
     }
     (d / "manifest.json").write_text(json.dumps({"id": "abc123", "profile": "rpi5", "files": files}))
@@ -50,12 +57,23 @@ def test_bench_artifact_dir_table(model: Path, tmp_path: Path, capsys: pytest.Ca
     d = artifact_dir(tmp_path, model)
     assert main(["bench", str(d), *FAST, "--threads", "1", "--core-mask", "1"]) == 0
     out = capsys.readouterr().out
-    for needle in ("model.int8.onnx on local", "p50", "95% CI", "first inference", "peak RSS", "estimate",
-                   "throttled", "onnxruntime", "x86_64" if sys.platform == "linux" else ""):
+    for needle in (
+        "model.int8.onnx on local",
+        "p50",
+        "95% CI",
+        "first inference",
+        "peak RSS",
+        "estimate",
+        "throttled",
+        "onnxruntime",
+        "x86_64" if sys.platform == "linux" else "",
+    ):
         assert needle in out
 
 
-def test_bench_artifact_label_and_format(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_artifact_label_and_format(
+    model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     d = artifact_dir(tmp_path, model)
     assert main(["bench", str(d), "--json", *FAST]) == 0
     assert json.loads(capsys.readouterr().out)["model_path"].endswith("model.int8.onnx")
@@ -81,7 +99,9 @@ def test_usage_errors_exit_2_in_one_line(
     assert needle in err and len(err.strip().splitlines()) == 1
 
 
-def test_sha_mismatch_is_a_usage_error(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sha_mismatch_is_a_usage_error(
+    model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["bench", str(artifact_dir(tmp_path, model, corrupt=True))]) == 2
     assert "SHA-256 differs from the manifest" in capsys.readouterr().err
 
@@ -91,7 +111,9 @@ def test_failed_measurement_exits_1(tmp_path: Path, capsys: pytest.CaptureFixtur
     bad.write_bytes(b"garbage")
     assert main(["bench", str(bad), *FAST]) == 1
     err = capsys.readouterr().err
-    assert "agent: onnxruntime could not load the model bad.onnx" in err and len(err.strip().splitlines()) == 1
+    assert (
+        "agent: onnxruntime could not load the model bad.onnx" in err and len(err.strip().splitlines()) == 1
+    )
     assert main(["bench", str(bad), "--json", *FAST]) == 1
     out = json.loads(capsys.readouterr().out)
     assert out["ok"] is False and out["error_kind"] == "agent"
@@ -101,7 +123,9 @@ def test_failed_measurement_exits_1(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_bench_over_ssh_with_inventory(
     model: Path, sshd: SSHServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    inv = sshd.write_inventory(tmp_path / "inv.yaml", "board", python=sys.executable, workdir=str(tmp_path / "w"))
+    inv = sshd.write_inventory(
+        tmp_path / "inv.yaml", "board", python=sys.executable, workdir=str(tmp_path / "w")
+    )
     assert main(["bench", str(model), "--target", "board", "--inventory", str(inv), "--json", *FAST]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["ok"] and out["target"] == "board" and out["pushed_bytes"] > 0

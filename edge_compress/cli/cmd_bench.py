@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,10 @@ def bench(
     return 0
 
 
+def _num(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.3f}"
+
+
 def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f} ms"
 
@@ -152,9 +157,10 @@ def measurement_table(m: Any) -> Any:
     s = m.stats
     if s is not None:
         lo, hi = s.median_ci95_ms
-        t.add_row("p50", f"{s.median_ms:.3f} ms  (95% CI {lo:.3f}-{hi:.3f})")
-        t.add_row("p90 / p99", f"{s.p90_ms:.3f} / {s.p99_ms:.3f} ms")
-        t.add_row("mean +- std", f"{s.mean_ms:.3f} +- {s.std_ms:.3f} ms  (n={s.count})")
+        ci = "" if math.isnan(lo) else f"  (95% CI {lo:.3f}-{hi:.3f})"
+        t.add_row("p50", f"{_num(s.median_ms)} ms{ci}")
+        t.add_row("p90 / p99", f"{_num(s.p90_ms)} / {_num(s.p99_ms)} ms")
+        t.add_row("mean +- std", f"{_num(s.mean_ms)} +- {_num(s.std_ms)} ms  (n={s.count})")
     t.add_row("first inference", _ms(m.first_inference_ms))
     t.add_row("load", _ms(m.load_ms))
     t.add_row("peak RSS", "-" if m.peak_rss_bytes is None else f"{m.peak_rss_bytes / 2**20:.1f} MB (process)")
@@ -182,4 +188,6 @@ def _energy(e: Any) -> str:
     label = "measured" if e.measured else "estimate"
     from rich.markup import escape
 
-    return escape(f"{e.joules_per_inference * 1e3:.4f} mJ/inference at {e.avg_watts:.2f} W  [{label}: {e.source}]")
+    return escape(
+        f"{e.joules_per_inference * 1e3:.4f} mJ/inference at {e.avg_watts:.2f} W  [{label}: {e.source}]"
+    )

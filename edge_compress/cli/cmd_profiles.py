@@ -83,7 +83,9 @@ def show_cmd(name: str, profiles_dir: list[Path] = DirsOpt, json_out: bool = Jso
     console.print(
         f"memory: {p.memory.ram_mb:g} MB RAM, {p.memory.bandwidth_gb_s:g} GB/s, {p.memory.storage_mb:g} MB storage"
     )
-    console.print(f"power: idle {p.power.idle_w:g} W, active {p.power.active_w:g} W, sensor {p.power.sensor or 'none'}")
+    console.print(
+        f"power: idle {p.power.idle_w:g} W, active {p.power.active_w:g} W, sensor {p.power.sensor or 'none'}"
+    )
     b = p.budgets
     console.print(
         "budgets: "
@@ -95,7 +97,9 @@ def show_cmd(name: str, profiles_dir: list[Path] = DirsOpt, json_out: bool = Jso
                 f"energy {b.energy_per_inference_mj:g} mJ/inference" if b.energy_per_inference_mj else "",
                 f"avg power {b.avg_power_w:g} W at {b.duty_cycle_hz:g} Hz" if b.avg_power_w else "",
             ]
-        ).strip(", ").replace(", , ", ", ")
+        )
+        .strip(", ")
+        .replace(", , ", ", ")
     )
     console.print("precisions: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in p.precisions.items()))
 
@@ -124,6 +128,8 @@ def validate_cmd(
     else:
         for r in results:
             mark = "[green]ok[/]" if r["ok"] else "[red]FAIL[/]"
-            console.print(f"{mark} {r['path']}" if r["ok"] else f"{mark} {r['error']}", highlight=False, soft_wrap=True)
+            console.print(
+                f"{mark} {r['path']}" if r["ok"] else f"{mark} {r['error']}", highlight=False, soft_wrap=True
+            )
     if failed is not None:
         raise typer.Exit(2)

@@ -239,7 +239,8 @@ def _run_setup(
         )
         with progress:
             for cmd in cmds:
-                res = sess.exec(cmd, timeout)
+                with sess.step("setup"):
+                    res = sess.exec(cmd, timeout)
                 report["steps"].append(
                     {"command": cmd, "exit_code": res.exit_code, "stderr_tail": res.stderr[-1500:]}
                 )

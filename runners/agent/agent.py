@@ -38,6 +38,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+_T_START = time.perf_counter()  # for the phase timings reported in extra["phases_s"]
 AGENT_VERSION = "1"
 SYSFS_ENV = "EDGE_COMPRESS_SYSFS_ROOT"
 THROTTLE_BATCH = 64  # samples fed to the throttle detector at a time, between timed iterations
@@ -136,8 +137,12 @@ def read_request(path: str) -> dict[str, Any]:
 
 def run_request(req: dict[str, Any]) -> dict[str, Any]:
     """Load, warm up, measure (with throttle handling), and summarize one model."""
+    phases = {"start_s": time.perf_counter() - _T_START}
+    t_phase = time.perf_counter()
     import numpy as np
     from runtimes import accuracy, load_session, npz_inputs, random_inputs
+
+    phases["import_numpy_s"] = time.perf_counter() - t_phase
 
     threads = int(req.get("threads", 1))
     if threads < 1:
@@ -161,12 +166,16 @@ def run_request(req: dict[str, Any]) -> dict[str, Any]:
     first_ms = (time.perf_counter() - t0) * 1e3
     for _ in range(max(0, int(req.get("warmup", 10)))):
         once()
+    phases["load_and_warmup_s"] = time.perf_counter() - t0 + load_ms / 1e3
 
     loop = LoopConfig.from_request(req)
+    t_phase = time.perf_counter()
     meter, energy_note = pick_meter(root) if req.get("energy", True) else (None, "energy disabled")
     result = measure(once, loop, meter=meter, detect=bool(req.get("detect_throttle", True)))
     samples = result.pop("samples")
     extra = result.pop("extra")
+    phases["measure_s"] = time.perf_counter() - t_phase
+    t_phase = time.perf_counter()
 
     acc = None
     if req.get("accuracy_npz"):
@@ -192,12 +201,15 @@ def run_request(req: dict[str, Any]) -> dict[str, Any]:
             "loop_wall_s": loop.wall_s_last,
             "python": platform.python_version(),
             "numpy": np.__version__,
+            "phases_s": phases,
         }
     )
+    stats = summarize(samples, int(req.get("seed", 0)))
+    phases["accuracy_energy_summary_s"] = time.perf_counter() - t_phase
     return {
         "ok": True,
         "latency_ms": samples,
-        "stats": summarize(samples, int(req.get("seed", 0))),
+        "stats": stats,
         "load_ms": load_ms,
         "first_inference_ms": first_ms,
         "peak_rss_bytes": peak_rss_bytes(),
@@ -419,7 +431,7 @@ def summarize(samples_ms: list[float], seed: int = 0, resamples: int | None = No
     """count, mean, median, p90, p99, std (ddof=1), min, max (ms) and a bootstrap 95% CI of the median.
 
     The bootstrap uses a fixed seed; the number of resamples shrinks for long series so the
-    work stays near 2e7 element reads (between 200 and 2000 resamples).
+    work stays near 1e7 element reads (between 200 and 1000 resamples).
     """
     import numpy as np
 

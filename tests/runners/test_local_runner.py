@@ -33,7 +33,11 @@ def test_local_run_matches_samples(model: Path) -> None:
     assert m.ok, m.error
     assert m.target == "local" and m.model_path == str(model) and m.pushed_bytes == 0
     lat = np.asarray(m.latency_ms)
-    assert m.stats is not None and m.stats.count == len(lat) and m.stats.median_ms == pytest.approx(np.median(lat))
+    assert (
+        m.stats is not None
+        and m.stats.count == len(lat)
+        and m.stats.median_ms == pytest.approx(np.median(lat))
+    )
     assert m.energy is not None and not m.energy.measured and "(host)" in m.energy.source
     assert m.wall_s is not None and m.wall_s > 0
     assert Measurement.from_json(m.to_json()) == m

@@ -50,10 +50,11 @@ def quick(model: Path, **kw: Any) -> RunRequest:
 
 
 def agent_processes(marker: str) -> list[psutil.Process]:
+    """Running agents (the python process, not the shell around it) under a work dir."""
     found = []
     for p in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if "agent.py" in cmd and marker in cmd:
+        argv = p.info["cmdline"] or []
+        if len(argv) >= 2 and argv[1].endswith("agent.py") and marker in argv[1]:
             found.append(p)
     return found
 

@@ -24,9 +24,18 @@ class Series:
     sigma_ms: float  # gaussian jitter standard deviation
 
 
-def realistic_noise(rng: np.random.Generator, n: int, base: float, cv: float) -> np.ndarray:
-    """On-device latency noise (ms): gaussian jitter, lognormal right tail (8%), rare 5x spikes."""
-    x = base * (1 + cv * rng.standard_normal(n))
+def realistic_noise(rng: np.random.Generator, n: int, base: float, cv: float, ar: float = 0.0) -> np.ndarray:
+    """On-device latency noise (ms): gaussian jitter, lognormal right tail (8%), rare 5x spikes.
+
+    ``ar`` makes the jitter an AR(1) process (same marginal spread), as when a frequency governor
+    or cache state drifts over a few samples.
+    """
+    e = rng.standard_normal(n)
+    jitter = np.empty(n)
+    jitter[0] = e[0]
+    for i in range(1, n):
+        jitter[i] = ar * jitter[i - 1] + np.sqrt(1 - ar * ar) * e[i]
+    x = base * (1 + cv * jitter)
     tail = rng.random(n) < 0.08
     x[tail] += base * cv * 2 * rng.lognormal(0.0, 0.7, tail.sum())
     x[rng.random(n) < 0.005] *= 5
@@ -43,6 +52,7 @@ def simulate_series(
     cv: float | None = None,
     ramp_len: int = 30,
     episode_len: int = 60,
+    ar: float = 0.0,
 ) -> Series:
     """A latency series of ``kind``: stationary | step | ramp | step_return | step_down.
 
@@ -66,7 +76,7 @@ def simulate_series(
             level[change:recover] += size
         else:
             raise ValueError(kind)
-    return Series(realistic_noise(rng, n, base, cv) * level, change, recover, base, base * cv)
+    return Series(realistic_noise(rng, n, base, cv, ar) * level, change, recover, base, base * cv)
 
 
 def alarm_index(x: np.ndarray, **params: float) -> int | None:
@@ -96,15 +106,24 @@ def test_step_up_is_detected_within_10_samples(size: float) -> None:
         assert all(res.flags[res.onset_index :]) and not any(res.flags[: res.onset_index])
 
 
-@pytest.mark.parametrize(("size", "ramp_len"), [(0.5, 30), (1.0, 40), (0.3, 15)])
-def test_linear_ramp_is_detected_within_10_samples(size: float, ramp_len: int) -> None:
+@pytest.mark.parametrize(
+    ("size", "ramp_len", "max_delay"),
+    [
+        (1.0, 20, 10),  # +5% per sample at 3% noise: 1.7 noise SDs per sample
+        (0.4, 10, 10),
+        (0.5, 20, 10),  # 0.83 SD per sample
+        (1.0, 40, 10),
+        (0.5, 30, 15),  # 0.56 SD per sample: the signal itself needs ~6 samples to reach 3 SDs
+    ],
+)
+def test_linear_ramp_is_detected(size: float, ramp_len: int, max_delay: int) -> None:
     delays = []
     for seed in range(12):
         s = simulate_series("ramp", 220, 100 + seed, size=size, ramp_len=ramp_len, cv=0.03)
         alarm = alarm_index(s.x)
         assert alarm is not None and alarm >= s.change, (seed, s.change, alarm)
         delays.append(alarm - s.change)
-    assert max(delays) <= 10, delays
+    assert max(delays) <= max_delay, delays
 
 
 def test_return_to_normal_closes_the_episode() -> None:
@@ -152,9 +171,26 @@ def test_online_updates_match_batch_and_report_throttled() -> None:
 
 
 def test_stationary_false_alarm_rate_at_most_one_percent() -> None:
-    runs = 150
-    alarms = [seed for seed in range(runs) if detect_throttling(simulate_series("stationary", 250, 5000 + seed).x).episodes]
+    runs = 120
+    alarms = [
+        seed
+        for seed in range(runs)
+        if detect_throttling(simulate_series("stationary", 250, 5000 + seed).x).episodes
+    ]
     assert len(alarms) <= 0.01 * runs, f"false alarms in seeds {alarms}"
+
+
+def test_correlated_noise_does_not_fire() -> None:
+    runs = 60
+    alarms = [
+        seed
+        for seed in range(runs)
+        if detect_throttling(simulate_series("stationary", 250, 7000 + seed, ar=0.5).x).episodes
+    ]
+    assert len(alarms) <= 0.01 * runs, f"false alarms in seeds {alarms}"
+    s = simulate_series("step", 250, 7100, size=0.3, cv=0.03, ar=0.5)
+    res = detect_throttling(s.x)
+    assert res.onset_index is not None and s.change <= res.onset_index <= s.change + 10
 
 
 def test_isolated_spikes_and_pairs_do_not_fire() -> None:
@@ -175,12 +211,14 @@ def test_downward_step_is_not_throttling_unless_both_directions() -> None:
 
 
 def test_small_shift_below_min_shift_is_ignored() -> None:
-    # +1 sigma sustained: statistically visible, but below min_shift (3 sigma): not throttling
-    rng = np.random.default_rng(5)
-    x = 10.0 + 0.1 * rng.standard_normal(400)
-    x[150:] += 0.1
-    assert detect_throttling(x).episodes == []
-    assert detect_throttling(x, min_shift=1.0).onset_index is not None
+    # +2 sigma sustained: statistically visible, but below min_shift (3 sigma): not throttling
+    for seed in (5, 6, 7):
+        rng = np.random.default_rng(seed)
+        x = 10.0 + 0.1 * rng.standard_normal(400)
+        x[150:] += 0.2
+        assert detect_throttling(x).episodes == []
+        onset = detect_throttling(x, min_shift=0.5).onset_index
+        assert onset is not None and 150 <= onset <= 200
 
 
 def test_scale_invariance_from_0_1_ms_to_100_ms() -> None:
@@ -252,36 +290,43 @@ def test_real_matmul_loop_slowed_by_a_competing_process() -> None:
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     stop = ctx.Event()
     a = np.random.default_rng(0).standard_normal((64, 64))  # small: single-threaded BLAS
-    unloaded, loaded = 60, 60  # samples of ~12 ms: about 1.5 s on an idle core
+    unloaded, loaded = 45, 35  # ~15 ms samples, ~45 ms once loaded: about 2.3 s on an idle core
     samples: list[float] = []
-    proc = None
+    procs: list[mp.process.BaseProcess] = []
     os.sched_setaffinity(0, {cpu})
     try:
         t = time.perf_counter()
         for _ in range(50):
             a @ a
-        reps = max(1, int(0.012 / ((time.perf_counter() - t) / 50)))
+        reps = max(1, int(0.015 / ((time.perf_counter() - t) / 50)))
+        load_t0 = 0.0
         for i in range(unloaded + loaded):
-            if i == unloaded:  # the load starts mid-measurement, on the same CPU
-                proc = ctx.Process(target=_spin, args=(cpu, stop), daemon=True)
-                proc.start()
+            if i == unloaded:  # the load starts mid-measurement: two spinners on the same CPU
+                procs = [ctx.Process(target=_spin, args=(cpu, stop), daemon=True) for _ in range(2)]
+                for p in procs:
+                    p.start()
+                load_t0 = time.perf_counter()
+            elif i > unloaded + 20 and time.perf_counter() - load_t0 > 2.0:
+                break  # a busy machine: enough loaded samples
             t = time.perf_counter()
             for _ in range(reps):
                 a @ a
             samples.append((time.perf_counter() - t) * 1e3)
     finally:
         stop.set()
-        if proc is not None:
-            proc.join(5)
-            if proc.is_alive():
-                proc.terminate()
+        for p in procs:
+            p.join(5)
+            if p.is_alive():
+                p.terminate()
         os.sched_setaffinity(0, original)
     x = np.asarray(samples)
-    slowdown = np.median(x[unloaded + 5 :]) / np.median(x[WARMUP:unloaded])
-    if slowdown < 1.3:
-        pytest.skip(f"the competing process slowed the loop by only {slowdown:.2f}x (machine busy?)")
+    before, after = x[WARMUP:unloaded], x[unloaded + 5 :]
+    _, sigma = robust_level_scale(before)
+    effect = (np.median(after) - np.median(before)) / sigma
+    if effect < 4:  # the detector by design ignores shifts below min_shift = 3 sigma
+        pytest.skip(f"the load shifted latency by only {effect:.1f} noise SDs: the machine is too busy")
     res = detect_throttling(x)
     flags = np.asarray(res.flags)
-    assert res.onset_index is not None and res.onset_index >= WARMUP
-    assert flags[unloaded + 10 :].mean() >= 0.8, (slowdown, res.episodes)
-    assert flags[WARMUP:unloaded].mean() <= 0.2, (slowdown, res.episodes)
+    assert res.onset_index is not None and WARMUP <= res.onset_index <= unloaded + 10, res.episodes
+    assert flags[unloaded + 10 :].mean() >= 0.8, (effect, res.episodes)
+    assert flags[WARMUP:unloaded].mean() <= 0.2, (effect, res.episodes)

@@ -1,0 +1,109 @@
+"""`edge-compress select MODEL[,MODEL...] --profile NAME [--target T] [--budget ...]`.
+
+The most accurate candidate meeting every budget: with ``--target`` on numbers measured there
+(the cost model picks what to measure and learns from each measurement), without a target on
+predictions (labelled so). Prints the candidates with their Pareto flags and each rejection.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from edge_compress.cli.app import JsonOpt, app, console, emit_json, err_console
+
+
+def _fmt(v: float | None, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    if unit == "B":
+        return f"{v / 1e3:.1f} KB"
+    return f"{v:.3g}{unit}"
+
+
+@app.command("select")
+def select_cmd(
+    models: str = typer.Argument(..., help="zoo model(s), comma separated; NAME@WIDTH for a width variant"),
+    profile: str = typer.Option(..., "--profile", help="device profile name (or YAML path)"),
+    target: str | None = typer.Option(None, "--target", help="inventory target to measure on (omit: predict only)"),
+    inventory: Path | None = typer.Option(None, "--inventory", help="inventory YAML (default: the usual search)"),
+    budget: str | None = typer.Option(
+        None, "--budget", help="e.g. latency_p99=15ms,energy=5mJ,power=2W@10Hz (latency_median=... too); "
+        "overrides the profile's budgets"
+    ),
+    max_measurements: int | None = typer.Option(None, "--max-measurements", min=1, help="cap on-target runs"),
+    plot: Path | None = typer.Option(None, "--plot", help="write the Pareto plot (PNG) here"),
+    min_duration: float = typer.Option(1.0, "--min-duration", min=0.05, help="seconds of timed runs per measurement"),
+    save: bool = typer.Option(True, "--save/--no-save", help="store the target's refined cost model"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Choose the most accurate candidate that meets every budget (measured with --target)."""
+    import tempfile
+
+    from edge_compress.costmodel_store import load_costmodel, save_costmodel
+    from edge_compress.profiles import load_profile
+    from edge_compress.selection import generate_candidates, pareto_plot, parse_select_budget, runner_measure, select
+
+    prof = load_profile(profile)
+    budgets = {**prof.budgets.active(), **parse_select_budget(budget)}
+    notes: list[str] = []
+    say = (lambda m: None) if as_json else (lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
+    cands = generate_candidates(models, prof, notes=notes, progress=say)
+    cm = load_costmodel(target, prof)
+    measure = None
+    if target is not None:
+        from runners.registry import get_runner
+
+        runner = get_runner(target, inventory)
+        workdir = Path(tempfile.mkdtemp(prefix="edge-compress-select-"))
+        measure = runner_measure(runner, workdir, prof.name, min_duration_s=min_duration, notes=notes)
+    if not cm.calibrated:
+        notes.append(
+            f"cost model of {target or 'no target'} is not calibrated: predictions come from the profile roofline."
+        )
+    res = select(cands, budgets, cm, measure, max_measurements=max_measurements, progress=say)
+    res.notes = notes + res.notes
+    if target is not None and save:
+        path = save_costmodel(cm)
+        res.notes.append(f"refined cost model saved to {path}")
+    if plot is not None:
+        pareto_plot(res, plot, "latency_ms")
+    if as_json:
+        out = res.to_json()
+        if plot is not None:
+            out["plot"] = str(plot)
+        emit_json(out)
+        return
+    _print(res, plot)
+
+
+def _print(res: Any, plot: Path | None) -> None:
+    from rich.table import Table
+
+    label = "measured" if res.basis == "measured" else "PREDICTED (no target given)"
+    t = Table(title=f"candidates ({label}; {res.measurements} on-target measurements of {len(res.candidates)})")
+    for col in ("candidate", "acc %", "median", "p99", "energy", "bytes", "basis", "pareto", "status"):
+        t.add_column(col)
+    front = {c.id for c in res.pareto("latency_ms")}
+    rej = {r["id"]: r["reason"] for r in res.rejections()}
+    for c in sorted(res.candidates, key=lambda c: -c.accuracy):
+        k = c.costs
+        status = "[green]CHOSEN[/]" if c is res.chosen else rej.get(c.id, "")
+        t.add_row(
+            c.id, f"{c.accuracy:.2f}", _fmt(k.latency_ms, " ms"), _fmt(k.latency_p99_ms, " ms"),
+            _fmt(k.energy_mj, " mJ"), _fmt(k.model_bytes, "B"), k.basis, "*" if c.id in front else "", status,
+        )
+    console.print(t)
+    if res.chosen is not None:
+        c = res.chosen
+        console.print(
+            f"chosen: [bold]{c.id}[/] accuracy {c.accuracy:.2f}% , median {c.costs.latency_ms:.3f} ms, "
+            f"p99 {c.costs.latency_p99_ms:.3f} ms ({c.costs.basis})",
+            highlight=False,
+        )
+    for n in res.notes:
+        console.print(f"[yellow]note:[/] {n}", highlight=False)
+    if plot is not None:
+        console.print(f"Pareto plot: {plot}")

@@ -1,0 +1,223 @@
+"""FLOPs (MACs) of a model as a function of how many channels each channel group keeps.
+
+The MACs of a Conv / Linear layer scale with the fraction of output channels it keeps (when it
+produces a pruned group, or carries one as a depthwise passthrough) times the fraction of input
+channels it still reads (when it consumes pruned groups, counting ``flatten_factor`` features per
+channel). The total is therefore linear in each group's keep count, so the marginal MACs of one
+channel is exact, which the budget greedy and the group-lasso Lagrangian both use.
+
+This module also decides which groups can really be pruned: on top of the graph's own analysis
+it refuses groups touching grouped (non-depthwise) convolutions, depthwise convolutions with a
+channel multiplier, and batch norms whose channels are not exactly one group's (after a concat).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge_compress.errors import BudgetError, UserError
+from edge_compress.graph import ChannelGroup, LayerInfo, ModelGraph
+
+
+def group_label(g: ChannelGroup) -> str:
+    """A human name for a channel group: its producers."""
+    return "+".join(g.producers) if g.producers else f"group {g.id}"
+
+
+def _is_grouped(li: LayerInfo) -> bool:
+    return li.kind != "depthwise_conv" and li.groups > 1
+
+
+def prunable_groups(graph: ModelGraph, model=None) -> tuple[list[ChannelGroup], dict[str, str]]:
+    """(groups that can be pruned, {group label: reason} for the others).
+
+    ``model`` (optional) lets the check see batch-norm sizes; without it only the graph is used.
+    """
+    info = {li.name: li for li in graph.layers}
+    bn_sizes: dict[str, int] = {}
+    if model is not None:
+        for name, m in model.named_modules():
+            nf = getattr(m, "num_features", None)
+            if nf is not None:
+                bn_sizes[name] = int(nf)
+    ok: list[ChannelGroup] = []
+    skipped: dict[str, str] = {}
+    for g in graph.channel_groups:
+        reason = "" if g.prunable else (g.reason or "the dependency analysis cannot follow these channels")
+        if not reason:
+            for p in g.producers:
+                if _is_grouped(info[p]):
+                    reason = f"producer {p!r} is a grouped convolution (groups={info[p].groups})"
+            for c in g.consumers:
+                li = info.get(c.layer)
+                if li is not None and _is_grouped(li):
+                    reason = f"consumer {c.layer!r} is a grouped convolution (groups={li.groups})"
+            for d in g.passthrough:
+                li = info[d]
+                if li.out_channels != li.in_channels:
+                    reason = f"depthwise layer {d!r} has a channel multiplier ({li.in_channels}->{li.out_channels})"
+                elif not any(c.layer == d for c in g.consumers):
+                    reason = f"depthwise layer {d!r} carries these channels at an unknown offset"
+            for bn in g.batchnorms:
+                if bn in bn_sizes and bn_sizes[bn] != g.channels:
+                    reason = (
+                        f"batch norm {bn!r} normalizes {bn_sizes[bn]} channels, not this group's {g.channels} "
+                        "(a concatenation the analysis gives no offsets for)"
+                    )
+        if reason:
+            skipped[group_label(g)] = reason
+        else:
+            ok.append(g)
+    return ok, skipped
+
+
+@dataclass
+class FlopsModel:
+    """MACs of every layer given per-group keep counts (groups not listed keep everything)."""
+
+    graph: ModelGraph
+    groups: list[ChannelGroup]  # prunable groups, in graph order
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.gid = [g.id for g in self.groups]
+        self.size = {g.id: g.channels for g in self.groups}
+        self._out: dict[str, int] = {}  # layer -> group whose keep count scales its output
+        self._in: dict[str, list[tuple[int, int]]] = {}  # layer -> [(group, features per channel)]
+        for g in self.groups:
+            for p in g.producers:
+                self._out[p] = g.id
+            for d in g.passthrough:
+                self._out[d] = g.id
+            for c in g.consumers:
+                if c.layer not in g.passthrough:
+                    self._in.setdefault(c.layer, []).append((g.id, c.flatten_factor))
+        self.total = float(self.graph.total_macs)
+
+    @classmethod
+    def from_graph(cls, graph: ModelGraph, model=None) -> FlopsModel:
+        ok, skipped = prunable_groups(graph, model)
+        return cls(graph, ok, skipped)
+
+    def full_counts(self) -> dict[int, int]:
+        return dict(self.size)
+
+    def _fractions(self, li: LayerInfo, n: dict[int, int]) -> tuple[float, float]:
+        g = self._out.get(li.name)
+        out_f = n.get(g, self.size[g]) / self.size[g] if g is not None else 1.0
+        if li.kind == "depthwise_conv":
+            return out_f, 1.0
+        segs = self._in.get(li.name, [])
+        if not segs:
+            return out_f, 1.0
+        removed = sum((self.size[s] - n.get(s, self.size[s])) * ff for s, ff in segs)
+        return out_f, (li.in_channels - removed) / li.in_channels
+
+    def layer_macs(self, n: dict[int, int]) -> dict[str, float]:
+        out = {}
+        for li in self.graph.layers:
+            fo, fi = self._fractions(li, n)
+            out[li.name] = li.macs * fo * fi
+        return out
+
+    def macs(self, n: dict[int, int]) -> float:
+        return float(sum(self.layer_macs(n).values()))
+
+    def ratio(self, n: dict[int, int]) -> float:
+        return self.macs(n) / self.total
+
+    def marginal(self, n: dict[int, int]) -> dict[int, float]:
+        """MACs removed by dropping one more channel of each group (exact: MACs are linear per group)."""
+        out = {g: 0.0 for g in self.gid}
+        for li in self.graph.layers:
+            fo, fi = self._fractions(li, n)
+            g = self._out.get(li.name)
+            if g is not None:
+                out[g] += li.macs * fi / self.size[g]
+            if li.kind != "depthwise_conv":
+                for s, ff in self._in.get(li.name, []):
+                    out[s] += li.macs * fo * ff / li.in_channels
+        return out
+
+    def min_counts(self) -> dict[int, int]:
+        return {g: 1 for g in self.gid}
+
+    def min_ratio(self) -> float:
+        """The smallest FLOPs ratio reachable: every prunable group keeps one channel."""
+        return self.ratio(self.min_counts())
+
+    def check_budget(self, budget: float) -> None:
+        if not 0 < budget <= 1:
+            raise UserError(f"FLOPs budget {budget:g} must be a ratio of the original MACs in (0, 1].")
+        if not self.groups:
+            why = "; ".join(f"{k}: {v}" for k, v in self.skipped.items())
+            raise UserError(f"no channel group of this model can be pruned ({why}).")
+        lo = self.min_ratio()
+        if budget < lo:
+            raise BudgetError(
+                f"FLOPs budget {budget:g} is below the smallest network reachable by channel pruning "
+                f"(every prunable group keeps one channel): {lo:.4f} of the original MACs; ask for at least {lo:.4f}."
+            )
+
+
+def greedy_select(
+    fm: FlopsModel,
+    scores: dict[int, np.ndarray],
+    budget: float,
+    start: dict[int, np.ndarray] | None = None,
+    min_keep: int = 1,
+) -> dict[int, np.ndarray]:
+    """Remove channels by ascending ``score / marginal MACs`` until the FLOPs ratio is <= budget.
+
+    ``scores[g]`` holds one importance per channel of group ``g`` (comparable across groups);
+    ``start[g]`` is a boolean mask of channels still kept (default: all). Returns kept masks.
+    """
+    keep = {g: (start[g].copy() if start is not None and g in start else np.ones(fm.size[g], bool)) for g in fm.gid}
+    n = {g: int(k.sum()) for g, k in keep.items()}
+    while fm.ratio(n) > budget:
+        marg = fm.marginal(n)
+        best, best_p, best_c = None, np.inf, -1
+        for g in fm.gid:
+            if n[g] <= min_keep or marg[g] <= 0:
+                continue
+            s = np.where(keep[g], scores[g], np.inf)
+            c = int(np.argmin(s))
+            p = s[c] / marg[g]
+            if p < best_p:
+                best, best_p, best_c = g, p, c
+        if best is None:
+            break
+        keep[best][best_c] = False
+        n[best] -= 1
+    return keep
+
+
+def greedy_restore(
+    fm: FlopsModel, scores: dict[int, np.ndarray], budget: float, keep: dict[int, np.ndarray]
+) -> tuple[dict[int, np.ndarray], int]:
+    """Add dropped channels back by descending ``score / marginal MACs`` while the ratio stays <= budget."""
+    keep = {g: k.copy() for g, k in keep.items()}
+    n = {g: int(k.sum()) for g, k in keep.items()}
+    added = 0
+    while True:
+        cur = fm.macs(n)
+        marg = fm.marginal(n)
+        best, best_p, best_c = None, -np.inf, -1
+        for g in fm.gid:
+            if n[g] >= fm.size[g]:
+                continue
+            # adding a channel to g costs the marginal MACs at n[g] + 1 (linear: same slope)
+            if (cur + marg[g]) / fm.total > budget:
+                continue
+            s = np.where(keep[g], -np.inf, scores[g])
+            c = int(np.argmax(s))
+            p = s[c] / max(marg[g], 1e-12)
+            if p > best_p:
+                best, best_p, best_c = g, p, c
+        if best is None:
+            return keep, added
+        keep[best][best_c] = True
+        n[best] += 1
+        added += 1

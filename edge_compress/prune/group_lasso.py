@@ -1,0 +1,288 @@
+"""Group-lasso channel pruning under a FLOPs budget (Lagrangian, dual ascent, proximal steps).
+
+Objective, for channel groups g and their channels c (vector w_gc of all parameters of the channel):
+
+    min_W  L(W) + sum_gc (lam + mu * cost_g) * ||w_gc||_2      subject to  FLOPs(W) <= B * FLOPs_0
+
+``cost_g`` is the MACs one channel of g costs (exact marginal, normalized to mean 1), so the
+multiplier ``mu`` prices FLOPs: it is raised by dual ascent while the predicted FLOPs (counting
+channels whose norm is above ``zero_tol`` of the group's initial mean norm) exceed the budget and
+lowered when below. Each SGD step is followed by group soft-thresholding (the proximal step of
+the penalty), so the norms of unneeded channels reach exactly zero. Then the ~0 channels are
+removed physically (snapped to within ``tolerance`` of the budget, see ``group_lasso_prune``),
+and the smaller model is fine-tuned.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge_compress.errors import UserError
+from edge_compress.graph import ModelGraph, extract_graph
+from edge_compress.prune.apply import PruneResult, apply_pruning
+from edge_compress.prune.channels import ChannelParams
+from edge_compress.prune.cost import FlopsModel, greedy_restore, greedy_select
+
+
+@dataclass(frozen=True)
+class GroupLassoConfig:
+    epochs: int = 10  # sparsification epochs (penalized training)
+    lr: float = 0.02  # SGD learning rate of the penalized phase (constant)
+    momentum: float = 0.9
+    batch_size: int = 64
+    lam: float = 1e-3  # base group-lasso strength (per channel norm)
+    dual_lr: float = 1.0  # multiplier growth per epoch per unit of relative budget violation
+    dual_every: int = 1  # steps between multiplier updates
+    damping: float = 0.0  # proportional term: the penalty uses max(0, mu + damping * violation)
+    include_consumers: bool = False  # also penalize the consumers' input slices
+    zero_tol: float = 0.05  # a channel is dead when its norm < zero_tol * initial mean norm of its group
+    tolerance: float = 0.05  # final FLOPs ratio within [budget * (1 - tolerance), budget]
+    finetune_epochs: int = 5
+    finetune_lr: float = 1e-3
+    seed: int = 0
+
+
+def check_data(x, y, what: str) -> tuple[np.ndarray, np.ndarray]:
+    if x is None or y is None:
+        raise UserError(
+            f"{what} needs training data: pass x_train and y_train (zoo models carry theirs), "
+            "or use one-shot L1 pruning, which needs none."
+        )
+    x, y = np.asarray(x), np.asarray(y)
+    if len(x) == 0 or len(x) != len(y):
+        raise UserError(f"{what}: x_train has {len(x)} samples but y_train has {len(y)}; give matching, non-empty arrays.")
+    return x, y
+
+
+def finetune(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int = 0) -> nn.Module:
+    """Short Adam fine-tune (cosine schedule) of a pruned model; a no-op for 0 epochs."""
+    from edge_compress.zoo.train import TrainConfig, train
+
+    if epochs > 0:
+        train(model, x, y, TrainConfig(epochs=epochs, lr=lr, seed=seed))
+    return model.eval()
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, x: np.ndarray, n: int = 512, batch_size: int = 128) -> nn.Module:
+    """Re-estimate batch-norm running statistics on ``x[:n]`` (in place; returns the model in eval mode).
+
+    Shrinking BN gammas during penalized training is free in training mode (the next BN
+    renormalizes) but leaves the EMA running statistics behind, so eval-mode accuracy is only
+    meaningful after recalibration.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return model.eval()
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    for i in range(0, min(n, len(x)), batch_size):
+        model(torch.from_numpy(np.ascontiguousarray(x[i : min(n, i + batch_size)])))
+    for m, mom in zip(bns, saved, strict=True):
+        m.momentum = mom
+    return model.eval()
+
+
+def _graph(model: nn.Module, graph: ModelGraph | None, x: np.ndarray) -> ModelGraph:
+    if graph is not None:
+        return graph
+    return extract_graph(model, torch.from_numpy(np.ascontiguousarray(x[:1])))
+
+
+def group_lasso_prune(
+    model: nn.Module,
+    graph: ModelGraph | None,
+    flops_budget: float,
+    x_train: np.ndarray | None,
+    y_train: np.ndarray | None,
+    config: GroupLassoConfig | None = None,
+    *,
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> PruneResult:
+    """Prune ``model`` (not modified) to ``flops_budget`` x its MACs; returns the fine-tuned smaller model.
+
+    ``result.trajectory`` has one row per epoch: loss, penalty, flops_ratio (predicted), multiplier,
+    live_channels (and val_acc when ``x_val`` is given). When the live channels after training do
+    not land within ``tolerance`` of the budget, the smallest-norm channels (ranked globally by
+    norm per MACs) are pruned too, or the last-dropped ones restored; ``result.notes`` says so.
+    """
+    from edge_compress.zoo.train import accuracy
+
+    cfg = config or GroupLassoConfig()
+    x, y = check_data(x_train, y_train, "group-lasso pruning")
+    graph = _graph(model, graph, x)
+    fm = FlopsModel.from_graph(graph, model)
+    fm.check_budget(flops_budget)
+    work = copy.deepcopy(model)
+    cp = ChannelParams(work, graph, fm.groups, cfg.include_consumers)
+    ref = {g: float(v.mean()) or 1.0 for g, v in cp.norms().items()}
+    tol = {g: cfg.zero_tol * ref[g] for g in ref}
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+    opt = torch.optim.SGD(work.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    loss_fn = nn.CrossEntropyLoss()
+    steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
+    mu = mu_eff = 0.0
+    violation = (fm.ratio(fm.full_counts()) - flops_budget) / flops_budget
+    budget = float(flops_budget)
+
+    def live_counts(norms: dict[int, torch.Tensor]) -> dict[int, int]:
+        return {g: max(1, int((v > tol[g]).sum())) for g, v in norms.items()}
+
+    def costs(n: dict[int, int]) -> dict[int, float]:
+        marg = fm.marginal(n)
+        mean = sum(marg[g] * fm.size[g] for g in marg) / sum(fm.size.values())
+        return {g: marg[g] / mean if mean > 0 else 1.0 for g in marg}
+
+    norms = cp.norms()
+    n_live = live_counts(norms)
+    cost = costs(n_live)
+    trajectory: list[dict[str, Any]] = []
+    snapshots: list[tuple[dict[int, torch.Tensor], dict[str, torch.Tensor]]] = [(norms, cp.state())]
+    step = 0
+    for epoch in range(cfg.epochs):
+        work.train()
+        total_loss = 0.0
+        perm = torch.from_numpy(rng.permutation(len(x)))
+        for i in range(0, len(x), cfg.batch_size):
+            b = perm[i : i + cfg.batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(work(xt[b]), yt[b])
+            loss.backward()
+            opt.step()
+            mu_eff = max(0.0, mu + cfg.damping * violation)
+            thr = {g: cfg.lr * (cfg.lam + mu_eff * cost[g]) for g in cost}
+            norms = cp.prox(thr)
+            step += 1
+            total_loss += float(loss.detach()) * len(b)
+            if step % cfg.dual_every == 0:
+                n_live = live_counts(norms)
+                ratio = fm.ratio(n_live)
+                violation = (ratio - budget) / budget
+                mu = max(0.0, mu + cfg.dual_lr * cfg.dual_every / steps_per_epoch * violation)
+                cost = costs(n_live)
+        n_live = live_counts(norms)
+        penalty = sum(float(((cfg.lam + mu_eff * cost[g]) * norms[g]).sum()) for g in norms)
+        row = {
+            "epoch": epoch + 1,
+            "loss": total_loss / len(x),
+            "penalty": penalty,
+            "flops_ratio": fm.ratio(n_live),
+            "multiplier": mu_eff,
+            "dual": mu,
+            "live_channels": int(sum(n_live.values())),
+            "live_per_group": {str(g): int(v) for g, v in n_live.items()},
+        }
+        if x_val is not None and y_val is not None:
+            row["val_acc"] = accuracy(recalibrate_bn(copy.deepcopy(work), x), x_val, y_val)
+        trajectory.append(row)
+        snapshots.append((norms, cp.state()))
+        if progress is not None:
+            progress(row)
+    work.eval()
+
+    # ---- snap the live set to the budget: [budget * (1 - tolerance), budget]
+    norms = cp.norms()
+    alive = {g: (v > tol[g]).numpy() for g, v in norms.items()}
+    for g, a in alive.items():  # every group keeps at least its strongest channel
+        if not a.any():
+            a[int(torch.argmax(norms[g]))] = True
+    last_alive = {g: np.full(fm.size[g], -1) for g in norms}  # last snapshot where each channel was alive
+    last_norm = {g: np.zeros(fm.size[g]) for g in norms}
+    for s, (sn, _) in enumerate(snapshots):
+        for g, v in sn.items():
+            live = (v > tol[g]).numpy()
+            last_alive[g][live] = s
+            last_norm[g][live] = (v.numpy() / ref[g])[live]
+    recalibrate_bn(work, x)
+    keep, note = snap_to_budget(
+        fm,
+        alive,
+        alive_score={g: (norms[g] / ref[g]).numpy() for g in norms},
+        dead_score={
+            g: np.where(last_alive[g] >= 0, last_alive[g] + np.minimum(last_norm[g], 0.999), -np.inf) for g in norms
+        },
+        budget=budget,
+        tolerance=cfg.tolerance,
+    )
+    for g in keep:
+        for c in np.flatnonzero(keep[g] & ~alive[g]):
+            cp.restore(g, int(c), snapshots[int(last_alive[g][c])][1])
+    notes = [note] if note else []
+    result = apply_pruning(work, graph, {g: np.flatnonzero(k) for g, k in keep.items()}, method="group_lasso")
+    finetune(result.model, x, y, cfg.finetune_epochs, cfg.finetune_lr, cfg.seed)
+    result.params_before = sum(p.numel() for p in model.parameters())
+    result.skipped = {**fm.skipped, **result.skipped}
+    result.budget = budget
+    result.trajectory = trajectory
+    result.notes = notes + [f"skipped {k}: {v}" for k, v in result.skipped.items()]
+    return result
+
+
+def snap_to_budget(
+    fm: FlopsModel,
+    alive: dict[int, np.ndarray],
+    alive_score: dict[int, np.ndarray],
+    dead_score: dict[int, np.ndarray],
+    budget: float,
+    tolerance: float,
+) -> tuple[dict[int, np.ndarray], str]:
+    """Adjust the live channel set so its FLOPs ratio lands in [budget * (1 - tolerance), budget].
+
+    Above the budget: drop live channels by ascending norm per MACs. Below: restore dropped
+    channels (highest ``dead_score`` first, -inf = never restorable) that fit; when the cheapest
+    fitting ones do not suffice (coarse groups: one channel of a thin early layer can cost 10% of the
+    MACs), restore one costlier channel and drop the weakest live ones to pay for it.
+    """
+    n = lambda k: {g: int(v.sum()) for g, v in k.items()}  # noqa: E731
+    ratio = fm.ratio(n(alive))
+    lo = budget * (1 - tolerance)
+    if ratio > budget:
+        keep = greedy_select(fm, alive_score, budget, start=alive)
+        extra = sum(int(alive[g].sum() - keep[g].sum()) for g in keep)
+        return keep, (
+            f"the live channels gave FLOPs ratio {ratio:.3f} > budget {budget:g} after training: "
+            f"pruned {extra} more channels by global norm-per-MACs ranking"
+        )
+    if ratio >= lo:
+        return alive, ""
+    keep, added = greedy_restore(fm, dead_score, budget, alive)
+    if fm.ratio(n(keep)) < lo:
+        best: tuple[float, dict[int, np.ndarray]] | None = None
+        for g in fm.gid:
+            cand = np.where(keep[g], -np.inf, dead_score[g])
+            if not np.isfinite(cand).any():
+                continue
+            trial = {h: v.copy() for h, v in keep.items()}
+            trial[g][int(np.argmax(cand))] = True
+            protect = {h: np.full(fm.size[h], np.inf) if h == g else alive_score[h] for h in trial}
+            trial = greedy_select(fm, protect, budget, start=trial)
+            trial, _ = greedy_restore(fm, dead_score, budget, trial)
+            r = fm.ratio(n(trial))
+            lost = sum(float(alive_score[h][keep[h] & ~trial[h]].sum()) for h in trial)
+            if lo <= r <= budget and (best is None or lost < best[0]):
+                best = (lost, trial)
+        if best is not None:
+            keep = best[1]
+    added = sum(int((keep[g] & ~alive[g]).sum()) for g in keep)
+    removed = sum(int((alive[g] & ~keep[g]).sum()) for g in keep)
+    return keep, (
+        f"the penalty overshot to FLOPs ratio {ratio:.3f} < budget {budget:g}: restored {added} most recently "
+        f"dropped channels with their last live weights" + (f" and dropped {removed} weak live ones" if removed else "")
+        + f" (now {fm.ratio(n(keep)):.3f})"
+    )

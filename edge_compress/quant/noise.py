@@ -1,0 +1,580 @@
+"""Additive noise model of quantization: predict any plan's output noise, SQNR and accuracy drop
+without building the quantized model.
+
+Model (the seed design): every quantizer adds independent zero-mean noise, of variance
+``step^2 / 12`` for uniform rounding. Its effect on the logits is linear for small noise, so
+
+    P_out(plan) = sum_i g_w[i] * E_w[i](b_i)  +  sum_j g_a[j] * e_a[j](a_j)
+
+- ``E_w[i](b)``: squared error energy of layer i's weights at b bits, either the model's
+  ``sum_c n_c step_c^2 / 12`` ("step") or the measured ``||Q_b(W) - W||^2`` of the actual
+  quantizer ("measured", the default: at 4 bits clipping makes the error larger than step^2/12);
+- ``g_w[i]``: output noise power per unit of weight-noise energy, measured by injecting Gaussian
+  noise with the per-channel variance profile of the b-bit quantizer (scaled down to the 8-bit
+  level so the network stays linear) and averaging a few draws;
+- ``e_a[j]``: error power per element of the input quantizer of layer j on calibration data,
+  ``g_a[j]``: output noise power per unit of input noise variance. Layers reading the same tensor
+  get the same (identical, hence coherent) input error, so they are injected together.
+
+Accuracy: a monotone curve ``acc_drop = f(SQNR)`` fitted on a handful of measured plans
+(:class:`AccuracyCurve`); the default is a margin model (a sample's decision flips when the noise
+on its logit margin exceeds the margin, the noise scale being the one fitted parameter).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge_compress.errors import UserError
+from edge_compress.quant import fakequant as fq
+
+if TYPE_CHECKING:
+    from edge_compress.graph import ModelGraph
+    from edge_compress.plan import CompressionPlan
+
+
+def _db(ratio: float) -> float:
+    return 10.0 * math.log10(ratio) if ratio > 0 else float("inf")
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> torch.Tensor:
+    outs = []
+    for i in range(0, len(x), batch_size):
+        outs.append(model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size]))).float())
+    return torch.cat(outs)
+
+
+# --------------------------------------------------------------------------------------------
+# per-layer terms
+
+
+@dataclass
+class LayerNoise:
+    """One layer's terms of the noise model."""
+
+    name: str
+    kind: str
+    n_weights: int
+    bits: tuple[int, ...]  # candidate weight bit-widths (highest first)
+    w_energy: dict[int, float]  # measured ||Q_b(W) - W||^2
+    w_energy_step: dict[int, float]  # sum_c n_c step_c^2 / 12
+    w_gain: dict[int, float]  # output noise power per unit weight-noise energy
+    a_err: dict[int, float] = field(default_factory=dict)  # input quantizer error power per element (measured)
+    a_err_step: dict[int, float] = field(default_factory=dict)  # step^2 / 12
+    a_group: int = -1  # layers reading the same tensor share an input-noise term
+    a_gain: float = 0.0  # output noise power per unit input-noise variance (of the group)
+
+    def weight_noise(self, bits: int | None, step: bool = False) -> float:
+        """Predicted output noise power of this layer's weights at ``bits`` (0 for float)."""
+        if bits is None:
+            return 0.0
+        e = self.w_energy_step if step else self.w_energy
+        if bits not in e:
+            raise UserError(f"layer {self.name!r}: the noise model has no {bits}-bit weight terms (has {sorted(e)}).")
+        return self.w_gain[bits] * e[bits]
+
+
+def _nearest(d: dict[int, float], bits: int) -> float:
+    return d[min(d, key=lambda b: abs(b - bits))]
+
+
+# --------------------------------------------------------------------------------------------
+# accuracy curve
+
+
+def _phi(z: np.ndarray) -> np.ndarray:
+    from scipy.special import ndtr
+
+    return ndtr(z)
+
+
+@dataclass
+class AccuracyCurve:
+    """Monotone map from predicted SQNR (dB) to accuracy drop (percentage points).
+
+    ``margin``: each evaluation sample's margin ``r = (z_true - max_other z) / rms(z)``; noise at a
+    given SQNR puts a Gaussian of std ``sqrt(kappa / SQNR)`` on ``r``, so the predicted accuracy is
+    ``mean Phi(r / std)`` and the drop is the fp32 accuracy minus that; ``kappa`` is fitted.
+    ``logistic``: ``drop = top / (1 + exp((sqnr_db - mid) / width))`` with ``top`` the drop to chance.
+    """
+
+    kind: str
+    params: dict[str, float]
+    fp32_acc: float
+    margins: list[float] = field(default_factory=list)
+    fit_points: list[tuple[float, float]] = field(default_factory=list)  # (predicted sqnr_db, measured drop pp)
+    fit_mae_pp: float = float("nan")
+
+    def drop_pp(self, sqnr_db: float | np.ndarray) -> np.ndarray | float:
+        s = np.asarray(sqnr_db, dtype=np.float64)
+        if self.kind == "margin":
+            r = np.asarray(self.margins)
+            std = np.sqrt(self.params["kappa"] / np.power(10.0, s / 10.0))
+            acc = _phi(r[None, :] / np.maximum(std.reshape(-1, 1), 1e-30)).mean(axis=1)
+            out = 100.0 * (self.fp32_acc - acc)
+        elif self.kind == "logistic":
+            z = np.clip((s - self.params["mid"]) / self.params["width"], -60, 60)
+            out = self.params["top"] / (1.0 + np.exp(z))
+        else:
+            raise UserError(f"unknown accuracy curve {self.kind!r} (use margin or logistic).")
+        out = np.asarray(out).reshape(s.shape)
+        return float(out) if out.ndim == 0 else out
+
+    @classmethod
+    def fit(
+        cls, kind: str, sqnr_db: np.ndarray, drop_pp: np.ndarray, fp32_acc: float, margins: np.ndarray, n_classes: int
+    ) -> AccuracyCurve:
+        s = np.asarray(sqnr_db, dtype=np.float64)
+        d = np.asarray(drop_pp, dtype=np.float64)
+        if kind == "margin":
+            best = None
+            for kappa in np.logspace(-4, 4, 321):
+                c = cls("margin", {"kappa": float(kappa)}, fp32_acc, list(map(float, margins)))
+                err = float(np.mean((np.atleast_1d(c.drop_pp(s)) - d) ** 2))
+                if best is None or err < best[0]:
+                    best = (err, c)
+            curve = best[1]
+        elif kind == "logistic":
+            top = 100.0 * max(fp32_acc - 1.0 / n_classes, 1e-3)
+            best = None
+            for mid in np.linspace(min(s.min(), 0.0) - 5, s.max() + 5, 121):
+                for width in np.logspace(-1, 1.3, 40):
+                    c = cls("logistic", {"top": top, "mid": float(mid), "width": float(width)}, fp32_acc)
+                    err = float(np.mean((np.atleast_1d(c.drop_pp(s)) - d) ** 2))
+                    if best is None or err < best[0]:
+                        best = (err, c)
+            curve = best[1]
+        else:
+            raise UserError(f"unknown accuracy curve {kind!r} (use margin or logistic).")
+        curve.fit_points = [(float(a), float(b)) for a, b in zip(s, d, strict=True)]
+        curve.fit_mae_pp = float(np.mean(np.abs(np.atleast_1d(curve.drop_pp(s)) - d)))
+        return curve
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "params": self.params, "fp32_acc": self.fp32_acc, "margins": self.margins,
+            "fit_points": self.fit_points, "fit_mae_pp": self.fit_mae_pp,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> AccuracyCurve:
+        return cls(
+            d["kind"], dict(d["params"]), float(d["fp32_acc"]), list(d.get("margins", [])),
+            [tuple(p) for p in d.get("fit_points", [])], float(d.get("fit_mae_pp", float("nan"))),
+        )
+
+
+def logit_margins(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(z_true - max_other z) / rms(z) per sample: negative for misclassified samples."""
+    z = np.asarray(logits, dtype=np.float64)
+    idx = np.arange(len(z))
+    true = z[idx, y]
+    other = z.copy()
+    other[idx, y] = -np.inf
+    rms = np.sqrt((z**2).mean(axis=1)) + 1e-12
+    return (true - other.max(axis=1)) / rms
+
+
+# --------------------------------------------------------------------------------------------
+# the model
+
+
+class NoiseModel:
+    """Per-layer noise gains and error energies of one (BN-folded) model; build once, predict many plans.
+
+    ``predict(plan)`` is a few dictionary look-ups: use it inside searches.
+    """
+
+    def __init__(
+        self,
+        layers: dict[str, LayerNoise],
+        signal_power: float,
+        *,
+        groups: list[list[str]] | None = None,
+        weight_clip: str = "mse",
+        act_calibration: str = "mse",
+        folded_model: nn.Module | None = None,
+        calib_x: np.ndarray | None = None,
+        ranges: dict[str, tuple[float, float]] | None = None,
+        curve: AccuracyCurve | None = None,
+        model_name: str = "",
+        profile_name: str = "",
+    ) -> None:
+        self.layers = layers
+        self.signal_power = float(signal_power)
+        self.groups = groups or []
+        self.weight_clip = weight_clip
+        self.act_calibration = act_calibration
+        self.folded_model = folded_model
+        self.calib_x = calib_x
+        self.ranges = ranges or {}
+        self.curve = curve
+        self.model_name = model_name
+        self.profile_name = profile_name
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        graph: ModelGraph,
+        calib_x: np.ndarray,
+        *,
+        options: dict[str, Iterable[int]] | None = None,
+        act_bits: Iterable[int] = (8,),
+        weight_clip: str = "mse",
+        act_calibration: str = "mse",
+        draws: int = 4,
+        max_samples: int = 256,
+        seed: int = 0,
+        folded: bool = False,
+        model_name: str = "",
+        profile_name: str = "",
+    ) -> NoiseModel:
+        """Measure the gains on ``calib_x`` (at most ``max_samples`` of it).
+
+        ``options``: candidate weight bits per layer (default 8 and 4 everywhere). ``folded``: the
+        model already has its BatchNorms folded (see :func:`fakequant.fold_batchnorm`).
+        """
+        net = model if folded else fq.fold_batchnorm(model)
+        net.eval()
+        x = np.ascontiguousarray(calib_x[:max_samples])
+        if len(x) == 0:
+            raise UserError("the noise model needs calibration data (got 0 samples).")
+        mods = dict(net.named_modules())
+        names = graph.names
+        opts = {n: tuple(sorted(set((options or {}).get(n, (8, 4))), reverse=True)) for n in names}
+        act_bits = tuple(sorted(set(act_bits)))
+        gen = torch.Generator().manual_seed(seed)
+        y0 = _logits(net, x)
+        signal = float((y0.double() ** 2).mean())
+        xt = torch.from_numpy(x)
+
+        def out_power() -> float:
+            with torch.no_grad():
+                return float(((net(xt).float() - y0).double() ** 2).mean())
+
+        layers: dict[str, LayerNoise] = {}
+        for li in graph.layers:
+            m = mods[li.name]
+            w0 = m.weight.detach().clone()
+            ln = LayerNoise(li.name, li.kind, li.weight_params, opts[li.name], {}, {}, {})
+            profiles = {}
+            for b in opts[li.name]:
+                meas, step = fq.weight_error(w0, b, True, weight_clip)
+                ln.w_energy[b], ln.w_energy_step[b] = float(meas.sum()), float(step.sum())
+                n_c = w0[0].numel()
+                profiles[b] = np.maximum(meas, step * 1e-6) / n_c  # per-element variance per channel
+            ref = min(ln.w_energy_step.values())  # inject at the finest level: the linear regime
+            shape = [-1] + [1] * (w0.dim() - 1)
+            try:
+                for b, var in profiles.items():
+                    var = var * (ref / max(float(var.sum() * w0[0].numel()), 1e-300))
+                    std = torch.from_numpy(np.sqrt(var)).to(w0.dtype).reshape(shape)
+                    gains = []
+                    for _ in range(draws):
+                        noise = torch.randn(w0.shape, generator=gen, dtype=w0.dtype) * std
+                        with torch.no_grad():
+                            m.weight.copy_(w0 + noise)
+                        energy = float((noise.double() ** 2).sum())
+                        gains.append(out_power() / max(energy, 1e-300))
+                    ln.w_gain[b] = float(np.mean(gains))
+            finally:
+                with torch.no_grad():
+                    m.weight.copy_(w0)
+            layers[li.name] = ln
+
+        # activation (input) quantizers: ranges, error powers, and gains per shared-input group
+        ranges: dict[str, tuple[float, float]] = {}
+        if act_bits:
+            acts = fq.collect_inputs(net, names, x)
+            ranges = {n: fq._range(a, act_calibration, max(act_bits)) for n, a in acts.items()}
+            for n in names:
+                for ab in act_bits:
+                    aq = fq.act_quant_from_range(*ranges[n], ab)
+                    layers[n].a_err[ab], layers[n].a_err_step[ab] = fq.act_error(acts[n], aq)
+            del acts
+        share = _shared_inputs(net, names, x[:2])
+        for gid, members in enumerate(share):
+            for n in members:
+                layers[n].a_group = gid
+            aq = fq.act_quant_from_range(*ranges[members[0]], min(act_bits)) if act_bits else None
+            sigma2 = max(layers[members[0]].a_err_step[min(act_bits)], 1e-20) if act_bits else 1e-6
+            layers[members[0]].a_gain = _act_gain(net, [mods[n] for n in members], xt, y0, sigma2, draws, gen, aq)
+        return cls(
+            layers, signal, groups=[list(g) for g in graph.precision_groups], weight_clip=weight_clip,
+            act_calibration=act_calibration, folded_model=net, calib_x=x, ranges=ranges,
+            model_name=model_name, profile_name=profile_name,
+        )
+
+    # ---------------------------------------------------------------- prediction
+    def layer_noise(self, name: str, weight_bits: int | None, act_bits: int | None = 8, step: bool = False) -> float:
+        """Predicted output noise power due to one layer's weights at ``weight_bits``."""
+        return self.layers[name].weight_noise(weight_bits, step)
+
+    def sensitivity(self, name: str, bits: int) -> float:
+        """Noise-model sensitivity of a layer: gain x measured quantization error energy."""
+        return self.layers[name].weight_noise(bits)
+
+    def predict_bits(
+        self, weight_bits: dict[str, int | None], act_bits: dict[str, int | None] | int | None = 8
+    ) -> dict[str, float]:
+        """Prediction for bit-widths given directly (layer -> weight bits; missing layers are float)."""
+        pw = pws = pa = pas = 0.0
+        for n, ln in self.layers.items():
+            b = weight_bits.get(n)
+            if b is not None:
+                if b not in ln.w_gain:
+                    raise UserError(f"layer {n!r}: the noise model was built without {b}-bit weights ({sorted(ln.w_gain)}).")
+                pw += ln.w_gain[b] * ln.w_energy[b]
+                pws += ln.w_gain[b] * ln.w_energy_step[b]
+        # input quantizers: one (coherent) term per shared-input group, at the finest bits of the group
+        by_group: dict[int, list[LayerNoise]] = {}
+        for ln in self.layers.values():
+            by_group.setdefault(ln.a_group, []).append(ln)
+        for members in by_group.values():
+            bits = [
+                (act_bits.get(m.name, 8) if isinstance(act_bits, dict) else act_bits) for m in members
+            ]
+            bits = [b for b in bits if b is not None]
+            if not bits or not members[0].a_err:
+                continue
+            ab = max(bits)
+            lead = next((m for m in members if m.a_gain), members[0])
+            pa += lead.a_gain * _nearest(members[0].a_err, ab)
+            pas += lead.a_gain * _nearest(members[0].a_err_step, ab)
+        total, total_step = pw + pa, pws + pas
+        out = {
+            "output_noise_power": total,
+            "output_noise_power_step": total_step,
+            "weight_noise_power": pw,
+            "act_noise_power": pa,
+            "signal_power": self.signal_power,
+            "sqnr_db": _db(self.signal_power / total) if total > 0 else float("inf"),
+            "sqnr_db_step": _db(self.signal_power / total_step) if total_step > 0 else float("inf"),
+        }
+        if self.curve is not None:
+            out["acc_drop_pp"] = float(self.curve.drop_pp(out["sqnr_db"]))
+        return out
+
+    def predict(self, plan: CompressionPlan) -> dict[str, float]:
+        """Predicted output noise power (measured-error and step^2/12 variants), SQNR, accuracy drop."""
+        for n, d in plan.layers.items():
+            if n not in self.layers:
+                raise UserError(f"plan names layer {n!r}, which the noise model does not know.")
+            if d.keep_channels is not None or d.rank is not None:
+                raise UserError(f"layer {n!r}: the noise model predicts quantization only (the plan prunes or factorizes it).")
+        wb = {n: d.weight_bits for n, d in plan.layers.items()}
+        ab = {n: d.act_bits for n, d in plan.layers.items()}
+        return self.predict_bits(wb, ab)
+
+    # ---------------------------------------------------------------- plans
+    def plan_for(self, bits: dict[str, int], act_bits: int | None = 8, method: str = "custom") -> CompressionPlan:
+        """A plan with these weight bits (other layers at their highest candidate)."""
+        from edge_compress.plan import CompressionPlan, LayerDecision
+
+        layers = {
+            n: LayerDecision(n, ln.kind, bits.get(n, ln.bits[0]), act_bits, weight_clip=self.weight_clip)
+            for n, ln in self.layers.items()
+        }
+        return CompressionPlan(
+            self.model_name, self.profile_name, layers, method=method, groups=self.groups,
+            activation_calibration=self.act_calibration,
+        )
+
+    def random_bits(self, rng: np.random.Generator, p_low: float | None = None) -> dict[str, int]:
+        """Random candidate bits per precision group (lowest bits with probability ``p_low``)."""
+        p = rng.uniform(0.1, 0.9) if p_low is None else p_low
+        out: dict[str, int] = {}
+        for unit in self._units():
+            common = sorted(set.intersection(*(set(self.layers[n].bits) for n in unit)), reverse=True)
+            b = common[-1] if rng.random() < p else common[0]
+            if len(common) > 2 and rng.random() < 0.5:
+                b = common[int(rng.integers(len(common)))]
+            for n in unit:
+                out[n] = b
+        return out
+
+    def _units(self) -> list[list[str]]:
+        grouped = {n for g in self.groups for n in g}
+        return [list(g) for g in self.groups] + [[n] for n in self.layers if n not in grouped]
+
+    # ---------------------------------------------------------------- measurement
+    def simulate(self, plan: CompressionPlan) -> nn.Module:
+        """The plan's fake-quantized model (same ranges as the noise model)."""
+        if self.folded_model is None or self.calib_x is None:
+            raise UserError("this noise model was loaded without its model: build it to simulate plans.")
+        ranges = self.ranges if plan.activation_calibration == self.act_calibration and self.ranges else None
+        spec = fq.compute_quant_spec(self.folded_model, plan, self.calib_x, ranges=ranges)
+        return fq.simulate(self.folded_model, spec)
+
+    def measure(self, plan: CompressionPlan, x: np.ndarray, y: np.ndarray | None = None) -> dict[str, float]:
+        """Measured output noise power / SQNR (and accuracy when labels are given) of the simulated plan."""
+        if self.folded_model is None:
+            raise UserError("this noise model was loaded without its model: build it to measure plans.")
+        y_fp = _logits(self.folded_model, x)
+        y_q = _logits(self.simulate(plan), x)
+        noise = float(((y_q - y_fp).double() ** 2).mean())
+        sig = float((y_fp.double() ** 2).mean())
+        out = {"output_noise_power": noise, "signal_power": sig, "sqnr_db": _db(sig / noise) if noise > 0 else float("inf")}
+        if y is not None:
+            out["acc"] = float((y_q.argmax(1).numpy() == y).mean())
+            out["fp32_acc"] = float((y_fp.argmax(1).numpy() == y).mean())
+            out["acc_drop_pp"] = 100.0 * (out["fp32_acc"] - out["acc"])
+        return out
+
+    def fit_accuracy(
+        self,
+        eval_x: np.ndarray,
+        eval_y: np.ndarray,
+        plans: list[CompressionPlan] | None = None,
+        *,
+        n_random: int = 6,
+        seed: int = 0,
+        kind: str = "margin",
+    ) -> AccuracyCurve:
+        """Fit ``acc_drop = f(predicted SQNR)`` on measured plans (uniform highest / lowest bits and
+        ``n_random`` random mixed plans when ``plans`` is None); sets and returns ``self.curve``."""
+        if plans is None:
+            rng = np.random.default_rng(seed)
+            hi = {n: ln.bits[0] for n, ln in self.layers.items()}
+            lo = {n: ln.bits[-1] for n, ln in self.layers.items()}
+            plans = [self.plan_for(hi), self.plan_for(lo)]
+            plans += [self.plan_for(self.random_bits(rng)) for _ in range(n_random)]
+        if self.folded_model is None:
+            raise UserError("this noise model was loaded without its model: build it to fit the accuracy curve.")
+        y_fp = _logits(self.folded_model, eval_x).numpy()
+        fp32_acc = float((y_fp.argmax(1) == eval_y).mean())
+        margins = logit_margins(y_fp, eval_y)
+        s, d = [], []
+        saved, self.curve = self.curve, None
+        try:
+            for p in plans:
+                s.append(self.predict(p)["sqnr_db"])
+                d.append(self.measure(p, eval_x, eval_y)["acc_drop_pp"])
+        finally:
+            self.curve = saved
+        self.curve = AccuracyCurve.fit(kind, np.array(s), np.array(d), fp32_acc, margins, y_fp.shape[1])
+        return self.curve
+
+    # ---------------------------------------------------------------- serialization
+    def to_json(self) -> dict[str, Any]:
+        """Gains and energies (not the model): enough to ``predict`` plans elsewhere."""
+
+        def ints(d: dict[int, float]) -> dict[str, float]:
+            return {str(k): v for k, v in d.items()}
+
+        return {
+            "signal_power": self.signal_power, "groups": self.groups, "weight_clip": self.weight_clip,
+            "act_calibration": self.act_calibration, "model": self.model_name, "profile": self.profile_name,
+            "curve": self.curve.to_json() if self.curve else None,
+            "layers": [
+                {
+                    "name": ln.name, "kind": ln.kind, "n_weights": ln.n_weights, "bits": list(ln.bits),
+                    "w_energy": ints(ln.w_energy), "w_energy_step": ints(ln.w_energy_step), "w_gain": ints(ln.w_gain),
+                    "a_err": ints(ln.a_err), "a_err_step": ints(ln.a_err_step), "a_group": ln.a_group, "a_gain": ln.a_gain,
+                }
+                for ln in self.layers.values()
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> NoiseModel:
+        def ints(x: dict[str, float]) -> dict[int, float]:
+            return {int(k): float(v) for k, v in x.items()}
+
+        layers = {
+            x["name"]: LayerNoise(
+                x["name"], x["kind"], int(x["n_weights"]), tuple(x["bits"]), ints(x["w_energy"]),
+                ints(x["w_energy_step"]), ints(x["w_gain"]), ints(x["a_err"]), ints(x["a_err_step"]),
+                int(x["a_group"]), float(x["a_gain"]),
+            )
+            for x in d["layers"]
+        }
+        curve = AccuracyCurve.from_json(d["curve"]) if d.get("curve") else None
+        return cls(
+            layers, d["signal_power"], groups=d.get("groups", []), weight_clip=d.get("weight_clip", "mse"),
+            act_calibration=d.get("act_calibration", "mse"), curve=curve, model_name=d.get("model", ""),
+            profile_name=d.get("profile", ""),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+@torch.no_grad()
+def _shared_inputs(model: nn.Module, names: list[str], x: np.ndarray) -> list[list[str]]:
+    """Groups of layers whose input is the very same tensor (in execution order)."""
+    mods = dict(model.named_modules())
+    seen: dict[str, int] = {}
+    keep: list[torch.Tensor] = []  # keep the tensors alive so data pointers stay unique
+
+    def hook(mod, inp, n):
+        t = inp[0]
+        keep.append(t)
+        seen.setdefault(n, t.data_ptr())
+
+    hooks = [mods[n].register_forward_pre_hook(lambda m, i, n=n: hook(m, i, n)) for n in names]
+    try:
+        model(torch.from_numpy(np.ascontiguousarray(x)))
+    finally:
+        for h in hooks:
+            h.remove()
+    groups: dict[int, list[str]] = {}
+    for n in names:
+        groups.setdefault(seen.get(n, -1 - len(groups)), []).append(n)
+    return list(groups.values())
+
+
+def _act_gain(
+    model: nn.Module,
+    mods: list[nn.Module],
+    xt: torch.Tensor,
+    y0: torch.Tensor,
+    sigma2: float,
+    draws: int,
+    gen: torch.Generator,
+    aq: fq.ActQuant | None = None,
+) -> float:
+    """Output noise power per unit variance of Gaussian noise added to the (shared) input of ``mods``.
+
+    With a quantizer ``aq`` the noise goes only where that quantizer is inexact (exact zeros after
+    a ReLU stay exact), so the gain weighs the elements the way the quantization error does; the
+    variance it is divided by is the mean over all elements, like the quantizer's error power.
+    """
+    state: dict[str, Any] = {}
+
+    def pre(mod, inp):
+        t = inp[0]
+        key = t.data_ptr()
+        if state.get("key") != key:
+            noise = torch.randn(t.shape, generator=gen, dtype=t.dtype) * math.sqrt(sigma2)
+            if aq is not None:
+                noise = noise * ((aq.fake(t) - t).abs() > 0).to(t.dtype)
+            state["key"], state["noise"] = key, noise
+            state["var"].append(float((noise.double() ** 2).mean()))
+        return (t + state["noise"],) + tuple(inp[1:])
+
+    hooks = [m.register_forward_pre_hook(pre) for m in mods]
+    gains = []
+    try:
+        for _ in range(draws):
+            state.clear()
+            state["var"] = []
+            with torch.no_grad():
+                y = model(xt).float()
+            var = float(np.mean(state["var"])) if state["var"] else sigma2
+            gains.append(float(((y - y0).double() ** 2).mean()) / max(var, 1e-300))
+    finally:
+        for h in hooks:
+            h.remove()
+    return float(np.mean(gains))

@@ -1,0 +1,606 @@
+"""Budget-constrained model selection with device feedback in the loop (NetAdapt / HAQ style).
+
+1. :func:`generate_candidates` sweeps plans over one or more models (float, uniform int8 / int4,
+   mixed precision at several precision budgets through the planner, L1 pruning ratios,
+   factorization ranks: each technique when its package is present) and scores each candidate's
+   accuracy with the fast simulation (fake quantization on the test split).
+2. :func:`select` predicts every candidate's cost with the target's cost model, measures the most
+   accurate candidate that could still meet every budget (its *optimistic* prediction does),
+   feeds the measurement back (refit of the cost model + a per-model correction), re-ranks, and
+   stops when no unmeasured candidate that is more accurate than the best measured feasible one
+   can still meet the budgets. Without a measuring function it chooses on predictions and says so.
+3. The result holds the choice, the Pareto front (accuracy vs latency / energy / bytes), and for
+   every rejected candidate the budget it broke and by how much (measured or predicted).
+
+Budgets are :class:`edge_compress.profiles.Budget` fields, plus ``latency_median_ms`` (a budget
+on the median latency, for machines where the p99 is set by other tenants, as on a shared CI host).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from edge_compress.costmodel import CostModel, CostPrediction, Kernel, kernel_class_shares
+from edge_compress.errors import BudgetError, UserError
+
+if TYPE_CHECKING:
+    from edge_compress.profiles import DeviceProfile
+    from runners.base import Measurement
+
+# budget field -> (metric of a cost record, unit shown, scale from the metric to the budget unit)
+BUDGET_METRICS: dict[str, tuple[str, str, float]] = {
+    "latency_p99_ms": ("latency_p99_ms", "ms", 1.0),
+    "latency_median_ms": ("latency_ms", "ms", 1.0),
+    "energy_per_inference_mj": ("energy_mj", "mJ", 1.0),
+    "peak_memory_mb": ("peak_memory_bytes", "MB", 1e-6),
+    "model_bytes": ("model_bytes", "B", 1.0),
+    "avg_power_w": ("avg_power_w", "W", 1.0),
+    "flops_ratio": ("flops_ratio", "", 1.0),
+}
+EXTRA_BUDGETS = {"latency_median": "latency_median_ms", "latency_median_ms": "latency_median_ms"}
+
+
+def parse_select_budget(text: str | None) -> dict[str, float]:
+    """``--budget`` text: the profile budget grammar plus ``latency_median=<ms>``."""
+    from edge_compress.profiles import _num, parse_budget
+
+    rest, extra = [], {}
+    for part in (text or "").split(","):
+        key = part.split("=", 1)[0].strip().lower()
+        if key in EXTRA_BUDGETS and "=" in part:
+            extra[EXTRA_BUDGETS[key]] = _num("latency_p99_ms", part.split("=", 1)[1])
+        elif part.strip():
+            rest.append(part)
+    out = parse_budget(",".join(rest))
+    out.update(extra)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# candidates and costs
+
+
+@dataclass
+class Costs:
+    """One candidate's costs, either all predicted or all measured (``basis``)."""
+
+    basis: str  # "predicted" | "measured"
+    latency_ms: float
+    latency_p99_ms: float
+    energy_mj: float
+    energy_basis: str
+    peak_memory_bytes: float
+    model_bytes: float
+    avg_power_w: float | None = None
+    flops_ratio: float | None = None
+
+    def metric(self, name: str) -> float | None:
+        return getattr(self, name)
+
+
+@dataclass
+class Candidate:
+    """A model + plan to choose from. ``build`` returns (nn.Module, plan or None) for export."""
+
+    id: str
+    model_name: str
+    technique: str
+    accuracy: float  # percent, from the fast simulation
+    kernels: list[Kernel]
+    macs: int = 0
+    base_macs: int = 0
+    build: Callable[[], tuple[Any, Any]] | None = None
+    calib_x: Any = None
+    plan_json: dict[str, Any] | None = None
+    predicted: Costs | None = None
+    prediction: CostPrediction | None = None
+    measured: Costs | None = None
+    measurement: dict[str, Any] | None = None  # summary of the runner's Measurement
+    correction: float = 1.0  # measured/predicted latency learned from measured siblings
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def costs(self) -> Costs:
+        c = self.measured or self.predicted
+        if c is None:
+            raise RuntimeError(f"candidate {self.id} has no costs yet")
+        return c
+
+
+def _avg_power(profile: DeviceProfile, latency_ms: float, energy_mj: float, rate_hz: float | None) -> float | None:
+    """Average power at ``rate_hz`` inferences per second: idle plus the active share (inf if it cannot keep up)."""
+    if not rate_hz:
+        return None
+    busy = rate_hz * latency_ms / 1e3
+    if busy >= 1.0:
+        return math.inf
+    idle = profile.power.idle_w
+    return idle + rate_hz * (energy_mj / 1e3 - idle * latency_ms / 1e3)
+
+
+def predict_costs(c: Candidate, cm: CostModel, budgets: dict[str, float]) -> Costs:
+    p = cm.predict_from_kernels(c.kernels)
+    c.prediction = p
+    lat = p.latency_ms * c.correction
+    energy = p.energy_mj * c.correction
+    return Costs(
+        "predicted", lat, p.latency_p99_ms * c.correction, energy, p.energy_basis, p.peak_memory_bytes,
+        p.model_bytes, _avg_power(cm.profile, lat, energy, budgets.get("duty_cycle_hz")),
+        c.macs / c.base_macs if c.base_macs else None,
+    )
+
+
+def measured_costs(c: Candidate, m: Measurement, cm: CostModel, budgets: dict[str, float]) -> Costs:
+    assert m.stats is not None
+    lat, p99 = m.stats.median_ms, m.stats.p99_ms
+    if m.energy is not None:
+        energy = m.energy.joules_per_inference * 1e3
+        ebasis = m.energy.source if m.energy.measured else f"estimate ({m.energy.source})"
+    else:
+        energy, ebasis = cm.energy_j(lat) * 1e3, "estimate: profile power model x measured latency"
+    pred = c.prediction or cm.predict_from_kernels(c.kernels)
+    mem = float(m.peak_rss_bytes) if m.peak_rss_bytes else pred.peak_memory_bytes
+    return Costs(
+        "measured", lat, p99, energy, ebasis, mem, pred.model_bytes,
+        _avg_power(cm.profile, lat, energy, budgets.get("duty_cycle_hz")),
+        c.macs / c.base_macs if c.base_macs else None,
+    )
+
+
+def violations(costs: Costs, budgets: dict[str, float], slack: float = 1.0) -> dict[str, dict[str, float]]:
+    """budget -> {limit, value, over_pct} for every budget ``costs`` breaks (value > limit x slack)."""
+    out = {}
+    for b, limit in budgets.items():
+        if b not in BUDGET_METRICS:
+            continue
+        metric, _, scale = BUDGET_METRICS[b]
+        v = costs.metric(metric)
+        if v is None:
+            continue
+        v = v * scale
+        if v > limit * slack:
+            out[b] = {"limit": limit, "value": v, "over_pct": 100.0 * (v / limit - 1.0) if math.isfinite(v) else math.inf}
+    return out
+
+
+def _possibly_feasible(c: Candidate, budgets: dict[str, float], cm: CostModel) -> bool:
+    """Could the candidate meet every budget if the prediction errs in its favour?"""
+    if c.predicted is None:
+        return True
+    rel = 1.0 + 2.0 * cm.rel_error
+    opt = Costs(
+        "predicted", c.predicted.latency_ms / rel, c.predicted.latency_p99_ms / rel, c.predicted.energy_mj / rel,
+        c.predicted.energy_basis, c.predicted.peak_memory_bytes / rel, c.predicted.model_bytes,
+        None if c.predicted.avg_power_w is None else cm.profile.power.idle_w
+        + (c.predicted.avg_power_w - cm.profile.power.idle_w) / rel,
+        c.predicted.flops_ratio,
+    )
+    return not violations(opt, budgets)
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+@dataclass
+class SelectionResult:
+    chosen: Candidate | None
+    basis: str  # "measured" | "predicted"
+    candidates: list[Candidate]
+    budgets: dict[str, float]
+    measurements: int
+    calibrated: bool
+    rel_error: float
+    trace: list[dict[str, Any]] = field(default_factory=list)  # one entry per measurement
+    notes: list[str] = field(default_factory=list)
+
+    def pareto(self, metric: str = "latency_ms") -> list[Candidate]:
+        """Candidates no other candidate beats on both accuracy and ``metric``."""
+        return pareto_front(self.candidates, metric)
+
+    def rejections(self) -> list[dict[str, Any]]:
+        out = []
+        for c in self.candidates:
+            if c is self.chosen:
+                continue
+            v = violations(c.costs, self.budgets)
+            if v:
+                reason = "breaks " + ", ".join(f"{b} by {x['over_pct']:+.1f}%" for b, x in v.items())
+            elif self.chosen is not None and c.accuracy <= self.chosen.accuracy:
+                reason = "meets the budgets, less accurate than the choice"
+            else:
+                reason = "meets the budgets"
+            out.append({"id": c.id, "basis": c.costs.basis, "violations": v, "reason": reason})
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        def row(c: Candidate) -> dict[str, Any]:
+            return {
+                "id": c.id, "model": c.model_name, "technique": c.technique, "accuracy_pct": c.accuracy,
+                "predicted": None if c.predicted is None else vars(c.predicted),
+                "measured": None if c.measured is None else vars(c.measured),
+                "basis": c.costs.basis, "violations": violations(c.costs, self.budgets),
+                "pareto_latency": c in self.pareto("latency_ms"), "pareto_energy": c in self.pareto("energy_mj"),
+                "pareto_bytes": c in self.pareto("model_bytes"), "notes": c.notes,
+            }
+
+        return {
+            "chosen": None if self.chosen is None else row(self.chosen),
+            "basis": self.basis,
+            "numbers": "measured on the target" if self.basis == "measured" else "predicted (no target given)",
+            "budgets": self.budgets,
+            "measurements": self.measurements,
+            "candidates_total": len(self.candidates),
+            "cost_model": {"calibrated": self.calibrated, "rel_error": self.rel_error},
+            "candidates": [row(c) for c in sorted(self.candidates, key=lambda c: -c.accuracy)],
+            "rejections": self.rejections(),
+            "trace": self.trace,
+            "notes": self.notes,
+        }
+
+
+def pareto_front(cands: list[Candidate], metric: str) -> list[Candidate]:
+    pts = sorted(cands, key=lambda c: (c.costs.metric(metric) or 0.0, -c.accuracy))
+    front, best = [], -math.inf
+    for c in pts:
+        if c.accuracy > best:
+            front.append(c)
+            best = c.accuracy
+    return front
+
+
+def _apply_corrections(cands: list[Candidate], shrink: float = 0.5) -> None:
+    """Measured/predicted ratios of measured candidates carried to similar unmeasured siblings.
+
+    Siblings are candidates of the same source model; each measured one counts in proportion to
+    how similar its kernel-class time shares are (cosine), shrunk toward 1 with few of them.
+    """
+    measured = [c for c in cands if c.measured is not None and c.prediction is not None]
+    for c in cands:
+        if c.measured is not None:
+            continue
+        sib = [m for m in measured if m.model_name == c.model_name]
+        if not sib or c.prediction is None:
+            c.correction = 1.0
+            continue
+        mine = kernel_class_shares(c.kernels, c.prediction.kernels_ms)
+        num = den = 0.0
+        for m in sib:
+            theirs = kernel_class_shares(m.kernels, m.prediction.kernels_ms)  # type: ignore[union-attr]
+            keys = set(mine) | set(theirs)
+            dot = sum(mine.get(k, 0) * theirs.get(k, 0) for k in keys)
+            norm = math.sqrt(sum(v * v for v in mine.values()) * sum(v * v for v in theirs.values())) or 1.0
+            w = max(0.0, dot / norm) ** 4
+            num += w * math.log(m.measured.latency_ms / m.prediction.latency_ms)  # type: ignore[union-attr]
+            den += w
+        c.correction = math.exp(num / den * den / (den + shrink)) if den > 0 else 1.0
+
+
+def select(
+    candidates: list[Candidate],
+    budgets: dict[str, float],
+    cm: CostModel,
+    measure: Callable[[Candidate], Measurement] | None = None,
+    *,
+    max_measurements: int | None = None,
+    refit: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> SelectionResult:
+    """Choose the most accurate candidate meeting every budget (see the module docstring).
+
+    ``measure`` runs a candidate on the target and returns the runner's Measurement (failures are
+    recorded and the candidate excluded). Without it, numbers are predictions and labelled so.
+
+    Raises:
+        BudgetError: no candidate meets the budgets; names the binding budget and the closest one.
+    """
+    if not candidates:
+        raise UserError("no candidates to select from.")
+    for c in candidates:
+        c.predicted = predict_costs(c, cm, budgets)
+    notes: list[str] = []
+    trace: list[dict[str, Any]] = []
+    failed: set[str] = set()
+    n = 0
+    if measure is not None:
+        while max_measurements is None or n < max_measurements:
+            ok = [c for c in candidates if c.measured is not None and not violations(c.measured, budgets)]
+            best = max((c.accuracy for c in ok), default=-math.inf)
+            pool = [
+                c for c in candidates
+                if c.measured is None and c.id not in failed and c.accuracy > best and _possibly_feasible(c, budgets, cm)
+            ]
+            if not pool:
+                break
+            c = max(pool, key=lambda c: (c.accuracy, -_worst_ratio(c.predicted, budgets)))  # type: ignore[arg-type]
+            m = measure(c)
+            n += 1
+            if not m.ok or m.stats is None:
+                failed.add(c.id)
+                c.notes.append(f"measurement failed: {m.error}")
+                trace.append({"id": c.id, "ok": False, "error": m.error})
+                continue
+            c.measured = measured_costs(c, m, cm, budgets)
+            c.measurement = {"median_ms": m.stats.median_ms, "p99_ms": m.stats.p99_ms, "count": m.stats.count,
+                             "peak_rss_bytes": m.peak_rss_bytes, "target": m.target}
+            pred_lat = c.predicted.latency_ms if c.predicted else float("nan")
+            trace.append({"id": c.id, "ok": True, "accuracy": c.accuracy, "predicted_ms": pred_lat,
+                          "measured_ms": c.measured.latency_ms, "measured_p99_ms": c.measured.latency_p99_ms,
+                          "feasible": not violations(c.measured, budgets)})
+            if progress:
+                progress(f"measured {c.id}: {c.measured.latency_ms:.3f} ms (predicted {pred_lat:.3f})")
+            if refit:
+                cm.observe(c.kernels, m, label=c.id, source=f"select:{m.target}")
+                cm.fit(folds=0, update_error=False)
+            _apply_corrections(candidates)
+            for u in candidates:
+                if u.measured is None:
+                    u.predicted = predict_costs(u, cm, budgets)
+        else:
+            notes.append(f"stopped at --max-measurements {max_measurements}; unmeasured candidates may be better.")
+    usable = [c for c in candidates if c.id not in failed]
+    if measure is not None:
+        feasible = [c for c in usable if c.measured is not None and not violations(c.measured, budgets)]
+        basis = "measured"
+    else:
+        feasible = [c for c in usable if not violations(c.costs, budgets)]
+        basis = "predicted"
+    res = SelectionResult(None, basis, candidates, budgets, n, cm.calibrated, cm.rel_error, trace, notes)
+    if not feasible:
+        raise BudgetError(_no_feasible_message(usable or candidates, budgets, basis))
+    res.chosen = max(feasible, key=lambda c: (c.accuracy, -c.costs.latency_ms))
+    return res
+
+
+def _worst_ratio(costs: Costs, budgets: dict[str, float]) -> float:
+    worst = 0.0
+    for b, limit in budgets.items():
+        if b in BUDGET_METRICS:
+            metric, _, scale = BUDGET_METRICS[b]
+            v = costs.metric(metric)
+            if v is not None:
+                worst = max(worst, v * scale / limit)
+    return worst
+
+
+def _no_feasible_message(cands: list[Candidate], budgets: dict[str, float], basis: str) -> str:
+    closest = min(cands, key=lambda c: _worst_ratio(c.costs, budgets))
+    v = violations(closest.costs, budgets)
+    if not v:
+        return f"no candidate meets the budgets on {basis} numbers."
+    binding = max(v, key=lambda b: v[b]["over_pct"])
+    x = v[binding]
+    unit = BUDGET_METRICS[binding][1]
+    others = sum(1 for c in cands if binding in violations(c.costs, budgets))
+    return (
+        f"no candidate meets {binding} <= {x['limit']:g} {unit} ({others} of {len(cands)} break it): the closest, "
+        f"{closest.id}, is at {x['value']:.4g} {unit} ({x['over_pct']:+.1f}%, {closest.costs.basis}); "
+        f"relax {binding} or add smaller models."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# candidate generation
+
+
+def parse_models(text: str) -> list[tuple[str, float]]:
+    """``lenet5,resnet@0.5`` -> [(zoo name, width)]."""
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, _, w = part.partition("@")
+        try:
+            width = float(w) if w else 1.0
+        except ValueError:
+            raise UserError(f"model {part!r}: the width after '@' must be a number (e.g. resnet@0.5).") from None
+        out.append((name, width))
+    if not out:
+        raise UserError("no model given (e.g. lenet5 or lenet5,resnet@0.5).")
+    return out
+
+
+@dataclass
+class Variant:
+    """A transformed model before its plan is applied (the float model, a pruned one, ...)."""
+
+    label: str
+    model: Any
+    graph: Any
+    note: str = ""
+
+
+def _supports(profile: DeviceProfile, bits: int) -> bool:
+    return all(bits in profile.weight_bits(k) for k in ("conv", "linear"))
+
+
+def _variants(zm: Any, graph: Any, prune_ratios: tuple[float, ...], ranks: tuple[float, ...],
+              notes: list[str]) -> list[Variant]:
+    """The float model plus pruned / factorized variants when those packages offer them."""
+    from edge_compress.graph import extract_graph
+
+    out = [Variant("", zm.model, graph)]
+    try:
+        from edge_compress import prune as prune_pkg
+    except ImportError:  # pragma: no cover - the package directory always exists
+        prune_pkg = None
+    l1 = None
+    for name in ("l1_prune", "prune_l1", "l1_one_shot", "prune_to_flops"):
+        l1 = getattr(prune_pkg, name, None) if prune_pkg is not None else None
+        if callable(l1):
+            break
+        l1 = None
+    if prune_ratios and l1 is None:
+        notes.append("pruning candidates skipped: edge_compress.prune offers no L1 one-shot function yet.")
+    for r in prune_ratios if l1 is not None else ():
+        try:
+            res = l1(zm.model, graph, r)  # type: ignore[misc]
+        except Exception as e:  # noqa: BLE001 - one failing variant must not stop the sweep
+            notes.append(f"{zm.name}: L1 pruning to {r:g} FLOPs failed ({type(e).__name__}: {e}).")
+            continue
+        m = getattr(res, "model", res)
+        out.append(Variant(f"prune{r:g}", m, extract_graph(m, zm.example_input())))
+    fact = None
+    try:
+        from edge_compress import factorize as fact_pkg
+
+        for name in ("factorize_model", "factorize", "low_rank"):
+            fact = getattr(fact_pkg, name, None)
+            if callable(fact):
+                break
+            fact = None
+    except ImportError:  # pragma: no cover
+        fact = None
+    if ranks and fact is None:
+        notes.append("factorization candidates skipped: edge_compress.factorize offers no factorization function yet.")
+    for r in ranks if fact is not None else ():
+        try:
+            res = fact(zm.model, graph, r)  # type: ignore[misc]
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"{zm.name}: factorization at {r:g} failed ({type(e).__name__}: {e}).")
+            continue
+        m = getattr(res, "model", res)
+        out.append(Variant(f"rank{r:g}", m, extract_graph(m, zm.example_input())))
+    return out
+
+
+def _plans(variant: Variant, zm: Any, profile: DeviceProfile, alphas: tuple[float, ...], calib: Any,
+           notes: list[str]) -> list[tuple[str, Any]]:
+    from edge_compress.plan import CompressionPlan
+
+    g = variant.graph
+    plans: list[tuple[str, Any]] = [("fp32", None)]
+    if _supports(profile, 8):
+        plans.append(("w8a8", CompressionPlan.uniform(g, zm.name, profile.name, 8, 8)))
+    if _supports(profile, 4):
+        plans.append(("w4a8", CompressionPlan.uniform(g, zm.name, profile.name, 4, 8)))
+    if not alphas:
+        return plans
+    try:
+        from edge_compress.quant.planner import plan_model
+    except ImportError:
+        if not any("planner" in n for n in notes):
+            notes.append("mixed-precision candidates skipped: edge_compress.quant.planner is not available yet.")
+        return plans
+    x_val = getattr(zm.dataset, "x_val", None)
+    y_val = getattr(zm.dataset, "y_val", None)
+    for a in alphas:
+        try:
+            p = plan_model(variant.model, g, profile, calib, eval_x=x_val, eval_y=y_val, alpha=a)
+        except Exception as e:  # noqa: BLE001 - report and keep sweeping
+            notes.append(f"{zm.name}: plan_model(alpha={a:g}) failed ({type(e).__name__}: {str(e)[:120]}).")
+            continue
+        plans.append((f"mixed-a{a:g}", p))
+    return plans
+
+
+def generate_candidates(
+    models: list[tuple[str, float]] | str,
+    profile: DeviceProfile,
+    *,
+    alphas: tuple[float, ...] = (0.25, 0.5, 0.75),
+    prune_ratios: tuple[float, ...] = (0.75, 0.5),
+    ranks: tuple[float, ...] = (0.5,),
+    calib_n: int = 256,
+    notes: list[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[Candidate]:
+    """Every (model variant x plan) candidate with its simulated accuracy and kernels."""
+    from edge_compress.costmodel import kernels_of
+    from edge_compress.graph import extract_graph
+    from edge_compress.quant.fakequant import quantize_plan
+    from edge_compress.zoo import load_zoo
+
+    notes = notes if notes is not None else []
+    specs = parse_models(models) if isinstance(models, str) else models
+    out: list[Candidate] = []
+    for name, width in specs:
+        zm = load_zoo(name, width=width)
+        label = name if width == 1.0 else f"{name}@{width:g}"
+        graph = extract_graph(zm.model, zm.example_input())
+        calib = zm.calibration(calib_n)
+        for v in _variants(zm, graph, prune_ratios, ranks, notes):
+            for tech, plan in _plans(v, zm, profile, alphas, calib, notes):
+                if plan is None:
+                    acc = zm.evaluate(v.model)
+                else:
+                    sim, _ = quantize_plan(v.model, plan, calib)
+                    acc = zm.evaluate(sim)
+                cid = "/".join(x for x in (label, v.label, tech) if x)
+                out.append(Candidate(
+                    cid, label, "+".join(x for x in (v.label, tech) if x), 100.0 * acc, kernels_of(v.graph, plan),
+                    macs=v.graph.total_macs, base_macs=graph.total_macs,
+                    build=lambda m=v.model, p=plan: (m, p), calib_x=calib,
+                    plan_json=None if plan is None else plan.to_json(),
+                ))
+                if progress:
+                    progress(f"candidate {cid}: accuracy {100 * acc:.2f}%")
+    return out
+
+
+def runner_measure(
+    runner: Any, workdir: Any, profile: str, *, threads: int = 1, min_count: int = 200,
+    min_duration_s: float = 1.0, warmup: int = 20, notes: list[str] | None = None,
+) -> Callable[[Candidate], Measurement]:
+    """A ``measure`` function for :func:`select`: export the candidate (once) and run it on the target."""
+    from pathlib import Path
+
+    from edge_compress.costmodel_export import FALLBACK, export_candidate
+    from runners.base import RunRequest
+
+    wd = Path(workdir)
+    wd.mkdir(parents=True, exist_ok=True)
+
+    def measure(c: Candidate) -> Measurement:
+        model, plan = c.build() if c.build else (None, None)
+        path = wd / (c.id.replace("/", "__").replace("@", "_w") + ".onnx")
+        if not path.exists():
+            _, how = export_candidate(model, plan, c.calib_x, path)
+            if how == FALLBACK and notes is not None and FALLBACK not in notes:
+                notes.append(FALLBACK)
+        req = RunRequest(str(path), threads=threads, min_count=min_count, min_duration_s=min_duration_s,
+                         warmup=warmup, profile=profile, label=c.id)
+        return runner.run(req)
+
+    return measure
+
+
+# ---------------------------------------------------------------------------------------------
+# reporting
+
+
+def pareto_plot(res: SelectionResult, path: Any, metric: str = "latency_ms") -> Any:
+    """Accuracy vs ``metric`` scatter with the Pareto front, the budget and the choice, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {"latency_ms": "median latency (ms)", "latency_p99_ms": "p99 latency (ms)",
+              "energy_mj": "energy / inference (mJ)", "model_bytes": "model bytes"}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for basis, marker in (("measured", "o"), ("predicted", "x")):
+        cs = [c for c in res.candidates if c.costs.basis == basis]
+        ax.scatter([c.costs.metric(metric) for c in cs], [c.accuracy for c in cs], marker=marker,
+                   label=f"{basis} ({len(cs)})", alpha=0.8)
+    front = res.pareto(metric)
+    ax.step([c.costs.metric(metric) for c in front], [c.accuracy for c in front], where="post", color="k",
+            lw=1, label="Pareto front")
+    for b, limit in res.budgets.items():
+        if b in BUDGET_METRICS and BUDGET_METRICS[b][0] == metric:
+            ax.axvline(limit / BUDGET_METRICS[b][2], color="r", ls="--", label=f"budget {b}")
+    if res.chosen is not None:
+        ax.scatter([res.chosen.costs.metric(metric)], [res.chosen.accuracy], s=160, facecolors="none",
+                   edgecolors="g", lw=2, label=f"chosen: {res.chosen.id}")
+    ax.set_xlabel(labels.get(metric, metric))
+    ax.set_ylabel("accuracy (%, simulated)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,315 @@
+#!/usr/bin/env python
+"""Benchmark: how well the cost model predicts latency here, and how well `select` chooses.
+
+Part 1 (predictor). >= 100 random architectures x plans (widths, depths, kernel sizes, strides,
+depthwise or not, 1-D / 2-D, linear heads; fp32 / int8 / int4 / mixed via QDQ ONNX) are exported,
+timed on this machine (onnxruntime, batch 1, one thread, median of many runs, all models
+interleaved round by round so background load hits them alike) and profiled per operator. The
+cost model is fitted on 70% and evaluated on the held-out 30%: fraction within +-10%
+(``within10_pct``) and MAPE, next to a FLOPs-proportional baseline fitted on the same part.
+
+Part 2 (selection). For each zoo model, the candidate set of `select` is measured exhaustively
+(interleaved); a tight latency budget is set between the fastest and the median candidate;
+`select` runs with the calibrated cost model and the local runner in the loop; its choice is
+compared with the best feasible candidate of the exhaustive search (regret, in accuracy points)
+and its measurement count with the exhaustive count.
+
+    python scripts/bench_costmodel.py            # full (< ~20 min on 2 cores)
+    python scripts/bench_costmodel.py --quick    # a few minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "costmodel.json"
+
+
+def loadavg() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+# ---------------------------------------------------------------------------------------------
+# random architectures
+
+
+MAX_MACS = 6e6  # keeps runs short enough not to straddle scheduler slices on a shared host
+
+
+def random_spec(rng: random.Random) -> dict[str, Any]:
+    """A random sequential CNN: plain / depthwise / pointwise convs, residual and inverted-residual
+    blocks, pools, then global pooling or flatten and 1-3 Linear layers."""
+    dims = rng.choice([1, 2, 2, 2])
+    if dims == 2:
+        cin, size = rng.choice([1, 1, 3]), rng.choice([16, 24, 32, 32, 48])
+    else:
+        cin, size = rng.choice([1, 2, 4]), rng.choice([32, 40, 64, 128, 256])
+    blocks = []
+    c, s = cin, size
+    for _ in range(rng.randint(1, 6)):
+        r = rng.random()
+        if c >= 8 and r < 0.15:
+            blocks.append({"kind": "res", "c": c})
+            continue
+        if c >= 4 and r < 0.3:
+            stride = 2 if s >= 8 and rng.random() < 0.5 else 1
+            cout = rng.choice([c, c, 8, 16, 24, 32])
+            blocks.append({"kind": "ir", "cout": cout, "stride": stride, "expand": rng.choice([2, 4])})
+            c, s = cout, s // stride
+            continue
+        kind = rng.choice(["conv", "conv", "dw", "pw"]) if c >= 4 else "conv"
+        k = 1 if kind == "pw" else rng.choice([3, 3, 5] + ([7] if dims == 1 else [1]))
+        stride = 2 if s >= 8 and rng.random() < 0.4 else 1
+        cout = c if kind == "dw" else rng.choice([4, 8, 12, 16, 24, 32, 48, 64, 96])
+        pool = s // stride >= 8 and rng.random() < 0.25
+        blocks.append({"kind": kind, "k": k, "stride": stride, "cout": cout, "bn": rng.random() < 0.5, "pool": pool})
+        c = cout
+        s = s // stride // (2 if pool else 1)
+    head = [rng.choice([16, 32, 64, 128, 256]) for _ in range(rng.randint(0, 2))]
+    gap = rng.random() < 0.5 or c * s**dims > 4096
+    prec = rng.choices(["fp32", "int8", "int4", "mixed"], [0.3, 0.3, 0.2, 0.2])[0]
+    return {"dims": dims, "cin": cin, "size": size, "layers": blocks, "head": head, "gap": gap, "precision": prec}
+
+
+def _ops(dims: int) -> tuple[Any, Any, Any]:
+    from torch import nn
+
+    return (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d) if dims == 1 else (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d)
+
+
+def _blocks() -> tuple[type, type]:
+    from torch import nn
+
+    class Res(nn.Module):
+        def __init__(self, c: int, dims: int) -> None:
+            super().__init__()
+            Conv, BN, _ = _ops(dims)
+            self.conv1, self.bn1, self.relu1 = Conv(c, c, 3, 1, 1, bias=False), BN(c), nn.ReLU()
+            self.conv2, self.bn2, self.relu2 = Conv(c, c, 3, 1, 1, bias=False), BN(c), nn.ReLU()
+
+        def forward(self, x):  # noqa: ANN001, ANN202
+            return self.relu2(x + self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x))))))
+
+    class IR(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int, expand: int, dims: int) -> None:
+            super().__init__()
+            Conv, BN, _ = _ops(dims)
+            h = cin * expand
+            self.res = stride == 1 and cin == cout
+            self.expand, self.bn1, self.relu1 = Conv(cin, h, 1, bias=False), BN(h), nn.ReLU6()
+            self.dw, self.bn2, self.relu2 = Conv(h, h, 3, stride, 1, groups=h, bias=False), BN(h), nn.ReLU6()
+            self.project, self.bn3 = Conv(h, cout, 1, bias=False), BN(cout)
+
+        def forward(self, x):  # noqa: ANN001, ANN202
+            y = self.bn3(self.project(self.relu2(self.bn2(self.dw(self.relu1(self.bn1(self.expand(x))))))))
+            return x + y if self.res else y
+
+    return Res, IR
+
+
+def build(spec: dict[str, Any]) -> Any:
+    import torch
+    from torch import nn
+
+    dims = spec["dims"]
+    Conv, BN, Pool = _ops(dims)
+    Res, IR = _blocks()
+    mods: list[nn.Module] = []
+    c = spec["cin"]
+    for L in spec["layers"]:
+        if L["kind"] == "res":
+            mods.append(Res(c, dims))
+            continue
+        if L["kind"] == "ir":
+            mods.append(IR(c, L["cout"], L["stride"], L["expand"], dims))
+            c = L["cout"]
+            continue
+        groups = c if L["kind"] == "dw" else 1
+        mods.append(Conv(c, L["cout"], L["k"], L["stride"], L["k"] // 2, groups=groups, bias=not L["bn"]))
+        if L["bn"]:
+            mods.append(BN(L["cout"]))
+        mods.append(nn.ReLU())
+        if L["pool"]:
+            mods.append(Pool(2))
+        c = L["cout"]
+    if spec["gap"]:
+        mods.append(nn.AdaptiveAvgPool1d(1) if dims == 1 else nn.AdaptiveAvgPool2d(1))
+    mods.append(nn.Flatten())
+    body = nn.Sequential(*mods)
+    x = torch.zeros(1, spec["cin"], *([spec["size"]] * dims))
+    with torch.no_grad():
+        feat = body(x).shape[1]
+    head: list[nn.Module] = []
+    for h in spec["head"]:
+        head += [nn.Linear(feat, h), nn.ReLU()]
+        feat = h
+    head.append(nn.Linear(feat, 10))
+    model = nn.Sequential(body, *head).eval()
+    with torch.no_grad():  # non-trivial BN statistics so folding is exercised
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model, x
+
+
+def plan_for(graph: Any, precision: str, rng: random.Random) -> Any:
+    from edge_compress.plan import CompressionPlan
+
+    if precision == "fp32":
+        return CompressionPlan.uniform(graph, "random", "host", None, None)
+    if precision == "int8":
+        return CompressionPlan.uniform(graph, "random", "host", 8, 8)
+    if precision == "int4":
+        return CompressionPlan.uniform(graph, "random", "host", 4, 8)
+    plan = CompressionPlan.uniform(graph, "random", "host", 8, 8)
+    for d in plan.layers.values():  # float layers between quantized ones would be re-quantized by ORT
+        d.weight_bits = rng.choice([4, 8])
+    plan.method = "mixed"
+    return plan
+
+
+def make_dataset(n: int, workdir: Path, seed: int, log: Any) -> list[dict[str, Any]]:
+    """Export ``n`` random models; returns records with the kernels and the file path."""
+    import torch
+
+    from edge_compress.costmodel import kernels_of
+    from edge_compress.costmodel_export import export_candidate
+    from edge_compress.graph import extract_graph
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    recs = []
+    t0 = time.monotonic()
+    while len(recs) < n:
+        spec = random_spec(rng)
+        model, x = build(spec)
+        graph = extract_graph(model, x)
+        if graph.total_macs > MAX_MACS or graph.total_weight_params > 400_000:
+            continue
+        plan = plan_for(graph, spec["precision"], rng)
+        calib = torch.randn(16, *x.shape[1:]).numpy()
+        path = workdir / f"rand{len(recs):03d}.onnx"
+        _, how = export_candidate(model, plan, calib, path)
+        ks = kernels_of(graph, plan)
+        recs.append({"id": len(recs), "spec": spec, "path": str(path), "how": how,
+                     "kernels": [k.to_json() for k in ks], "macs": graph.total_macs})
+        if len(recs) % 20 == 0:
+            log(f"  exported {len(recs)}/{n} ({time.monotonic() - t0:.0f} s)")
+    return recs
+
+
+def pick_reference(recs: list[dict[str, Any]]) -> str:
+    """A small float model, run before every sample as the paired reference."""
+    fp = [r for r in recs if r["spec"]["precision"] == "fp32"] or recs
+    return min(fp, key=lambda r: abs(r["macs"] - 2e5))["path"]
+
+
+def measure_dataset(recs: list[dict[str, Any]], rounds: int, per_round: int, log: Any) -> dict[str, Any]:
+    from edge_compress.costmodel import Kernel
+    from edge_compress.costmodel_ort import attribute_to_kernels, profile_onnx, time_paired
+
+    t0 = time.monotonic()
+    ref = pick_reference(recs)
+    load0 = loadavg()
+    timings, ref_med = time_paired([r["path"] for r in recs], ref, rounds=rounds, per_round=per_round)
+    info = {"rounds": rounds, "per_round": per_round, "reference": Path(ref).name, "reference_median_ms": ref_med,
+            "seconds": time.monotonic() - t0, "loadavg_before": load0, "loadavg_after": loadavg()}
+    log(f"  timed {len(recs)} models x {rounds} rounds x {per_round} paired runs ({info['seconds']:.0f} s)")
+    for r in recs:
+        pt = timings[r["path"]]
+        s, rd = np.asarray(pt.samples_ms), np.asarray(pt.rounds)
+        r["raw_median_ms"] = float(np.median(s))
+        r["latency_ms"] = pt.ratio_median() * ref_med  # reference-normalised median
+        r["p99_ms"] = float(np.percentile(s, 99))
+        r["odd_even_ms"] = [pt.ratio_median(rd % 2 == 0) * ref_med, pt.ratio_median(rd % 2 == 1) * ref_med]
+        r["raw_odd_even_ms"] = [float(np.median(s[rd % 2 == 0])), float(np.median(s[rd % 2 == 1]))]
+        r["samples"] = len(s)
+    t0 = time.monotonic()
+    for r in recs:
+        prof = profile_onnx(r["path"], runs=30, warmup=3)
+        ks = [Kernel.from_json(k) for k in r["kernels"]]
+        try:
+            times, prologue, _ = attribute_to_kernels(prof, ks)
+            r["kernel_ms"] = times
+            r["prologue_ms"] = prologue
+        except ValueError as e:
+            r["kernel_ms"], r["profile_error"] = {}, str(e)
+        r["profile_run_ms"] = (prof.run_us or 0) / 1e3
+    log(f"  profiled {len(recs)} models ({time.monotonic() - t0:.0f} s)")
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# predictor accuracy
+
+
+def split(recs: list[dict[str, Any]], frac: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    idx = list(range(len(recs)))
+    random.Random(seed).shuffle(idx)
+    k = int(round(frac * len(recs)))
+    return [recs[i] for i in idx[:k]], [recs[i] for i in idx[k:]]
+
+
+def scores(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
+    rel = np.abs(pred / meas - 1.0)
+    return {"within10_pct": float(100 * np.mean(rel <= 0.10)), "mape_pct": float(100 * np.mean(rel)),
+            "within20_pct": float(100 * np.mean(rel <= 0.20)), "max_err_pct": float(100 * rel.max())}
+
+
+def fit_model(train: list[dict[str, Any]], profile: Any, kernel_rows: bool = True) -> Any:
+    from edge_compress.costmodel import CostModel, Kernel
+
+    cm = CostModel(profile, target="local")
+    for r in train:
+        ks = [Kernel.from_json(k) for k in r["kernels"]]
+        cm.observe(ks, latency_ms=r["latency_ms"], p99_ms=r["p99_ms"],
+                   kernel_ms=r.get("kernel_ms") if kernel_rows else None, label=f"rand{r['id']}", source="bench")
+    cm.fit()
+    return cm
+
+
+def evaluate_predictor(recs: list[dict[str, Any]], profile: Any, frac: float = 0.7, seed: int = 0,
+                       kernel_rows: bool = True) -> dict[str, Any]:
+    from edge_compress.costmodel import Kernel
+
+    train, test = split(recs, frac, seed)
+    cm = fit_model(train, profile, kernel_rows)
+    meas = np.array([r["latency_ms"] for r in test])
+    pred = np.array([cm.predict_kernels([Kernel.from_json(k) for k in r["kernels"]]) for r in test])
+    # FLOPs-proportional baseline: latency = a x MACs, a fitted on the training part (relative error)
+    mt = np.array([r["macs"] for r in train], float)
+    lt = np.array([r["latency_ms"] for r in train])
+    a = float(np.sum(mt / lt) / np.sum((mt / lt) ** 2))
+    base = a * np.array([r["macs"] for r in test], float)
+    # uncalibrated roofline, for reference
+    from edge_compress.costmodel import CostModel
+
+    roof = CostModel(profile)
+    pr = np.array([roof.predict_kernels([Kernel.from_json(k) for k in r["kernels"]]) for r in test])
+    s = scores(pred, meas)
+    b = scores(base, meas)
+    noise = [abs(r["odd_even_ms"][0] / r["odd_even_ms"][1] - 1) for r in test]
+    return {
+        "train": len(train), "test": len(test), **s,
+        "baseline_within10_pct": b["within10_pct"], "baseline_mape_pct": b["mape_pct"],
+        "roofline_uncalibrated": scores(pr, meas),
+        "measurement_noise_pct": {"odd_vs_even_rounds_mean": float(100 * np.mean(noise)),
+                                  "odd_vs_even_rounds_p90": float(100 * np.percentile(noise, 90))},
+        "fit": cm.fit_info, "model": cm,
+        "errors": [(r["id"], r["spec"]["precision"], float(m), float(p)) for r, m, p in zip(test, meas, pred)],
+    }
