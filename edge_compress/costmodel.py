@@ -158,13 +158,19 @@ def _make_kernel(
     )
 
 
-def kernels_of(graph: ModelGraph, plan: CompressionPlan | None = None) -> list[Kernel]:
-    """The fused kernels of ``graph`` under ``plan`` (pruned channels, ranks and precisions applied)."""
+def kernels_of(
+    graph: ModelGraph, plan: CompressionPlan | None = None, float_compute: set[str] | frozenset[str] = frozenset()
+) -> list[Kernel]:
+    """The fused kernels of ``graph`` under ``plan`` (pruned channels, ranks and precisions applied).
+
+    ``float_compute``: layers the exporter runs as float convolutions whatever their planned bits
+    (onnxruntime's integer kernels are slow on tiny reductions; see ``export.onnx.tiny_layers``).
+    """
     out_c, in_c = _channel_changes(graph, plan)
     ks: list[Kernel] = []
     for li in graph.layers:
         d = plan.layers.get(li.name) if plan is not None else None
-        prec = layer_precision(d)
+        prec = "fp32" if li.name in float_compute else layer_precision(d)
         wbits = _weight_bits(prec, d)
         cin, cout = in_c[li.name], out_c[li.name]
         if li.kind == "linear":

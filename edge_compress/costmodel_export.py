@@ -1,7 +1,8 @@
 """Plan -> runnable ONNX file for measuring candidates, through the export module when present.
 
-:func:`export_candidate` calls ``edge_compress.export.onnx`` (the project's exporter) when it
-is importable. Until then it falls back to ``torch.onnx.export`` of the BN-folded float model
+:func:`export_candidate` runs the compiler's ONNX export stage (``edge_compress.export.onnx``:
+float export of the BN-folded model, then QDQ with the simulation's scales and the compiler's
+default :class:`~edge_compress.compiler.ExportOptions`) when it is importable. Otherwise it falls back to ``torch.onnx.export`` of the BN-folded float model
 plus onnxruntime's ``quantize_static`` (QDQ, per-channel symmetric weights, uint8 activations,
 int4 weights through ``TensorQuantOverrides``, float layers excluded), and says so in the
 returned ``how`` string, so every measurement records which path produced its file.
@@ -23,19 +24,27 @@ if TYPE_CHECKING:
 
     from edge_compress.plan import CompressionPlan
 
+PROJECT = "edge_compress.export.onnx (export_float_onnx + export_onnx, compiler defaults)"
 FALLBACK = "fallback: torch.onnx.export + onnxruntime quantize_static (edge_compress.export.onnx missing)"
 
 
-def _project_exporter() -> Any | None:
+def project_exporter_available() -> bool:
     try:
-        from edge_compress.export import onnx as exp  # noqa: F401
+        from edge_compress.export.onnx import export_float_onnx, export_onnx  # noqa: F401
     except ImportError:
-        return None
-    for name in ("export_onnx", "export_plan", "export"):
-        fn = getattr(exp, name, None)
-        if callable(fn):
-            return fn
-    return None
+        return False
+    return True
+
+
+def float_compute_layers(graph: Any) -> set[str]:
+    """Layers the project exporter runs as float convolutions (tiny reductions, see ``tiny_layers``)."""
+    try:
+        from edge_compress.compiler import ExportOptions
+        from edge_compress.export.onnx import tiny_layers
+    except ImportError:
+        return set()
+    k = ExportOptions().onnx_float_compute_k
+    return set(tiny_layers(graph.layers, k)) if k else set()
 
 
 def export_candidate(
@@ -44,15 +53,40 @@ def export_candidate(
 ) -> tuple[Path, str]:
     """Write ``model`` under ``plan`` (None = float) to ``path``; returns (path, how it was made)."""
     path = Path(path)
-    fn = _project_exporter() if use_project else None
-    if fn is not None:
-        try:
-            out = fn(model, plan, calib_x, path)
-            res = Path(getattr(out, "path", out) or path)
-            return res, "edge_compress.export.onnx"
-        except TypeError:
-            pass  # a different signature than this adapter knows: use the fallback, say so
+    if use_project and project_exporter_available():
+        _project(model, plan, calib_x, path)
+        return path, PROJECT
     return _fallback(model, plan, calib_x, path), FALLBACK
+
+
+def _project(model: nn.Module, plan: CompressionPlan | None, calib_x: np.ndarray, path: Path) -> None:
+    """The compiler's ONNX export stage: float export of the BN-folded model, then QDQ to the plan
+    with the simulation's exact scales and the compiler's default export options."""
+    import numpy as np
+    import torch
+
+    from edge_compress.compiler import ExportOptions
+    from edge_compress.export.onnx import export_float_onnx, export_onnx
+    from edge_compress.graph import extract_graph
+    from edge_compress.quant.fakequant import compute_quant_spec, fold_batchnorm, simulate
+
+    folded = fold_batchnorm(model).eval()
+    example = torch.from_numpy(np.ascontiguousarray(calib_x[:1]))
+    if plan is None or all(d.weight_bits is None for d in plan.layers.values()):
+        export_float_onnx(folded, example, path)
+        return
+    src = path.with_suffix(".float.onnx")
+    try:
+        export_float_onnx(folded, example, src)
+        qspec = compute_quant_spec(folded, plan, calib_x)
+        wq = dict(simulate(folded, qspec, activations=False).named_modules())
+        grid = {n: wq[n].weight.detach().numpy().copy() for n, lq in qspec.items() if lq.weight_bits is not None}
+        opts = ExportOptions()
+        fc = float_compute_layers(extract_graph(model, example)) if opts.onnx_float_compute_k else set()
+        export_onnx(src, plan, qspec, grid, calib_x, path, planned_bytes=0, int8_weights=opts.onnx_int8_weights,
+                    float_compute=fc)
+    finally:
+        src.unlink(missing_ok=True)
 
 
 def _fallback(model: nn.Module, plan: CompressionPlan | None, calib_x: np.ndarray, path: Path) -> Path:

@@ -37,30 +37,65 @@ if TYPE_CHECKING:
     from edge_compress.costmodel import CostModel
     from edge_compress.profiles import DeviceProfile
 
-TERMS = ("compute", "weights", "acts", "launch")
-PRIOR = {"compute": 1.0, "weights": 1.0, "acts": 1.0, "launch": 1.0}
-RIDGE = 0.5  # weight of each prior row, in typical observation rows
-KERNEL_ROW_WEIGHT = 0.5  # a profiled kernel row counts half a whole-model row (profiler overhead)
+TERMS = (
+    "compute", "compute_pad", "im2col", "weights", "in", "out", "pool", "join", "pixels", "pixels_smallk", "launch",
+)
+IO_TERMS = ("in", "out", "launch")
+PRIOR = {t: 0.0 for t in TERMS}  # what a coefficient shrinks toward when its class has few observations
+RIDGE = 3.0  # weight of each prior row, in typical observation rows
+KERNEL_ROW_WEIGHT = 0.3  # a profiled kernel row vs one whole-model row
+# Per-call overhead of the runtime (an empty model's latency) when turning profiled shares into
+# milliseconds; ``fit_info["call_overhead_ms"]`` overrides it once measured on the target.
+BASE_GUESS_MS = 0.02
 
 
 def kernel_class(k: Kernel) -> str:
     return f"{k.kind}/{k.precision}"
 
 
+def _pad(x: int, b: int) -> int:
+    return -(-x // b) * b
+
+
 def kernel_terms(k: Kernel, profile: DeviceProfile, threads: int = 1) -> dict[str, float]:
-    """The roofline terms of one kernel, milliseconds."""
-    bw = profile.memory.bandwidth_gb_s * 1e9
+    """The regression terms of one kernel, in milliseconds of roofline time.
+
+    ``compute`` (MACs at the precision's peak), ``compute_pad`` (MACs with channels padded to the
+    8-lane vector width: small or odd channel counts waste lanes), ``im2col`` (the patch matrix a
+    GEMM-based convolution gathers), ``weights`` / ``in`` / ``out`` (elements over memory bandwidth:
+    weight dequantization, activation quantize / dequantize / layout copies), ``pool`` (elements
+    a following pool reduces), ``join`` (a residual add / concat on the output), ``pixels`` and
+    ``pixels_smallk`` (per-output-position overhead, larger when the reduction is short, as for a
+    first convolution on a 1-channel image), ``launch`` (one kernel dispatch).
+    """
+    bw_ms = profile.memory.bandwidth_gb_s * 1e9 / 1e3  # bytes per ms
+    ab = 4.0 if k.precision in ("fp32", "wonly") else 2.0 if k.precision == "int16" else 1.0
+    if k.kind == "io":
+        return {"in": k.in_elems * 4.0 / bw_ms, "out": k.out_elems * 4.0 / bw_ms, "launch": DEFAULT_LAUNCH_MS}
+    peak = peak_macs_per_s(profile, k.precision, threads) / 1e3  # MACs per ms
+    cg = max(1, k.cin // max(1, k.groups))
+    if k.kind == "depthwise_conv":
+        padded = k.out_spatial * _pad(k.cout, 8) * k.kernel_area
+    else:
+        padded = k.out_spatial * _pad(k.cout, 8) * _pad(cg, 8) * k.kernel_area
+    px = k.out_spatial * 4.0 / bw_ms
     return {
-        "compute": k.macs / peak_macs_per_s(profile, k.precision, threads) * 1e3,
-        "weights": k.weight_bytes / bw * 1e3,
-        "acts": k.act_bytes / bw * 1e3,
+        "compute": k.macs / peak,
+        "compute_pad": padded / peak,
+        "im2col": k.out_spatial * cg * k.kernel_area * ab / bw_ms,
+        "weights": k.weight_params * 4.0 / bw_ms,
+        "in": k.in_elems * ab / bw_ms,
+        "out": k.out_elems * ab / bw_ms,
+        "pool": (max(0, k.out_elems - k.next_in_elems) * ab / bw_ms) if k.kind != "linear" else 0.0,
+        "join": k.out_elems * ab / bw_ms if k.joins else 0.0,
+        "pixels": px,
+        "pixels_smallk": px if cg * k.kernel_area < 32 else 0.0,
         "launch": DEFAULT_LAUNCH_MS,
     }
 
 
-def _coeffs_for(cm: CostModel, cls: str) -> dict[str, float]:
-    if cls in cm.coeffs:
-        return cm.coeffs[cls]
+def _coeffs_for(cm: CostModel, cls: str) -> dict[str, float] | None:
+    """The fitted coefficients of a class, or of its nearest fitted precision (None: none fitted)."""
     kind, prec = cls.split("/")
     p: str | None = prec
     while p is not None:
@@ -68,56 +103,72 @@ def _coeffs_for(cm: CostModel, cls: str) -> dict[str, float]:
         if c in cm.coeffs:
             return cm.coeffs[c]
         p = precision_fallback(p)
-    return PRIOR
+    return None
 
 
 def kernel_time_ms(cm: CostModel, k: Kernel) -> float:
     th = _coeffs_for(cm, kernel_class(k))
+    if th is None:  # a kind never measured on this target: the roofline
+        from edge_compress.costmodel import roofline_ms
+
+        return roofline_ms(k, cm.profile, cm.threads)
     t = kernel_terms(k, cm.profile, cm.threads)
-    return float(sum(th.get(j, 0.0) * t[j] for j in TERMS))
+    return float(sum(th.get(j, 0.0) * v for j, v in t.items()))
 
 
 # ---------------------------------------------------------------------------------------------
 
 
 class _Design:
-    """Column layout: one block of TERMS per kernel class, then the model base column."""
+    """Column layout: one block of terms per kernel class (``io`` classes have fewer), then the base."""
 
     def __init__(self, classes: list[str]) -> None:
         self.classes = classes
-        self.index = {c: i for i, c in enumerate(classes)}
-        self.n = len(classes) * len(TERMS) + 1
+        self.cols: list[tuple[str, str]] = []
+        for c in classes:
+            self.cols += [(c, t) for t in (IO_TERMS if c.startswith("io/") else TERMS)]
+        self.index = {c: i for i, c in enumerate(self.cols)}
+        self.n = len(self.cols) + 1
 
     def row(self, kernels: list[Kernel], profile: DeviceProfile, threads: int, base: bool) -> np.ndarray:
         r = np.zeros(self.n)
         for k in kernels:
-            off = self.index[kernel_class(k)] * len(TERMS)
-            t = kernel_terms(k, profile, threads)
-            for j, name in enumerate(TERMS):
-                r[off + j] += t[name]
+            c = kernel_class(k)
+            for name, v in kernel_terms(k, profile, threads).items():
+                r[self.index[(c, name)]] += v
         if base:
             r[-1] = DEFAULT_BASE_MS
         return r
 
     def prior(self) -> np.ndarray:
-        v = np.array([PRIOR[t] for _ in self.classes for t in TERMS] + [1.0])
-        return v
+        return np.array([PRIOR.get(t, 0.0) for _, t in self.cols] + [1.0])
 
 
-def _rows(cm: CostModel, obs: list[dict[str, Any]], design: _Design) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _rows(
+    cm: CostModel, obs: list[dict[str, Any]], design: _Design, base_ms: float = BASE_GUESS_MS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Whole-model rows, and per-kernel rows: a kernel's profiled share of the model's time
+    times the measured latency (the profiler's absolute level drifts with machine load, its
+    shares much less), or its profiled time when the model latency is unknown."""
     A, y, w = [], [], []
     for o in obs:
         ks = [Kernel.from_json(k) for k in o["kernels"]]
-        if o.get("latency_ms"):
+        lat = o.get("latency_ms")
+        if lat:
             A.append(design.row(ks, cm.profile, cm.threads, True))
-            y.append(float(o["latency_ms"]))
+            y.append(float(lat))
             w.append(1.0)
-        for name, t in (o.get("kernel_ms") or {}).items():
-            kk = [k for k in ks if k.name == name]
-            if kk and t > 0:
-                A.append(design.row(kk, cm.profile, cm.threads, False))
-                y.append(float(t))
-                w.append(KERNEL_ROW_WEIGHT)
+        kms = o.get("kernel_ms") or {}
+        total = sum(v for v in kms.values() if v > 0)
+        for k in ks:
+            t = kms.get(k.name, 0.0)
+            if t <= 0 or total <= 0:
+                continue
+            if lat:
+                t = t / total * max(1e-4, float(lat) - base_ms)
+            A.append(design.row([k], cm.profile, cm.threads, False))
+            y.append(float(t))
+            w.append(KERNEL_ROW_WEIGHT)
     return np.array(A).reshape(-1, design.n), np.array(y), np.array(w)
 
 
@@ -152,11 +203,12 @@ def fit_costmodel(
     if not classes or not any(o.get("latency_ms") or o.get("kernel_ms") for o in obs):
         return {"observations": 0}
     design = _Design(classes)
-    A, y, w = _rows(cm, obs, design)
+    base = float(cm.fit_info.get("call_overhead_ms") or BASE_GUESS_MS)
+    A, y, w = _rows(cm, obs, design, base)
     theta = _solve(A, y, w, design, ridge)
-    cm.coeffs = {
-        c: {t: float(theta[i * len(TERMS) + j]) for j, t in enumerate(TERMS)} for i, c in enumerate(classes)
-    }
+    cm.coeffs = {}
+    for (c, t), i in design.index.items():
+        cm.coeffs.setdefault(c, {})[t] = float(theta[i])
     cm.base_ms = float(theta[-1] * DEFAULT_BASE_MS)
     # cross-validated relative error on whole-model observations
     model_obs = [o for o in obs if o.get("latency_ms")]
@@ -168,7 +220,7 @@ def fit_costmodel(
             test = [model_obs[i] for i in order[f::folds]]
             test_ids = {id(o) for o in test}
             train = [o for o in obs if id(o) not in test_ids]
-            At, yt, wt = _rows(cm, train, design)
+            At, yt, wt = _rows(cm, train, design, base)
             th = _solve(At, yt, wt, design, ridge)
             Ae, ye, _ = _rows(cm, [{**o, "kernel_ms": {}} for o in test], design)
             errs += list(np.abs(_predict(Ae, th) / ye - 1.0))
@@ -191,6 +243,7 @@ def fit_costmodel(
     cm.memory_base_bytes = float(np.median(bases)) if bases else cm.memory_base_bytes
     cm.energy_scale = float(np.median(scales)) if scales else None
     cm.fit_info = {
+        "call_overhead_ms": base,
         "observations": len(obs),
         "model_rows": int(len(model_obs)),
         "kernel_rows": int(len(y) - len(model_obs)),

@@ -131,7 +131,9 @@ def run_nightly(
             say("note", message=f"no unfinished run of suite {suite.name!r}: starting a new run")
         run_id, done = (
             store.start_run(
-                suite.name, suite_digest=suite.digest(), revision=revision,
+                suite.name,
+                suite_digest=suite.digest(),
+                revision=revision,
                 settings=suite.model_dump(mode="json"),
             ),
             set(),
@@ -148,8 +150,13 @@ def run_nightly(
     measured = 0
     for outcome in (executor or LocalPoolExecutor()).run(jobs, run_cell, failed_outcome):
         store.record_cell(
-            run_id, outcome.cell, outcome.measurement, artifact_id=outcome.artifact_id,
-            target=outcome.target, verdict=outcome.verdict, interleaved=outcome.interleaved,
+            run_id,
+            outcome.cell,
+            outcome.measurement,
+            artifact_id=outcome.artifact_id,
+            target=outcome.target,
+            verdict=outcome.verdict,
+            interleaved=outcome.interleaved,
         )
         measured += 1
         say("cell", key=outcome.key, verdict=outcome.verdict)
@@ -163,9 +170,18 @@ def run_nightly(
     for v in all_verdicts:
         counts[v["verdict"]] = counts.get(v["verdict"], 0) + 1
     return NightlyResult(
-        run_id=run_id, suite=suite.name, exit_code=code, resumed=run is not None, accepted=accept,
-        store=store.url, revision=revision, cells=all_verdicts, counts=counts, measured_now=measured,
-        compiled=compiled, wall_s=time.monotonic() - t0,
+        run_id=run_id,
+        suite=suite.name,
+        exit_code=code,
+        resumed=run is not None,
+        accepted=accept,
+        store=store.url,
+        revision=revision,
+        cells=all_verdicts,
+        counts=counts,
+        measured_now=measured,
+        compiled=compiled,
+        wall_s=time.monotonic() - t0,
     )
 
 
@@ -201,7 +217,11 @@ def _check_profiles(suite: Suite, profiles: dict[str, str | None]) -> None:
 
 
 def _prepare_all(
-    suite: Suite, cells: list[CellSpec], profiles: dict[str, str | None], out_dir: Path, store: Any,
+    suite: Suite,
+    cells: list[CellSpec],
+    profiles: dict[str, str | None],
+    out_dir: Path,
+    store: Any,
     say: Progress,
 ) -> tuple[dict[tuple, PreparedArtifact], dict[tuple, str], dict[str, int]]:
     settings = {c.name: c for c in suite.compile}
@@ -214,7 +234,9 @@ def _prepare_all(
     for i, (g, c) in enumerate(groups.items()):
         say("compile", index=i, total=len(groups), model=c.model, variant=c.variant, profile=g[3])
         try:
-            art = prepare_artifact(c.model_ref, settings[c.variant], c.budget_fields, g[3], out_dir, suite.measure.format)
+            art = prepare_artifact(
+                c.model_ref, settings[c.variant], c.budget_fields, g[3], out_dir, suite.measure.format, c.data
+            )
         except Exception as e:  # noqa: BLE001 - one failing compile does not stop the suite
             errors[g] = f"compile failed: {_one_line(e)}"
             stats["failed"] += 1
@@ -225,14 +247,21 @@ def _prepare_all(
 
         store.put_artifact(
             ArtifactRecord(
-                art.id, c.model, art.profile, c.variant, art.plan_digest, art.bytes, art.directory, art.manifest
+                art.id,
+                c.model,
+                art.profile,
+                c.variant,
+                art.plan_digest,
+                art.bytes,
+                art.directory,
+                art.manifest,
             )
         )
     return prepared, errors, stats
 
 
 def _group(c: CellSpec, s: CompileSettings, profile: str | None) -> tuple:
-    return (c.model_ref, c.variant, c.budget, None if s.method == RAW_METHOD else profile)
+    return (c.model_ref, c.variant, c.budget, None if s.method == RAW_METHOD else profile, c.data)
 
 
 def prepare_artifact(
@@ -242,6 +271,7 @@ def prepare_artifact(
     profile: str | None,
     out_dir: Path,
     fmt: str | None = None,
+    data: str | None = None,
 ) -> PreparedArtifact:
     """The artifact of one (model, settings, budget, profile): copied as is for ``method: none``,
     else compiled (a cache hit when nothing changed)."""
@@ -249,7 +279,7 @@ def prepare_artifact(
     if settings.method == RAW_METHOD:
         directory, cached = raw_artifact(Path(model_ref), out_dir)
     else:
-        directory, cached = _compile(model_ref, settings, budget, profile, out_dir)
+        directory, cached = _compile(model_ref, settings, budget, profile, out_dir, data)
     manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
     name, desc = choose_file(manifest, fmt)
     plan = directory / "plan.json"
@@ -259,7 +289,7 @@ def prepare_artifact(
         model_file=str(directory / name),
         bytes=int(desc.get("bytes") or (directory / name).stat().st_size),
         manifest=manifest,
-        plan_digest=_sha256(plan)[:16] if plan.is_file() else None,
+        plan_digest=str(manifest.get("plan_digest") or (_sha256(plan)[:16] if plan.is_file() else "")) or None,
         profile=manifest.get("profile") if isinstance(manifest.get("profile"), str) else profile,
         cached=cached,
     )
@@ -269,7 +299,7 @@ def choose_file(manifest: dict[str, Any], fmt: str | None) -> tuple[str, dict[st
     """The model file of an artifact: of format ``fmt``, else its first ONNX file, else any."""
     files = manifest.get("files") or {}
     entries = [(n, d) for n, d in files.items() if isinstance(d, dict) and d.get("format") in FORMATS]
-    for want in ([fmt] if fmt else ["onnx", "tflite"]):
+    for want in [fmt] if fmt else ["onnx", "tflite"]:
         for n, d in entries:
             if d.get("format") == want:
                 return n, d
@@ -299,7 +329,9 @@ def raw_artifact(path: Path, out_dir: Path) -> tuple[Path, bool]:
         "profile": None,
         "method": RAW_METHOD,
         "source": str(path),
-        "files": {path.name: {"sha256": digest, "bytes": path.stat().st_size, "format": fmt, "variant": "asis"}},
+        "files": {
+            path.name: {"sha256": digest, "bytes": path.stat().st_size, "format": fmt, "variant": "asis"}
+        },
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
     try:
@@ -310,7 +342,12 @@ def raw_artifact(path: Path, out_dir: Path) -> tuple[Path, bool]:
 
 
 def _compile(
-    model_ref: str, s: CompileSettings, budget: dict[str, float], profile: str | None, out_dir: Path
+    model_ref: str,
+    s: CompileSettings,
+    budget: dict[str, float],
+    profile: str | None,
+    out_dir: Path,
+    data: str | None = None,
 ) -> tuple[Path, bool]:
     """Compile through ``edge_compress.compiler`` (cache hits for unchanged inputs)."""
     try:
@@ -319,9 +356,12 @@ def _compile(
         raise UserError(f"the compiler is not available in this installation ({e}).") from None
     from edge_compress.profiles import load_profile
 
-    spec = modelspec.resolve_model(model_ref)
+    spec = modelspec.resolve_model(model_ref, data=data)
     prof = load_profile(profile or "host")
     before = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else set()
+    extra: dict[str, Any] = {}
+    if s.parity_threshold is not None:
+        extra["parity_threshold"] = s.parity_threshold
     art = compiler.compile_model(
         spec,
         prof,
@@ -329,8 +369,8 @@ def _compile(
         method=s.method,
         formats=tuple(s.formats),
         out_dir=out_dir,
-        parity_threshold=s.parity_threshold,
         force=s.force,
+        **extra,
     )
     directory = _artifact_dir(art, out_dir)
     cached = bool(getattr(art, "cached", getattr(art, "cache_hit", directory.name in before)))
@@ -365,17 +405,31 @@ def _one_line(e: BaseException) -> str:
 
 
 def _job(
-    suite: Suite, run_id: int, c: CellSpec, target: Any, profile: str | None,
-    prepared: dict[tuple, PreparedArtifact], compile_errors: dict[tuple, str], store: Any,
+    suite: Suite,
+    run_id: int,
+    c: CellSpec,
+    target: Any,
+    profile: str | None,
+    prepared: dict[tuple, PreparedArtifact],
+    compile_errors: dict[tuple, str],
+    store: Any,
 ) -> CellJob:
     settings = next(s for s in suite.compile if s.name == c.variant)
     g = _group(c, settings, profile)
     art = prepared.get(g)
     m = suite.measure
     request = {
-        "runtime": m.runtime, "threads": m.threads, "core_mask": m.core_mask, "warmup": m.warmup,
-        "min_count": m.min_count, "min_duration_s": m.min_duration_s, "max_count": m.max_count,
-        "timeout_s": m.timeout_s, "cooldown_s": m.cooldown_s, "energy": m.energy, "profile": profile,
+        "runtime": m.runtime,
+        "threads": m.threads,
+        "core_mask": m.core_mask,
+        "warmup": m.warmup,
+        "min_count": m.min_count,
+        "min_duration_s": m.min_duration_s,
+        "max_count": m.max_count,
+        "timeout_s": m.timeout_s,
+        "cooldown_s": m.cooldown_s,
+        "energy": m.energy,
+        "profile": profile,
         "accuracy_npz": c.accuracy_npz or (accuracy_npz_for(c.model_ref) if m.accuracy else None),
     }
     budget, idle_w = {}, None
@@ -497,7 +551,11 @@ def _infra_outcome(job: CellJob, m: Any) -> CellOutcome:
     from edge_compress.regression import CellVerdict
 
     v = CellVerdict(
-        job.key, "infra_failure", error=m.error, error_kind=m.error_kind, candidate_artifact_id=job.artifact_id
+        job.key,
+        "infra_failure",
+        error=m.error,
+        error_kind=m.error_kind,
+        candidate_artifact_id=job.artifact_id,
     )
     if job.baseline:
         v.baseline_run_id, v.baseline_measurement_id = job.baseline["run_id"], job.baseline["measurement_id"]
@@ -528,7 +586,11 @@ def run_cell(job: CellJob) -> CellOutcome:
         return _infra_outcome(job, m)
     verdict = judge(job, m)
     interleaved: list[dict[str, Any]] = []
-    suspects = [x.metric for x in verdict.metrics if x.suspect and x.metric in ("latency_median", "latency_p99", "peak_memory", "energy")]
+    suspects = [
+        x.metric
+        for x in verdict.metrics
+        if x.suspect and x.metric in ("latency_median", "latency_p99", "peak_memory", "energy")
+    ]
     il = job.interleave
     if suspects and job.baseline is not None:
         if not il.get("enabled", True):
@@ -538,42 +600,86 @@ def run_cell(job: CellJob) -> CellOutcome:
                 f"paired re-measure impossible ({job.baseline.get('model_file_note')}): decided on historical evidence"
             )
         else:
-            interleaved, error = _interleave(runner, job, int(il.get("rounds", 5)), il.get("min_duration_s"))
-            if error:
-                verdict.notes.append(f"paired re-measure failed ({error}): decided on historical evidence")
-            else:
-                verdict = judge(job, m, interleaved=interleaved, suspects=suspects)
-    return CellOutcome(job.run_id, job.cell, job.artifact_id, _target_info(job), m.to_json(), verdict.to_json(), interleaved)
+            verdict, interleaved = _paired_decision(runner, job, m, verdict, suspects)
+    return CellOutcome(
+        job.run_id, job.cell, job.artifact_id, _target_info(job), m.to_json(), verdict.to_json(), interleaved
+    )
+
+
+PAIRED_METRICS = ("latency_median", "latency_p99", "peak_memory", "energy")
+LOOKS = 2  # the paired evidence is examined after ``rounds`` and, if needed, after ``max_rounds``
+
+
+def _paired_decision(
+    runner: Any, job: CellJob, m: Any, historical: Any, suspects: list[str]
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Re-measure baseline and candidate interleaved; decide on the paired rounds.
+
+    One warm-up run (stored with role ``warmup``, never used) goes first. After ``rounds`` rounds,
+    a metric whose effect exceeds its threshold without being significant yet gets more rounds,
+    up to ``max_rounds``; both looks test at alpha / 2 (Bonferroni), so looking twice does not
+    raise the false-alarm rate.
+    """
+    il = job.interleave
+    rounds, max_rounds = int(il.get("rounds", 6)), int(il.get("max_rounds", il.get("rounds", 6)))
+    items, error = _interleave(runner, job, 0, rounds, il.get("min_duration_s"), warmup=True)
+    if error:
+        historical.notes.append(f"paired re-measure failed ({error}): decided on historical evidence")
+        return historical, items
+    verdict = judge(job, m, interleaved=items, suspects=suspects, looks=LOOKS)
+    if max_rounds > rounds and _undecided(verdict):
+        more, error = _interleave(runner, job, rounds, max_rounds, il.get("min_duration_s"))
+        items += more
+        if error:
+            verdict.notes.append(
+                f"extra paired rounds failed ({error}): decided on the first {rounds} rounds"
+            )
+        else:
+            verdict = judge(job, m, interleaved=items, suspects=suspects, looks=LOOKS)
+    return verdict, items
+
+
+def _undecided(verdict: Any) -> bool:
+    """Some paired metric is above its threshold but not (yet) significant."""
+    return any(
+        x.metric in PAIRED_METRICS
+        and x.evidence == "interleaved"
+        and x.verdict == "ok"
+        and x.effect_pct is not None
+        and x.effect_pct > x.effective_threshold_pct
+        for x in verdict.metrics
+    )
 
 
 def _interleave(
-    runner: Any, job: CellJob, rounds: int, min_duration_s: float | None
+    runner: Any, job: CellJob, first: int, last: int, min_duration_s: float | None, *, warmup: bool = False
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Baseline A and candidate B on the same device, alternating A B / B A per round."""
+    """Baseline A and candidate B on the same device, rounds ``first..last-1``, A B / B A alternating."""
     base_file = job.baseline["model_file"]  # type: ignore[index]
+    base_id = job.baseline["artifact_id"]  # type: ignore[index]
     over = {"min_duration_s": min_duration_s} if min_duration_s is not None else {}
     out: list[dict[str, Any]] = []
-    for r in range(rounds):
-        order = [("baseline", base_file), ("candidate", job.model_file)]
-        if r % 2:
-            order.reverse()
-        for role, f in order:
-            m = runner.run(_request(job, f, **over))
-            if not m.ok:
-                return out, f"{m.error_kind}: {m.error}"
-            out.append(
-                {
-                    "role": role,
-                    "round": r,
-                    "artifact_id": job.baseline["artifact_id"] if role == "baseline" else job.artifact_id,  # type: ignore[index]
-                    "measurement": m.to_json(),
-                }
-            )
+    plan: list[tuple[str, int, str, str | None]] = []
+    if warmup:  # the first run of a session is often slower: measured, stored, never compared
+        plan.append(("warmup", -1, base_file, base_id))
+    for r in range(first, last):
+        pair = [("baseline", r, base_file, base_id), ("candidate", r, job.model_file, job.artifact_id)]
+        plan += pair[::-1] if r % 2 else pair
+    for role, r, f, aid in plan:
+        mm = runner.run(_request(job, f, **over))  # type: ignore[arg-type]
+        if not mm.ok:
+            return out, f"{mm.error_kind}: {mm.error}"
+        out.append({"role": role, "round": r, "artifact_id": aid, "measurement": mm.to_json()})
     return out, None
 
 
 def judge(
-    job: CellJob, m: Any, *, interleaved: list[dict[str, Any]] | None = None, suspects: list[str] | None = None
+    job: CellJob,
+    m: Any,
+    *,
+    interleaved: list[dict[str, Any]] | None = None,
+    suspects: list[str] | None = None,
+    looks: int = 1,
 ) -> Any:
     """The cell verdict from the candidate measurement, the baseline and (if any) paired rounds."""
     from edge_compress import regression as rg
@@ -608,43 +714,69 @@ def judge(
     for metric in rg.LATENCY:
         metrics.append(
             rg.compare_latency(
-                metric, b["samples"], m.latency_ms,
-                threshold_pct=float(th[metric]), alpha=alpha,
-                noise_pct=rg.robust_spread_pct(hist.get(metric) or []), noise_k=k, trigger=trig,
-                baseline_throttled=b.get("throttled"), candidate_throttled=cand_flags,
+                metric,
+                b["samples"],
+                m.latency_ms,
+                threshold_pct=float(th[metric]),
+                alpha=alpha,
+                noise_pct=rg.robust_spread_pct(hist.get(metric) or []),
+                noise_k=k,
+                trigger=trig,
+                baseline_throttled=b.get("throttled"),
+                candidate_throttled=cand_flags,
             )
         )
     metrics.append(
         rg.compare_scalar(
-            "peak_memory", b.get("peak_rss_bytes"), m.peak_rss_bytes, history=hist.get("peak_memory"),
-            threshold_pct=float(th["peak_memory"]), alpha=alpha, noise_k=k, trigger=trig,
+            "peak_memory",
+            b.get("peak_rss_bytes"),
+            m.peak_rss_bytes,
+            history=hist.get("peak_memory"),
+            threshold_pct=float(th["peak_memory"]),
+            alpha=alpha,
+            noise_k=k,
+            trigger=trig,
         )
     )
     metrics.append(
         rg.compare_scalar(
-            "energy", b.get("energy_j"), energy_j, history=hist.get("energy"),
-            threshold_pct=float(th["energy"]), alpha=alpha, noise_k=k, trigger=trig,
+            "energy",
+            b.get("energy_j"),
+            energy_j,
+            history=hist.get("energy"),
+            threshold_pct=float(th["energy"]),
+            alpha=alpha,
+            noise_k=k,
+            trigger=trig,
         )
     )
     metrics.append(
         rg.compare_accuracy(
-            b.get("accuracy"), m.accuracy, n_baseline=b.get("accuracy_samples"),
-            n_candidate=(m.extra or {}).get("accuracy_samples"), threshold_pts=float(th["accuracy"]), alpha=alpha,
+            b.get("accuracy"),
+            m.accuracy,
+            n_baseline=b.get("accuracy_samples"),
+            n_candidate=(m.extra or {}).get("accuracy_samples"),
+            threshold_pts=float(th["accuracy"]),
+            alpha=alpha,
         )
     )
     metrics.append(rg.compare_bytes(b.get("bytes"), job.artifact_bytes, threshold_pct=float(th["bytes"])))
     v.evidence = "historical"
     if interleaved:
-        metrics = _paired(metrics, interleaved, th, alpha, trig)
+        metrics = _paired(metrics, interleaved, th, alpha / looks, trig)
         v.evidence = "interleaved"
-        v.interleaved_rounds = len({i["round"] for i in interleaved})
-        v.notes.append(f"re-measured baseline and candidate interleaved ({', '.join(suspects or [])} looked regressed)")
+        v.interleaved_rounds = len({i["round"] for i in interleaved if i["round"] >= 0})
+        v.notes.append(
+            f"re-measured baseline and candidate interleaved ({', '.join(suspects or [])} looked regressed)"
+        )
     v.metrics = metrics
     v.verdict = rg.cell_verdict_name(metrics, v.budget_violations, has_baseline=True)
     return v
 
 
-def _paired(metrics: list[Any], interleaved: list[dict[str, Any]], th: dict[str, Any], alpha: float, trig: float) -> list[Any]:
+def _paired(
+    metrics: list[Any], interleaved: list[dict[str, Any]], th: dict[str, Any], alpha: float, trig: float
+) -> list[Any]:
     from edge_compress import regression as rg
 
     rounds: dict[int, dict[str, dict[str, Any]]] = {}
@@ -656,20 +788,36 @@ def _paired(metrics: list[Any], interleaved: list[dict[str, Any]], th: dict[str,
         name = mv.metric
         if name in rg.LATENCY:
             new = rg.interleaved_latency(
-                name, [(r["baseline"]["latency_ms"], r["candidate"]["latency_ms"]) for r in complete],
-                threshold_pct=float(th[name]), alpha=alpha, trigger=trig,
+                name,
+                [(r["baseline"]["latency_ms"], r["candidate"]["latency_ms"]) for r in complete],
+                threshold_pct=float(th[name]),
+                alpha=alpha,
+                trigger=trig,
             )
         elif name == "peak_memory":
             new = rg.paired_effect(
-                name, [(r["baseline"].get("peak_rss_bytes"), r["candidate"].get("peak_rss_bytes")) for r in complete],
-                threshold_pct=float(th[name]), alpha=alpha, trigger=trig,
+                name,
+                [
+                    (r["baseline"].get("peak_rss_bytes"), r["candidate"].get("peak_rss_bytes"))
+                    for r in complete
+                ],
+                threshold_pct=float(th[name]),
+                alpha=alpha,
+                trigger=trig,
             )
         elif name == "energy":
             new = rg.paired_effect(
                 name,
-                [((r["baseline"].get("energy") or {}).get("joules_per_inference"),
-                  (r["candidate"].get("energy") or {}).get("joules_per_inference")) for r in complete],
-                threshold_pct=float(th[name]), alpha=alpha, trigger=trig,
+                [
+                    (
+                        (r["baseline"].get("energy") or {}).get("joules_per_inference"),
+                        (r["candidate"].get("energy") or {}).get("joules_per_inference"),
+                    )
+                    for r in complete
+                ],
+                threshold_pct=float(th[name]),
+                alpha=alpha,
+                trigger=trig,
             )
         else:
             out.append(mv)

@@ -60,8 +60,14 @@ def report_data(
     for aid in sorted({r["artifact_id"] for r in rows if r.get("artifact_id")}):
         a = store.get_artifact(aid)
         if a is not None:
-            artifacts[aid] = {"id": a.id, "path": a.path, "bytes": a.bytes, "model": a.model, "profile": a.profile,
-                              "manifest_accuracy": _manifest_accuracy(a.manifest)}
+            artifacts[aid] = {
+                "id": a.id,
+                "path": a.path,
+                "bytes": a.bytes,
+                "model": a.model,
+                "profile": a.profile,
+                "manifest_accuracy": _manifest_accuracy(a.manifest),
+            }
     verdict_by = {(v["key"]): v for v in verdicts}
     run_verdicts: dict[int, dict[str, str]] = {}
     for r in runs:
@@ -93,13 +99,19 @@ def report_data(
             acc = r.get("accuracy")
             points.append(
                 {
-                    "key": r["cell_key"], "model": r["model"], "variant": r["variant"], "target": r["target"],
-                    "median_ms": r["median_ms"], "p99_ms": r["p99_ms"],
+                    "key": r["cell_key"],
+                    "model": r["model"],
+                    "variant": r["variant"],
+                    "target": r["target"],
+                    "median_ms": r["median_ms"],
+                    "p99_ms": r["p99_ms"],
                     "energy_mj": None if r.get("energy_j") is None else r["energy_j"] * 1e3,
                     "energy_measured": r.get("energy_measured"),
                     "bytes": a.get("bytes"),
                     "accuracy": acc if acc is not None else a.get("manifest_accuracy"),
-                    "accuracy_source": "device" if acc is not None else ("manifest" if a.get("manifest_accuracy") is not None else None),
+                    "accuracy_source": "device"
+                    if acc is not None
+                    else ("manifest" if a.get("manifest_accuracy") is not None else None),
                 }
             )
     return {
@@ -121,14 +133,19 @@ def _same_suite(row: dict[str, Any], run: dict[str, Any], runs: list[dict[str, A
 
 
 def _manifest_accuracy(manifest: dict[str, Any]) -> float | None:
-    """An accuracy recorded by the compiler, if any (parity or predicted), as a fraction."""
-    for section in ("parity", "measured", "predicted"):
-        d = manifest.get(section)
-        if isinstance(d, dict):
-            for k in ("accuracy", "accuracy_export", "accuracy_exported", "accuracy_compressed", "top1"):
-                v = d.get(k)
+    """The compiler's accuracy of the artifact (runtime accuracy of a file, else simulated), a fraction."""
+    acc = manifest.get("accuracy")
+    if isinstance(acc, dict):
+        runtime = acc.get("runtime")
+        if isinstance(runtime, dict):
+            for name in sorted(runtime, key=lambda n: (not n.endswith(".onnx"), n)):
+                v = runtime[name]
                 if isinstance(v, (int, float)) and 0 <= v <= 1:
                     return float(v)
+        for k in ("simulated", "predicted"):
+            v = acc.get(k)
+            if isinstance(v, (int, float)) and 0 <= v <= 1:
+                return float(v)
     return None
 
 
@@ -139,11 +156,7 @@ def _iso(x: Any) -> str | None:
 
 
 def _run_json(r: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: (_iso(v) if isinstance(v, dt.datetime) else v)
-        for k, v in r.items()
-        if k != "settings"
-    }
+    return {k: (_iso(v) if isinstance(v, dt.datetime) else v) for k, v in r.items() if k != "settings"}
 
 
 def _counts(verdicts: list[dict[str, Any]]) -> dict[str, int]:
@@ -183,8 +196,12 @@ def trend_plots(data: dict[str, Any]) -> list[tuple[str, str]]:
             med = [p["median_ms"] for p in pts]
             lo = [p["median_ms"] - (p["ci"][0] if p["ci"][0] is not None else p["median_ms"]) for p in pts]
             hi = [(p["ci"][1] if p["ci"][1] is not None else p["median_ms"]) - p["median_ms"] for p in pts]
-            ax.errorbar(x, med, yerr=[lo, hi], color=color, marker="o", ms=4, capsize=2, label=f"{label} median")
-            ax.plot(x, [p["p99_ms"] for p in pts], color=color, ls="--", lw=1, alpha=0.7, label=f"{label} p99")
+            ax.errorbar(
+                x, med, yerr=[lo, hi], color=color, marker="o", ms=4, capsize=2, label=f"{label} median"
+            )
+            ax.plot(
+                x, [p["p99_ms"] for p in pts], color=color, ls="--", lw=1, alpha=0.7, label=f"{label} p99"
+            )
             for p in pts:
                 if p["verdict"] == "regression":
                     ax.plot(p["run_id"], p["median_ms"], marker="x", color="#cf222e", ms=11, mew=2.5)
@@ -221,36 +238,52 @@ def pareto_plot(data: dict[str, Any]) -> str | None:
         return None
     have_acc = any(p["accuracy"] is not None for p in pts)
     axes_spec = (
-        [("median_ms", "median latency (ms)"), ("energy_mj", "energy / inference (mJ)"), ("bytes", "model bytes")]
+        [
+            ("median_ms", "median latency (ms)"),
+            ("energy_mj", "energy / inference (mJ)"),
+            ("bytes", "model bytes"),
+        ]
         if have_acc
         else [("bytes", "model bytes")]
     )
     yname = "accuracy" if have_acc else None
-    fig, axes = plt.subplots(1, len(axes_spec) if have_acc else 2, figsize=(11 if have_acc else 8, 3.4))
+    fig, axes = plt.subplots(1, len(axes_spec) if have_acc else 2, figsize=(13 if have_acc else 9, 3.6))
+    fig.subplots_adjust(wspace=0.35)
     axes = list(axes) if hasattr(axes, "__len__") else [axes]
     targets = sorted({p["target"] for p in pts})
     if have_acc:
-        for ax, (xk, xl) in zip(axes, axes_spec):
-            xy_all = []
+        for ax, (xk, xl) in zip(axes, axes_spec, strict=False):
             for ti, t in enumerate(targets):
-                xy = [(p[xk], p[yname]) for p in pts if p["target"] == t and p[xk] is not None and p[yname] is not None]
-                if xy:
-                    ax.scatter(*zip(*xy), color=f"C{ti % 10}", label=t, s=22)
-                    xy_all += xy
-            front = pareto_front(xy_all)
-            if len(front) > 1:
-                ax.plot(*zip(*front), color="black", lw=1, ls="-", alpha=0.6, label="Pareto front")
+                xy = [
+                    (p[xk], p[yname])
+                    for p in pts
+                    if p["target"] == t and p[xk] is not None and p[yname] is not None
+                ]
+                if not xy:
+                    continue
+                ax.scatter(*zip(*xy, strict=True), color=f"C{ti % 10}", label=t, s=22)
+                front = pareto_front(xy)  # per target: trade-offs are only comparable on one device
+                if len(front) > 1:
+                    ax.plot(*zip(*front, strict=True), color=f"C{ti % 10}", lw=1, alpha=0.6)
             ax.set_xlabel(xl)
             ax.set_ylabel("accuracy")
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7)
-        fig.suptitle("accuracy vs cost (latest run)", fontsize=10)
+        fig.suptitle("accuracy vs cost, latest run (lines: Pareto front per target)", fontsize=10)
     else:  # no accuracy: cost trade-offs only
-        for ax, (yk, yl) in zip(axes, [("median_ms", "median latency (ms)"), ("energy_mj", "energy / inference (mJ)")]):
+        for ax, (yk, yl) in zip(
+            axes,
+            [("median_ms", "median latency (ms)"), ("energy_mj", "energy / inference (mJ)")],
+            strict=False,
+        ):
             for ti, t in enumerate(targets):
-                xy = [(p["bytes"], p[yk]) for p in pts if p["target"] == t and p["bytes"] is not None and p[yk] is not None]
+                xy = [
+                    (p["bytes"], p[yk])
+                    for p in pts
+                    if p["target"] == t and p["bytes"] is not None and p[yk] is not None
+                ]
                 if xy:
-                    ax.scatter(*zip(*xy), color=f"C{ti % 10}", label=t, s=22)
+                    ax.scatter(*zip(*xy, strict=True), color=f"C{ti % 10}", label=t, s=22)
             ax.set_xlabel("model bytes")
             ax.set_ylabel(yl)
             ax.grid(alpha=0.3)
@@ -299,7 +332,7 @@ def metric_cell(mv: dict[str, Any] | None) -> str:
     return (
         f"<span{style}>{mv['effect_pct']:+.1f}{unit}{ci_s}{flag}</span>"
         f'<br><span class="note">{_fmt(mv.get("baseline"))} &rarr; {_fmt(mv.get("candidate"))}'
-        f'{" (" + html.escape(mv["evidence"]) + ")" if mv.get("evidence") else ""}</span>'
+        f"{' (' + html.escape(mv['evidence']) + ')' if mv.get('evidence') else ''}</span>"
     )
 
 
@@ -362,16 +395,21 @@ def verdict_table_html(data: dict[str, Any]) -> str:
                 link = f"<a href='{html.escape(uri)}'>{html.escape(aid[:24])}</a>"
             else:
                 link = html.escape(aid[:24])
-        bv = "<br>".join(
-            f"{html.escape(b['budget'])}: {_fmt(b['value'])} &gt; {_fmt(b['limit'])}{' (estimate)' if b.get('estimated') else ''}"
-            for b in v.get("budget_violations", [])
-        ) or "-"
+        bv = (
+            "<br>".join(
+                f"{html.escape(b['budget'])}: {_fmt(b['value'])} &gt; {_fmt(b['limit'])}{' (estimate)' if b.get('estimated') else ''}"
+                for b in v.get("budget_violations", [])
+            )
+            or "-"
+        )
         notes = list(v.get("notes", []))
         if v.get("error"):
             notes.insert(0, f"{v.get('error_kind')}: {v['error']}")
         thr = v.get("throttled_excluded") or {}
         if any(thr.values()):
-            notes.append("throttled samples excluded: " + ", ".join(f"{k} {n}" for k, n in sorted(thr.items())))
+            notes.append(
+                "throttled samples excluded: " + ", ".join(f"{k} {n}" for k, n in sorted(thr.items()))
+            )
         rows.append(
             "<tr>"
             f"<td><code>{html.escape(v['key'])}</code></td><td>{_badge(v['verdict'])}</td>"
@@ -411,11 +449,23 @@ def render_junit(verdicts: list[dict[str, Any]], *, suite: str, run: dict[str, A
 
     failures = sum(v["verdict"] == "regression" for v in verdicts)
     errors = sum(v["verdict"] == "infra_failure" for v in verdicts)
-    root = ET.Element("testsuites", name="edge-compress nightly", tests=str(len(verdicts)),
-                      failures=str(failures), errors=str(errors))
-    ts = ET.SubElement(root, "testsuite", name=suite, tests=str(len(verdicts)), failures=str(failures),
-                       errors=str(errors), skipped="0",
-                       timestamp=str((run or {}).get("started") or ""))
+    root = ET.Element(
+        "testsuites",
+        name="edge-compress nightly",
+        tests=str(len(verdicts)),
+        failures=str(failures),
+        errors=str(errors),
+    )
+    ts = ET.SubElement(
+        root,
+        "testsuite",
+        name=suite,
+        tests=str(len(verdicts)),
+        failures=str(failures),
+        errors=str(errors),
+        skipped="0",
+        timestamp=str((run or {}).get("started") or ""),
+    )
     props = ET.SubElement(ts, "properties")
     for k in ("id", "revision", "accepted", "exit_code"):
         if run and run.get(k) is not None:
@@ -435,7 +485,9 @@ def render_junit(verdicts: list[dict[str, Any]], *, suite: str, run: dict[str, A
             el = ET.SubElement(tc, "failure", message=msg, type="regression")
             el.text = summary
         elif v["verdict"] == "infra_failure":
-            el = ET.SubElement(tc, "error", message=f"{v.get('error_kind')}: {v.get('error')}", type="infra_failure")
+            el = ET.SubElement(
+                tc, "error", message=f"{v.get('error_kind')}: {v.get('error')}", type="infra_failure"
+            )
             el.text = v.get("error") or ""
         out = ET.SubElement(tc, "system-out")
         out.text = f"verdict: {v['verdict']}\n{summary}"
@@ -468,15 +520,21 @@ def terminal_table(verdicts: list[dict[str, Any]], title: str = "nightly verdict
     from rich.table import Table
     from rich.text import Text
 
-    styles = {"ok": "green", "improvement": "cyan", "no_baseline": "dim", "budget_violation": "yellow",
-              "regression": "bold red", "infra_failure": "magenta"}
+    styles = {
+        "ok": "green",
+        "improvement": "cyan",
+        "no_baseline": "dim",
+        "budget_violation": "yellow",
+        "regression": "bold red",
+        "infra_failure": "magenta",
+    }
     t = Table(title=title, title_justify="left")
     for col in ("cell", "verdict", "evidence", "median", "p99", "memory", "notes"):
         t.add_column(col, overflow="fold")
     for v in sorted(verdicts, key=lambda v: v["key"]):
         m = {x["metric"]: x for x in v.get("metrics", [])}
 
-        def eff(name: str) -> str:
+        def eff(name: str, m: dict[str, Any] = m) -> str:
             x = m.get(name)
             if not x or x.get("effect_pct") is None:
                 return "-"
@@ -486,9 +544,16 @@ def terminal_table(verdicts: list[dict[str, Any]], title: str = "nightly verdict
         notes = []
         if v.get("error"):
             notes.append(f"{v.get('error_kind')}: {v['error']}")
-        notes += [f"{b['budget']} {b['value']:.4g} > {b['limit']:.4g}" for b in v.get("budget_violations", [])]
+        notes += [
+            f"{b['budget']} {b['value']:.4g} > {b['limit']:.4g}" for b in v.get("budget_violations", [])
+        ]
         t.add_row(
-            v["key"], Text(v["verdict"], style=styles.get(v["verdict"], "")), v.get("evidence") or "-",
-            eff("latency_median"), eff("latency_p99"), eff("peak_memory"), "; ".join(notes),
+            v["key"],
+            Text(v["verdict"], style=styles.get(v["verdict"], "")),
+            v.get("evidence") or "-",
+            eff("latency_median"),
+            eff("latency_p99"),
+            eff("peak_memory"),
+            "; ".join(notes),
         )
     return t

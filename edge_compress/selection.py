@@ -419,52 +419,34 @@ def _supports(profile: DeviceProfile, bits: int) -> bool:
 
 
 def _variants(zm: Any, graph: Any, prune_ratios: tuple[float, ...], ranks: tuple[float, ...],
-              notes: list[str]) -> list[Variant]:
-    """The float model plus pruned / factorized variants when those packages offer them."""
+              notes: list[str], finetune_epochs: int = 3) -> list[Variant]:
+    """The float model plus L1-pruned (fine-tuned) and low-rank factorized variants."""
     from edge_compress.graph import extract_graph
 
     out = [Variant("", zm.model, graph)]
-    try:
-        from edge_compress import prune as prune_pkg
-    except ImportError:  # pragma: no cover - the package directory always exists
-        prune_pkg = None
-    l1 = None
-    for name in ("l1_prune", "prune_l1", "l1_one_shot", "prune_to_flops"):
-        l1 = getattr(prune_pkg, name, None) if prune_pkg is not None else None
-        if callable(l1):
-            break
-        l1 = None
-    if prune_ratios and l1 is None:
-        notes.append("pruning candidates skipped: edge_compress.prune offers no L1 one-shot function yet.")
-    for r in prune_ratios if l1 is not None else ():
+    ds = zm.dataset
+    for r in prune_ratios:
         try:
-            res = l1(zm.model, graph, r)  # type: ignore[misc]
-        except Exception as e:  # noqa: BLE001 - one failing variant must not stop the sweep
-            notes.append(f"{zm.name}: L1 pruning to {r:g} FLOPs failed ({type(e).__name__}: {e}).")
-            continue
-        m = getattr(res, "model", res)
-        out.append(Variant(f"prune{r:g}", m, extract_graph(m, zm.example_input())))
-    fact = None
-    try:
-        from edge_compress import factorize as fact_pkg
+            from edge_compress.prune import l1_prune
 
-        for name in ("factorize_model", "factorize", "low_rank"):
-            fact = getattr(fact_pkg, name, None)
-            if callable(fact):
-                break
-            fact = None
-    except ImportError:  # pragma: no cover
-        fact = None
-    if ranks and fact is None:
-        notes.append("factorization candidates skipped: edge_compress.factorize offers no factorization function yet.")
-    for r in ranks if fact is not None else ():
-        try:
-            res = fact(zm.model, graph, r)  # type: ignore[misc]
-        except Exception as e:  # noqa: BLE001
-            notes.append(f"{zm.name}: factorization at {r:g} failed ({type(e).__name__}: {e}).")
+            res = l1_prune(zm.model, graph, r, ds.x_train, ds.y_train, finetune_epochs=finetune_epochs)
+        except Exception as e:  # noqa: BLE001 - one failing variant must not stop the sweep
+            notes.append(f"{zm.name}: L1 pruning to {r:g} of the FLOPs skipped ({type(e).__name__}: {str(e)[:120]}).")
             continue
-        m = getattr(res, "model", res)
-        out.append(Variant(f"rank{r:g}", m, extract_graph(m, zm.example_input())))
+        m = res.model.eval()
+        out.append(Variant(f"l1prune{r:g}", m, extract_graph(m, zm.example_input()), "; ".join(res.notes)))
+    for r in ranks:
+        try:
+            from edge_compress.factorize import factorize_model, ranks_by_budget
+
+            rk = ranks_by_budget(zm.model, graph, flops_ratio=r)
+            if not rk:
+                raise ValueError("no layer is worth factorizing")
+            m = factorize_model(zm.model, graph, rk).eval()
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"{zm.name}: factorization to {r:g} of the FLOPs skipped ({type(e).__name__}: {str(e)[:120]}).")
+            continue
+        out.append(Variant(f"lowrank{r:g}", m, extract_graph(m, zm.example_input())))
     return out
 
 
@@ -484,15 +466,16 @@ def _plans(variant: Variant, zm: Any, profile: DeviceProfile, alphas: tuple[floa
         from edge_compress.quant.planner import plan_model
     except ImportError:
         if not any("planner" in n for n in notes):
-            notes.append("mixed-precision candidates skipped: edge_compress.quant.planner is not available yet.")
+            notes.append("mixed-precision candidates skipped: edge_compress.quant.planner is not available.")
         return plans
-    x_val = getattr(zm.dataset, "x_val", None)
-    y_val = getattr(zm.dataset, "y_val", None)
+    ds = zm.dataset
     for a in alphas:
         try:
-            p = plan_model(variant.model, g, profile, calib, eval_x=x_val, eval_y=y_val, alpha=a)
+            p = plan_model(variant.model, g, profile, calib, eval_x=ds.x_val, eval_y=ds.y_val, alpha=a,
+                           model_name=zm.name)
         except Exception as e:  # noqa: BLE001 - report and keep sweeping
-            notes.append(f"{zm.name}: plan_model(alpha={a:g}) failed ({type(e).__name__}: {str(e)[:120]}).")
+            notes.append(f"{zm.name}{'/' + variant.label if variant.label else ''}: plan_model(alpha={a:g}) "
+                         f"failed ({type(e).__name__}: {str(e)[:120]}).")
             continue
         plans.append((f"mixed-a{a:g}", p))
     return plans
@@ -503,14 +486,17 @@ def generate_candidates(
     profile: DeviceProfile,
     *,
     alphas: tuple[float, ...] = (0.25, 0.5, 0.75),
-    prune_ratios: tuple[float, ...] = (0.75, 0.5),
-    ranks: tuple[float, ...] = (0.5,),
+    prune_ratios: tuple[float, ...] = (0.7, 0.5),
+    ranks: tuple[float, ...] = (0.6,),
+    mixed_on_variants: bool = False,
+    finetune_epochs: int = 3,
     calib_n: int = 256,
     notes: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[Candidate]:
     """Every (model variant x plan) candidate with its simulated accuracy and kernels."""
     from edge_compress.costmodel import kernels_of
+    from edge_compress.costmodel_export import float_compute_layers, project_exporter_available
     from edge_compress.graph import extract_graph
     from edge_compress.quant.fakequant import quantize_plan
     from edge_compress.zoo import load_zoo
@@ -523,8 +509,9 @@ def generate_candidates(
         label = name if width == 1.0 else f"{name}@{width:g}"
         graph = extract_graph(zm.model, zm.example_input())
         calib = zm.calibration(calib_n)
-        for v in _variants(zm, graph, prune_ratios, ranks, notes):
-            for tech, plan in _plans(v, zm, profile, alphas, calib, notes):
+        for v in _variants(zm, graph, prune_ratios, ranks, notes, finetune_epochs):
+            fc = float_compute_layers(v.graph) if project_exporter_available() else set()
+            for tech, plan in _plans(v, zm, profile, alphas if (mixed_on_variants or not v.label) else (), calib, notes):
                 if plan is None:
                     acc = zm.evaluate(v.model)
                 else:
@@ -532,7 +519,7 @@ def generate_candidates(
                     acc = zm.evaluate(sim)
                 cid = "/".join(x for x in (label, v.label, tech) if x)
                 out.append(Candidate(
-                    cid, label, "+".join(x for x in (v.label, tech) if x), 100.0 * acc, kernels_of(v.graph, plan),
+                    cid, label, "+".join(x for x in (v.label, tech) if x), 100.0 * acc, kernels_of(v.graph, plan, fc if plan is not None else set()),
                     macs=v.graph.total_macs, base_macs=graph.total_macs,
                     build=lambda m=v.model, p=plan: (m, p), calib_x=calib,
                     plan_json=None if plan is None else plan.to_json(),

@@ -57,7 +57,6 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
-    text,
     update,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -276,7 +275,9 @@ class ResultStore:
             from sqlalchemy.exc import SQLAlchemyError
 
             if isinstance(e, SQLAlchemyError):
-                raise UserError(f"result store {self.url}: cannot open or migrate ({_first_line(e)}).") from None
+                raise UserError(
+                    f"result store {self.url}: cannot open or migrate ({_first_line(e)})."
+                ) from None
             raise
         from edge_compress.migrations import LATEST
 
@@ -290,7 +291,11 @@ class ResultStore:
     # -- runs ----------------------------------------------------------------------------------
 
     def start_run(
-        self, suite: str, *, suite_digest: str | None = None, revision: str | None = None,
+        self,
+        suite: str,
+        *,
+        suite_digest: str | None = None,
+        revision: str | None = None,
         settings: dict[str, Any] | None = None,
     ) -> int:
         with self.engine.begin() as conn:
@@ -360,9 +365,15 @@ class ResultStore:
             if exists is None:
                 conn.execute(
                     insert(artifacts).values(
-                        id=a.id, model=a.model, profile=a.profile, variant=a.variant,
-                        plan_digest=a.plan_digest, bytes=a.bytes, path=a.path,
-                        manifest_json=json.dumps(a.manifest, sort_keys=True, default=str), created=now(),
+                        id=a.id,
+                        model=a.model,
+                        profile=a.profile,
+                        variant=a.variant,
+                        plan_digest=a.plan_digest,
+                        bytes=a.bytes,
+                        path=a.path,
+                        manifest_json=json.dumps(a.manifest, sort_keys=True, default=str),
+                        created=now(),
                     )
                 )
 
@@ -372,7 +383,13 @@ class ResultStore:
         if r is None:
             return None
         return ArtifactRecord(
-            r["id"], r["model"], r["profile"], r["variant"], r["plan_digest"], r["bytes"], r["path"],
+            r["id"],
+            r["model"],
+            r["profile"],
+            r["variant"],
+            r["plan_digest"],
+            r["bytes"],
+            r["path"],
             json.loads(r["manifest_json"] or "{}"),
         )
 
@@ -385,7 +402,9 @@ class ResultStore:
             "machine": info.get("machine"),
             "runtime_versions": info.get("runtime_versions"),
         }
-        cond = and_(*[(targets.c[k] == v) if v is not None else targets.c[k].is_(None) for k, v in key.items()])
+        cond = and_(
+            *[(targets.c[k] == v) if v is not None else targets.c[k].is_(None) for k, v in key.items()]
+        )
         found = conn.execute(select(targets.c.id).where(cond)).scalar()
         if found is not None:
             return int(found)
@@ -415,14 +434,22 @@ class ResultStore:
             tinfo.setdefault("machine", measurement.get("machine"))
             if measurement.get("runtime"):
                 tinfo.setdefault(
-                    "runtime_versions", f"{measurement.get('runtime')} {measurement.get('runtime_version') or ''}".strip()
+                    "runtime_versions",
+                    f"{measurement.get('runtime')} {measurement.get('runtime_version') or ''}".strip(),
                 )
             target_id = self._target_id(conn, tinfo) if measurement.get("ok") else None
             mid = _insert_measurement(conn, run_id, cell, measurement, artifact_id, target_id, "cell")
             for item in interleaved or []:
                 _insert_measurement(
-                    conn, run_id, cell, item["measurement"], item.get("artifact_id"), target_id,
-                    "interleaved", role=item.get("role"), round_=item.get("round"),
+                    conn,
+                    run_id,
+                    cell,
+                    item["measurement"],
+                    item.get("artifact_id"),
+                    target_id,
+                    "interleaved",
+                    role=item.get("role"),
+                    round_=item.get("round"),
                 )
             conn.execute(
                 insert(verdicts).values(
@@ -452,12 +479,16 @@ class ResultStore:
             return [json.loads(r) for r in rows]
 
     def measurements(
-        self, *, run_id: int | None = None, cell_key: str | None = None, kind: str | None = "cell",
+        self,
+        *,
+        run_id: int | None = None,
+        cell_key: str | None = None,
+        kind: str | None = "cell",
         since: dt.datetime | None = None,
     ) -> list[dict[str, Any]]:
-        q = select(measurements, runs.c.started.label("run_started"), runs.c.accepted.label("run_accepted")).join(
-            runs, runs.c.id == measurements.c.run_id
-        )
+        q = select(
+            measurements, runs.c.started.label("run_started"), runs.c.accepted.label("run_accepted")
+        ).join(runs, runs.c.id == measurements.c.run_id)
         if run_id is not None:
             q = q.where(measurements.c.run_id == run_id)
         if cell_key is not None:
@@ -492,7 +523,11 @@ class ResultStore:
         q = (
             select(measurements)
             .join(runs, runs.c.id == measurements.c.run_id)
-            .where(measurements.c.cell_key == cell_key, measurements.c.kind == "cell", measurements.c.status == OK)
+            .where(
+                measurements.c.cell_key == cell_key,
+                measurements.c.kind == "cell",
+                measurements.c.status == OK,
+            )
         )
         if pinned_run_id is not None:
             q = q.where(runs.c.id == pinned_run_id)
@@ -504,7 +539,9 @@ class ResultStore:
             row = conn.execute(q.order_by(runs.c.id.desc()).limit(1)).mappings().first()
         return dict(row) if row else None
 
-    def history(self, cell_key: str, *, limit: int = 10, exclude_run_id: int | None = None) -> list[dict[str, Any]]:
+    def history(
+        self, cell_key: str, *, limit: int = 10, exclude_run_id: int | None = None
+    ) -> list[dict[str, Any]]:
         """``ok`` measurements of a cell in accepted finished runs, newest first."""
         q = (
             select(measurements)
@@ -551,7 +588,9 @@ def _engine(url: str) -> Engine:
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer; a killed writer loses nothing committed
+    cur.execute(
+        "PRAGMA journal_mode=WAL"
+    )  # readers never block the writer; a killed writer loses nothing committed
     cur.execute("PRAGMA synchronous=NORMAL")  # durable across process kills (WAL), fast
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=60000")
@@ -635,7 +674,7 @@ def _insert_measurement(
             insert(samples),
             [
                 {"measurement_id": mid, "idx": i, "latency_ms": float(v), "throttled": bool(f)}
-                for i, (v, f) in enumerate(zip(lat, flags))
+                for i, (v, f) in enumerate(zip(lat, flags, strict=True))
             ],
         )
     return mid

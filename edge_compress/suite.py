@@ -9,7 +9,7 @@ Format (every section but ``models`` and ``targets`` is optional)::
       - {model: mypkg.nets:build, name: tiny}   # mapping form: a short label for the cell keys
       - {model: kws.onnx, accuracy: kws_test.npz} # .npz with x, y: accuracy measured on the device
     compile:                           # compile settings; each model is compiled once per entry
-      - {name: int8, method: auto, formats: [onnx]}
+      - {name: int8, method: hessian, formats: [onnx]}
       - {name: asis, method: none}     # 'none': measure the model file as it is (files only)
     budgets: [null, "bytes=60KB,latency_p99=5ms"]   # compile budgets (cross product); null: profile's
     targets: [local, pi5]              # inventory names
@@ -23,7 +23,7 @@ Format (every section but ``models`` and ``targets`` is optional)::
       accuracy: 1.0
       bytes: 1%
     baseline: {policy: last_accepted}  # or {policy: pinned, run_id: 42}
-    interleave: {rounds: 5, trigger: 0.5}  # paired A/B re-measure when a metric looks regressed
+    interleave: {rounds: 6, max_rounds: 12, trigger: 0.5}  # paired A/B re-measure if a metric looks regressed
 
 Errors name the file, the line and the field (``suite.yaml: line 7: field 'measure.threads': ...``).
 """
@@ -38,7 +38,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edge_compress.errors import UserError
 
@@ -81,13 +89,18 @@ class ModelEntry(_Strict):
     model: str = Field(min_length=1)
     name: str | None = Field(default=None, pattern=_NAME)
     accuracy: str | None = Field(default=None, description=".npz with arrays x, y for on-device accuracy")
+    data: str | None = Field(
+        default=None, description="data set for calibration: digits | mnist1d | breast_cancer | an .npz"
+    )
 
 
 class CompileSettings(_Strict):
     """One way of compiling every model of the suite."""
 
     name: str = Field(default="default", pattern=_NAME)
-    method: str = Field(default="auto", min_length=1, description="compiler method, or 'none'")
+    method: str = Field(
+        default="hessian", min_length=1, description="compiler method (edge-compress compile --method), or 'none'"
+    )
     formats: tuple[Literal["onnx", "tflite"], ...] = Field(default=("onnx",), min_length=1)
     parity_threshold: float | None = Field(default=None, gt=0)
     force: bool = False
@@ -145,11 +158,23 @@ class BaselinePolicy(_Strict):
 
 class InterleaveSettings(_Strict):
     enabled: bool = True
-    rounds: int = Field(default=5, ge=2, le=50)
+    rounds: int = Field(default=6, ge=2, le=50)
+    max_rounds: int = Field(
+        default=12,
+        ge=2,
+        le=100,
+        description="rounds after one extension (effect above threshold, not yet significant)",
+    )
     trigger: float = Field(
         default=0.5, gt=0, le=1, description="re-measure when an effect exceeds trigger x threshold"
     )
     min_duration_s: float | None = Field(default=None, ge=0, description="per run; default: measure's")
+
+    @model_validator(mode="after")
+    def _max_rounds(self) -> InterleaveSettings:
+        if self.max_rounds < self.rounds:
+            raise ValueError("max_rounds must be >= rounds")
+        return self
 
 
 class Suite(_Strict):
@@ -202,6 +227,9 @@ class Suite(_Strict):
         p = Path(text).expanduser()
         return str(p if p.is_absolute() else (self.base_dir / p).resolve())
 
+    def _data(self, data: str | None) -> str | None:
+        return self._path(data) if data and data.lower().endswith(".npz") else data
+
     def model_ref(self, entry: ModelEntry) -> str:
         """What the compiler / runner gets: an absolute path for files, the text otherwise."""
         if entry.model.lower().endswith(MODEL_SUFFIXES):
@@ -229,6 +257,7 @@ class Suite(_Strict):
                                 budget_fields=parse_budget(b) if b else {},
                                 target=t,
                                 accuracy_npz=self._path(m.accuracy) if m.accuracy else None,
+                                data=self._data(m.data),
                             )
                         )
         return out
@@ -251,6 +280,7 @@ class CellSpec:
     target: str
     budget_fields: dict[str, float] = field(default_factory=dict)
     accuracy_npz: str | None = None  # absolute path, from the model entry
+    data: str | None = None  # the model entry's data set (passed to the compiler)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -289,7 +319,9 @@ def load_suite(path: str | Path, *, inventory: Any = None, check_targets: bool =
     if not isinstance(data, dict):
         raise UserError(f"{p}: a suite is a YAML mapping with at least 'name', 'models' and 'targets'.")
     if "path" in data:
-        raise UserError(f"{p}: line {_line_of(root, ['path'])}: field 'path': unknown field (check spelling).")
+        raise UserError(
+            f"{p}: line {_line_of(root, ['path'])}: field 'path': unknown field (check spelling)."
+        )
     try:
         suite = Suite(**data, path=str(p))
     except ValidationError as e:
@@ -374,7 +406,14 @@ def _check_models(suite: Suite, path: Path, root: Any) -> None:
         if m.accuracy and not Path(suite._path(m.accuracy)).is_file():
             line = _line_of(root, ["models", i, "accuracy"])
             raise UserError(f"{path}: line {line}: field 'models.{i}.accuracy': no such file {m.accuracy!r}.")
+    methods = _compiler_methods()
     for i, c in enumerate(suite.compile):
+        if methods and c.method not in (*methods, RAW_METHOD):
+            line = _line_of(root, ["compile", i, "method"])
+            raise UserError(
+                f"{path}: line {line}: field 'compile.{i}.method': unknown method {c.method!r}; "
+                f"known methods: {', '.join((*methods, RAW_METHOD))}."
+            )
         if c.method == RAW_METHOD:
             for m in suite.models:
                 if not m.model.lower().endswith(MODEL_SUFFIXES):
@@ -383,6 +422,15 @@ def _check_models(suite: Suite, path: Path, root: Any) -> None:
                         f"{path}: line {line}: field 'compile.{i}.method': 'none' measures model files "
                         f"as they are, but {m.model!r} is not a .onnx/.tflite file."
                     )
+
+
+def _compiler_methods() -> tuple[str, ...]:
+    """The compiler's planning methods (empty when the compiler is not installed)."""
+    try:
+        from edge_compress.compiler import METHODS
+    except ImportError:
+        return ()
+    return tuple(METHODS)
 
 
 def _check_targets(suite: Suite, path: Path, root: Any, inventory: Any) -> None:

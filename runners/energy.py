@@ -395,7 +395,8 @@ def probe_rapl(root: str | Path = "/", *, clock: Clock = time.monotonic) -> Mete
     """RAPL meters: ``psys`` (whole platform) first, then all packages summed, then each package."""
     probe = MeterProbe()
     base = Path(root) / "sys/class/powercap"
-    zones = sorted(p for p in base.glob("intel-rapl:*") if RAPL_ZONE.match(p.name)) if base.is_dir() else []
+    zones = [p for p in base.glob("intel-rapl:*") if RAPL_ZONE.match(p.name)] if base.is_dir() else []
+    zones.sort(key=lambda p: int(p.name.split(":")[1]))
     found: list[tuple[str, Counter]] = []
     for zone in zones:
         name = _read_label(zone / "name") or zone.name

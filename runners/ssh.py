@@ -437,9 +437,10 @@ class SSHRunner:
             t = time.monotonic()
             with sess.step("push"):
                 paths, pushed = self._push(sess, request)
-            rundir = self._make_rundir(sess, request, paths, power)
-            steps["push"] = time.monotonic() - t
+            rundir = posixpath.join(sess.workdir, "runs", uuid.uuid4().hex)
             try:
+                self._write_request(sess, rundir, request, paths, power)
+                steps["push"] = time.monotonic() - t
                 t = time.monotonic()
                 result = self._execute(sess, rundir, paths["agent"], request)
                 m = self._collect(result, request)
@@ -472,10 +473,14 @@ class SSHRunner:
         return paths, pushed
 
     @staticmethod
-    def _make_rundir(
-        sess: SSHSession, request: RunRequest, paths: dict[str, str], power: dict[str, Any] | None
-    ) -> str:
-        rundir = posixpath.join(sess.workdir, "runs", uuid.uuid4().hex)
+    def _write_request(
+        sess: SSHSession,
+        rundir: str,
+        request: RunRequest,
+        paths: dict[str, str],
+        power: dict[str, Any] | None,
+    ) -> None:
+        """Create the run dir and write the agent's request.json into it."""
         payload = host.agent_request(
             request,
             model=paths["model_path"],
@@ -487,7 +492,6 @@ class SSHRunner:
             sess.makedirs(rundir)
             with sess.sftp.open(posixpath.join(rundir, "request.json"), "w") as f:
                 f.write(json.dumps(payload))
-        return rundir
 
     def _execute(self, sess: SSHSession, rundir: str, agent: str, request: RunRequest) -> ExecResult:
         """Run the agent in the run dir, which the same command removes afterwards (one round trip);

@@ -20,7 +20,7 @@ The IMM cycle per sample: mix the model states with the Markov transition matrix
 update each filter, weigh the models by the likelihood of the innovation, renormalise.
 Heavy-tailed scheduler noise is normal on targets, so single outliers must not fire: the
 likelihood is Student-t (polynomial tails), each sample's likelihood ratio is clamped to
-``[1/lr_max, lr_max]``, filter updates use a Huber-clipped innovation, and with
+``[lr_floor, lr_max]``, filter updates use a Huber-clipped innovation, and with
 ``direction="up"`` a sample below the baseline is never evidence of throttling. The throttled
 model *dominates* when its probability exceeds ``threshold`` for ``confirm`` consecutive
 samples while its level is at least ``min_shift`` noise standard deviations above the baseline
@@ -127,8 +127,10 @@ class IMMDetector:
       baseline-noise units; ``steady_pull``: fraction of its deviation from the baseline model 0
       keeps per step (0: it always predicts the baseline);
     * ``nu``: Student-t degrees of freedom of the likelihood; ``huber``: clip of filter
-      innovations, in predicted standard deviations; ``lr_max``: clamp of the per-sample
-      likelihood ratio;
+      innovations, in predicted standard deviations; ``lr_floor`` / ``lr_max``: clamp of the
+      per-sample likelihood ratio P(x | throttled) / P(x | steady). The floor is mild so that a
+      regime where only some samples are slow (big.LITTLE migration, CPU contention) still
+      accumulates evidence instead of being reset by each fast sample;
     * ``min_rel_noise``: floor of the noise scale as a fraction of the baseline; ``min_shift``:
       smallest throttled level, in noise standard deviations;
     * ``direction``: "up" (throttling only slows things down) or "both";
@@ -152,27 +154,29 @@ class IMMDetector:
         nu: float = 4.0,
         huber: float = 3.0,
         lr_max: float = 30.0,
+        lr_floor: float = 1 / 3,
         min_rel_noise: float = 0.005,
         min_shift: float = 3.0,
         direction: str = "up",
         calib_max: int = 200,
         refit_every: int = 10,
     ) -> None:
-        self._check(threshold, exit_threshold, confirm, warmup, p_switch, p_return, direction)
+        back = p_switch if p_return is None else p_return
         self.threshold = threshold
         self.exit_threshold = exit_threshold
         self.confirm = confirm
         self.warmup = warmup
+        self.transition = ((1 - p_switch, p_switch), (back, 1 - back))  # row: from, column: to
         self.nu = nu
         self.huber = huber
         self.lr_max = lr_max
+        self.lr_floor = lr_floor
         self.min_rel_noise = min_rel_noise
         self.min_shift = min_shift
         self.direction = direction
         self.calib_max = max(calib_max, warmup)
         self.refit_every = max(refit_every, 1)
-        back = p_switch if p_return is None else p_return
-        self.transition = ((1 - p_switch, p_switch), (back, 1 - back))  # row: from, column: to
+        self._validate()
         self._filters = (
             _Filter(steady_pull, False, q_steady, 0.0),
             _Filter(1.0, True, q_level, q_slope),
@@ -188,25 +192,19 @@ class IMMDetector:
         self._p = 0.0
         self.episodes: list[tuple[int, int | None]] = []  # end None while open
 
-    @staticmethod
-    def _check(
-        threshold: float,
-        exit_threshold: float,
-        confirm: int,
-        warmup: int,
-        p_switch: float,
-        p_return: float | None,
-        direction: str,
-    ) -> None:
-        if not 0 < exit_threshold <= threshold < 1:
+    def _validate(self) -> None:
+        """Raise ValueError (one sentence) for parameters the detector cannot work with."""
+        if not 0 < self.exit_threshold <= self.threshold < 1:
             raise ValueError("Thresholds must satisfy 0 < exit_threshold <= threshold < 1.")
-        if confirm < 1 or warmup < 5:
-            raise ValueError(f"confirm must be >= 1 and warmup >= 5 (got {confirm} and {warmup}).")
-        for p in (p_switch, p_switch if p_return is None else p_return):
+        if self.confirm < 1 or self.warmup < 5:
+            raise ValueError(f"confirm must be >= 1 and warmup >= 5 (got {self.confirm} and {self.warmup}).")
+        for p in (self.transition[0][1], self.transition[1][0]):
             if not 0 < p < 0.5:
                 raise ValueError(f"Switch probabilities must be in (0, 0.5), got {p}.")
-        if direction not in ("up", "both"):
-            raise ValueError(f"direction must be 'up' or 'both', not {direction!r}.")
+        if not 0 < self.lr_floor <= 1 <= self.lr_max:
+            raise ValueError("Likelihood-ratio clamps must satisfy 0 < lr_floor <= 1 <= lr_max.")
+        if self.direction not in ("up", "both"):
+            raise ValueError(f"direction must be 'up' or 'both', not {self.direction!r}.")
 
     @property
     def throttled(self) -> bool:
@@ -282,8 +280,7 @@ class IMMDetector:
         log_lr = _student_t_loglik(e1, s1, self.nu) - _student_t_loglik(e0, s0, self.nu)
         if self.direction == "up" and e0 < 0:
             log_lr = min(log_lr, 0.0)  # below the baseline: never evidence of throttling
-        bound = math.log(self.lr_max)
-        lr = math.exp(min(max(log_lr, -bound), bound))
+        lr = math.exp(min(max(log_lr, math.log(self.lr_floor)), math.log(self.lr_max)))
         c0, c1 = mixed[0][2], mixed[1][2] * lr
         self._mu = [c0 / (c0 + c1), c1 / (c0 + c1)]
         return self._mu[1]

@@ -5,13 +5,17 @@ Writes ``benchmarks/runners.json``:
 
 * ``overhead_pct``: median latency (ms) measured by the agent's own timed loop (throttle detector
   and energy meter included) vs a bare ``perf_counter`` loop around the *same* onnxruntime session,
-  interleaved in one process, on a ~1 ms model; side by side, the same model timed by a plain
+  in one process, on a ~1 ms model: the median over interleaved pairs (alternating order) of the
+  relative difference of the two medians; side by side, the same model timed by a plain
   ``timeit`` loop and by ``onnxruntime.tools.onnxruntime_test`` (its own session, default threads);
 * ``cv_median_pct``: coefficient of variation of the median over 5 full LocalRunner runs;
 * ``push_cached_ratio``: time of a second (cached) SFTP push over time of the first, on a loopback
   sshd, for a 16 MiB artifact (the small model's ratio is reported too);
 * ``parallel_wall_ratio``: N = 1, 4, 8 loopback sshd targets measured in parallel with a
-  duration-bound run (min_duration 2 s): wall time of N over wall time of one.
+  duration-bound run (min_duration 2 s): wall time of N over wall time of one. All N "devices"
+  share this machine's CPUs, so each agent's start-up (python, numpy and onnxruntime imports,
+  session load) competes with the others; ``parallel_host_cpu_s_per_run`` is the host-side cost
+  (ssh, sftp, parsing) per target, which is what limits parallelism over real boards.
 
 Starts its own sshd servers (tests/sshd.py). Takes about a minute on 2 cores.
 Usage: ``python scripts/bench_runners.py [--out benchmarks/runners.json] [--quick]``.
@@ -72,14 +76,17 @@ def bench_overhead(model: Path, rounds: int, per_round_s: float) -> dict[str, An
     for _ in range(50):
         once()
     meter = energy.discover_meters()
-    agent_meds, bare_meds, timeit_meds, agent_wall, bare_wall = [], [], [], [], []
-    for _ in range(rounds):
+    agent_meds, bare_meds, timeit_meds, agent_wall, bare_wall, paired = [], [], [], [], [], []
+
+    def agent_pass() -> int:
         cfg = agent.LoopConfig(min_count=50, min_duration_s=per_round_s, max_count=10**6, cooldown_s=0.0)
         t0 = time.perf_counter()
         out = agent.measure(once, cfg, meter=meter[0] if meter else None, detect=True, sleep=lambda s: None)
         agent_wall.append((time.perf_counter() - t0) / len(out["samples"]))
         agent_meds.append(_median(out["samples"]))
-        n = len(out["samples"])
+        return len(out["samples"])
+
+    def bare_pass(n: int) -> None:
         samples, pc = [], time.perf_counter
         t0 = pc()
         for _ in range(n):
@@ -88,11 +95,22 @@ def bench_overhead(model: Path, rounds: int, per_round_s: float) -> dict[str, An
             samples.append((pc() - a) * 1e3)
         bare_wall.append((pc() - t0) / n)
         bare_meds.append(_median(samples))
+
+    n = int(per_round_s / 1e-3)
+    for r in range(rounds):  # pairs in alternating order, so drift and order effects cancel
+        if r % 2 == 0:
+            n = agent_pass()
+            bare_pass(n)
+        else:
+            bare_pass(n)
+            n = agent_pass()
+        paired.append((agent_meds[-1] - bare_meds[-1]) / bare_meds[-1] * 100)
         reps = timeit.repeat(once, number=10, repeat=max(5, n // 10))
         timeit_meds.append(_median(reps) / 10 * 1e3)
     agent_m, bare_m = _median(agent_meds), _median(bare_meds)
     return {
-        "overhead_pct": (agent_m - bare_m) / bare_m * 100,
+        "overhead_pct": _median(paired),
+        "overhead_pct_per_pair": paired,
         "overhead_wall_per_iteration_pct": (_median(agent_wall) - _median(bare_wall))
         / _median(bare_wall)
         * 100,
@@ -201,15 +219,18 @@ def bench_parallel(model: Path, tmp: Path, counts: list[int], duration_s: float)
             list(pool.map(lambda r: r.run(warm), runners))  # push once: timed runs are cache hits
         walls: dict[int, float] = {}
         per_run: dict[int, list[float]] = {}
+        host_cpu: dict[int, float] = {}
         for n in counts:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             with ThreadPoolExecutor(max_workers=n) as pool:
                 ms = list(pool.map(lambda r: r.run(req), runners[:n]))
             walls[n] = time.perf_counter() - t0
+            host_cpu[n] = (time.process_time() - c0) / n
             bad = [m.error for m in ms if not m.ok]
             if bad:
                 raise RuntimeError(f"parallel run failed: {bad[0]}")
             per_run[n] = [m.wall_s or 0.0 for m in ms]
+            phases = {"steps_s": ms[0].extra.get("steps_s"), "phases_s": ms[0].extra.get("phases_s")}
     finally:
         for s in servers:
             s.stop()
@@ -217,6 +238,8 @@ def bench_parallel(model: Path, tmp: Path, counts: list[int], duration_s: float)
         "parallel_wall_ratio": {str(n): walls[n] / walls[counts[0]] for n in counts},
         "parallel_wall_s": {str(n): walls[n] for n in counts},
         "parallel_run_wall_s": {str(n): per_run[n] for n in counts},
+        "parallel_host_cpu_s_per_run": {str(n): host_cpu[n] for n in counts},
+        "parallel_agent_phases_s": phases,
         "parallel_min_duration_s": duration_s,
     }
 
@@ -248,7 +271,7 @@ def main() -> int:
         model = make_onnx_model(tmp / "conv.onnx")  # about 1 ms per inference on one x86 core
         result: dict[str, Any] = {}
         result.update(
-            bench_overhead(model, rounds=3 if args.quick else 7, per_round_s=0.5 if args.quick else 1.0)
+            bench_overhead(model, rounds=4 if args.quick else 16, per_round_s=0.25 if args.quick else 0.4)
         )
         result.update(bench_cv(model, repeats=5, duration_s=0.5 if args.quick else 2.0))
         result.update(bench_push(model, tmp))

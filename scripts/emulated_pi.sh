@@ -157,7 +157,7 @@ PYEOF
 
 write_inventory() {
   local port; port="$(cat "$CACHE/port")"
-  local python="/root/.cache/edge-compress/venv/bin/python"
+  local python="python3"
   [ -f "$CACHE/python" ] && python="$(cat "$CACHE/python")"
   mkdir -p "$(dirname "$INVENTORY")"
   "$PY" - "$INVENTORY" "$TARGET_NAME" "$port" "$CACHE" "$python" <<'PYEOF'
@@ -190,7 +190,7 @@ provision() {
   log "provisioning with 'edge-compress targets setup $TARGET_NAME' (numpy, onnxruntime, ai-edge-litert; about 2 minutes)"
   local ec="${HERE}/.venv/bin/edge-compress"
   [ -x "$ec" ] || ec="edge-compress"
-  "$ec" targets setup "$TARGET_NAME" --inventory "$INVENTORY" --runtime onnxruntime --runtime litert --json > "$CACHE/setup.json" \
+  "$ec" targets setup "$TARGET_NAME" --inventory "$INVENTORY" --runtime both --json > "$CACHE/setup.json" \
     || { cat "$CACHE/setup.json" >&2 || true; die "provisioning the emulated Pi failed."; }
   "$PY" - "$CACHE/setup.json" "$CACHE/python" <<'PYEOF'
 import json, sys

@@ -161,9 +161,9 @@ def _config(d: Path, port: int, user: str) -> str:
             "KbdInteractiveAuthentication no",
             f"AllowUsers {user}",
             "Subsystem sftp internal-sftp",
-        # bash sources ~/.bashrc for ssh commands only at shell level 1: starting sessions at
-        # SHLVL=1 keeps the test user's rc files (pyenv init, rehash locks) out of every command.
-        "SetEnv SHLVL=1",
+            # bash sources ~/.bashrc for ssh commands only at shell level 1: starting sessions at
+            # SHLVL=1 keeps the test user's rc files (pyenv init, rehash locks) out of every command.
+            "SetEnv SHLVL=1",
             "MaxStartups 100:30:200",
             "MaxSessions 50",
             "LogLevel ERROR",

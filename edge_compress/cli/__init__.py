@@ -25,25 +25,20 @@ def main(argv: list[str] | None = None) -> int:
 
     _load_commands()
     try:
-        rc = app(args=argv, standalone_mode=False, prog_name="edge-compress")
+        # standalone mode: click itself reports usage mistakes (missing argument, unknown option)
+        # in one line and exits 2; our own UserError is expected and reported the same way.
+        app(args=argv, prog_name="edge-compress")
     except UserError as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         return e.exit_code
-    except SystemExit as e:  # typer/click exit paths
-        return int(e.code or 0) if not isinstance(e.code, str) else 2
+    except SystemExit as e:
+        if e.code is None:
+            return 0
+        return e.code if isinstance(e.code, int) else 2
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")
         return 130
-    except Exception as e:  # click usage errors and aborts
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
-            return 1
-        raise
-    return rc if isinstance(rc, int) else 0
+    return 0
 
 
 def run() -> None:

@@ -21,7 +21,9 @@ def nightly(
     suite_path: Path = typer.Argument(..., metavar="SUITE", help="Suite YAML file."),
     inventory: Path | None = typer.Option(None, "--inventory", help="Inventory YAML (default: see docs)."),
     store_url: str | None = typer.Option(None, "--store", help=STORE_HELP),
-    resume: bool = typer.Option(False, "--resume", help="Finish the missing cells of the last unfinished run."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Finish the missing cells of the last unfinished run."
+    ),
     accept: bool = typer.Option(False, "--accept", help="Accept this run as the new baseline."),
     junit: Path | None = typer.Option(None, "--junit", help="Write JUnit XML here."),
     html_path: Path | None = typer.Option(None, "--html", help="Write the HTML report here."),
@@ -37,7 +39,12 @@ def nightly(
     with ResultStore(store_url) as store:
         if as_json:
             result = run_nightly(
-                suite, store=store, inventory=inventory, resume=resume, accept=accept, artifacts_dir=artifacts_dir
+                suite,
+                store=store,
+                inventory=inventory,
+                resume=resume,
+                accept=accept,
+                artifacts_dir=artifacts_dir,
             )
         else:
             result = _run_with_progress(suite, store, inventory, resume, accept, artifacts_dir)
@@ -59,17 +66,25 @@ def nightly(
         for p in (junit, html_path):
             if p:
                 console.print(f"wrote {p}", highlight=False)
-    return result.exit_code
+    if result.exit_code:  # the exit code survives click's standalone mode
+        raise typer.Exit(result.exit_code)
+    return 0
 
 
-def _run_with_progress(suite: Any, store: Any, inventory: Any, resume: bool, accept: bool, artifacts_dir: Any) -> Any:
+def _run_with_progress(
+    suite: Any, store: Any, inventory: Any, resume: bool, accept: bool, artifacts_dir: Any
+) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from edge_compress.nightly import run_nightly
 
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err_console, transient=True,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
     ) as bar:
         tasks: dict[str, Any] = {}
 
@@ -77,15 +92,27 @@ def _run_with_progress(suite: Any, store: Any, inventory: Any, resume: bool, acc
             if event == "compile":
                 if "compile" not in tasks:
                     tasks["compile"] = bar.add_task("compiling", total=info["total"])
-                bar.update(tasks["compile"], completed=info["index"], description=f"compiling {info['model']} ({info['variant']})")
+                bar.update(
+                    tasks["compile"],
+                    completed=info["index"],
+                    description=f"compiling {info['model']} ({info['variant']})",
+                )
             elif event == "measure":
                 if "compile" in tasks:
-                    bar.update(tasks["compile"], completed=bar.tasks[tasks["compile"]].total, description="compiled")
-                tasks["cells"] = bar.add_task(f"measuring on {info['targets']} target(s)", total=info["total"])
+                    bar.update(
+                        tasks["compile"], completed=bar.tasks[tasks["compile"]].total, description="compiled"
+                    )
+                tasks["cells"] = bar.add_task(
+                    f"measuring on {info['targets']} target(s)", total=info["total"]
+                )
             elif event == "cell":
                 bar.advance(tasks["cells"])
                 v = info["verdict"]["verdict"]
-                style = {"regression": "bold red", "infra_failure": "magenta", "budget_violation": "yellow"}.get(v, "green")
+                style = {
+                    "regression": "bold red",
+                    "infra_failure": "magenta",
+                    "budget_violation": "yellow",
+                }.get(v, "green")
                 bar.console.print(f"  [{style}]{v}[/] {info['key']}", highlight=False)
             elif event == "resume":
                 bar.console.print(f"resuming run {info['run_id']} ({info['done']} cells already done)")
@@ -93,7 +120,12 @@ def _run_with_progress(suite: Any, store: Any, inventory: Any, resume: bool, acc
                 bar.console.print(info["message"])
 
         return run_nightly(
-            suite, store=store, inventory=inventory, resume=resume, accept=accept, artifacts_dir=artifacts_dir,
+            suite,
+            store=store,
+            inventory=inventory,
+            resume=resume,
+            accept=accept,
+            artifacts_dir=artifacts_dir,
             progress=progress,
         )
 
@@ -104,7 +136,9 @@ def write_outputs(store: Any, run_id: int, suite: str, *, junit: Path | None, ht
 
     if junit:
         junit.parent.mkdir(parents=True, exist_ok=True)
-        junit.write_text(render_junit(store.verdicts(run_id), suite=suite, run=store.get_run(run_id)), encoding="utf-8")
+        junit.write_text(
+            render_junit(store.verdicts(run_id), suite=suite, run=store.get_run(run_id)), encoding="utf-8"
+        )
     if html_path:
         html_path.parent.mkdir(parents=True, exist_ok=True)
         html_path.write_text(render_html(report_data(store, run_id=run_id)), encoding="utf-8")

@@ -90,9 +90,13 @@ def resolve_keep(graph: ModelGraph, keep: KeepSpec) -> dict[int, np.ndarray]:
         if arr.size == 0:
             raise UserError(f"keep: group {group_label(g)!r} must keep at least one channel.")
         if arr[0] < 0 or arr[-1] >= g.channels:
-            raise UserError(f"keep: group {group_label(g)!r} has {g.channels} channels; index {int(arr[-1])} is out of range.")
+            raise UserError(
+                f"keep: group {group_label(g)!r} has {g.channels} channels; index {int(arr[-1])} is out of range."
+            )
         if g.id in out and not np.array_equal(out[g.id], arr):
-            raise UserError(f"keep: the tied producers of group {group_label(g)!r} were given different channel lists.")
+            raise UserError(
+                f"keep: the tied producers of group {group_label(g)!r} were given different channel lists."
+            )
         out[g.id] = arr
     return out
 
@@ -106,7 +110,9 @@ def _set(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
-def _new_conv(m: nn.Module, out_idx: torch.Tensor | None, in_idx: torch.Tensor | None, depthwise: bool) -> nn.Module:
+def _new_conv(
+    m: nn.Module, out_idx: torch.Tensor | None, in_idx: torch.Tensor | None, depthwise: bool
+) -> nn.Module:
     w = m.weight.detach()
     b = m.bias.detach() if m.bias is not None else None
     if out_idx is not None:
@@ -120,8 +126,15 @@ def _new_conv(m: nn.Module, out_idx: torch.Tensor | None, in_idx: torch.Tensor |
         cout = w.shape[0]
         cin = cout if depthwise else w.shape[1] * m.groups
         new = type(m)(
-            cin, cout, m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
-            groups=cout if depthwise else m.groups, bias=b is not None, padding_mode=m.padding_mode,
+            cin,
+            cout,
+            m.kernel_size,
+            stride=m.stride,
+            padding=m.padding,
+            dilation=m.dilation,
+            groups=cout if depthwise else m.groups,
+            bias=b is not None,
+            padding_mode=m.padding_mode,
         )
     new = new.to(device=w.device, dtype=w.dtype)
     with torch.no_grad():
@@ -133,7 +146,9 @@ def _new_conv(m: nn.Module, out_idx: torch.Tensor | None, in_idx: torch.Tensor |
 
 
 def _new_bn(m: nn.Module, idx: torch.Tensor) -> nn.Module:
-    new = type(m)(len(idx), eps=m.eps, momentum=m.momentum, affine=m.affine, track_running_stats=m.track_running_stats)
+    new = type(m)(
+        len(idx), eps=m.eps, momentum=m.momentum, affine=m.affine, track_running_stats=m.track_running_stats
+    )
     ref = m.weight if m.affine else m.running_mean
     new = new.to(device=ref.device, dtype=ref.dtype)
     with torch.no_grad():
@@ -175,7 +190,7 @@ def _slices(graph: ModelGraph, groups: dict[int, ChannelGroup], keep: dict[int, 
     return out_idx, in_mask, dw_mask, bn_idx
 
 
-def mask_channels(model: nn.Module, graph: ModelGraph, drop: dict[int, "list[int] | np.ndarray"]) -> nn.Module:
+def mask_channels(model: nn.Module, graph: ModelGraph, drop: dict[int, list[int] | np.ndarray]) -> nn.Module:
     """A copy of ``model`` whose dropped channels output exactly zero (weights, biases, BN affine zeroed).
 
     The masked model computes what the physically pruned one computes (for activations with
@@ -201,7 +216,9 @@ def mask_channels(model: nn.Module, graph: ModelGraph, drop: dict[int, "list[int
     return m
 
 
-def apply_pruning(model: nn.Module, graph: ModelGraph, keep: KeepSpec, *, method: str = "manual") -> PruneResult:
+def apply_pruning(
+    model: nn.Module, graph: ModelGraph, keep: KeepSpec, *, method: str = "manual"
+) -> PruneResult:
     """Physically prune ``model`` (a deep copy) to the channels in ``keep``; see the module doc."""
     resolved = resolve_keep(graph, keep)
     ok, skipped_all = prunable_groups(graph, model)
@@ -218,9 +235,7 @@ def apply_pruning(model: nn.Module, graph: ModelGraph, keep: KeepSpec, *, method
             continue
         effective[gid] = kept
     if skipped:
-        log.warning(
-            "left unpruned: %s", "; ".join(f"{k} ({v})" for k, v in skipped.items())
-        )
+        log.warning("left unpruned: %s", "; ".join(f"{k} ({v})" for k, v in skipped.items()))
     new = copy.deepcopy(model)
     out_idx, in_mask, dw_mask, bn_idx = _slices(graph, groups, effective)
     info = {li.name: li for li in graph.layers}
@@ -305,7 +320,11 @@ def plan_with_keep(
                 d = new.layers[name] = LayerDecision(name, info[name].kind)
             if name in offsets:  # a depthwise conv may carry several groups: keep the others' channels
                 li = info[name]
-                mask = np.ones(li.out_channels, bool) if d.keep_channels is None else np.isin(np.arange(li.out_channels), d.keep_channels)
+                mask = (
+                    np.ones(li.out_channels, bool)
+                    if d.keep_channels is None
+                    else np.isin(np.arange(li.out_channels), d.keep_channels)
+                )
                 mask[offsets[name] : offsets[name] + g.channels] = False
                 mask[offsets[name] + kept] = True
                 d.keep_channels = np.flatnonzero(mask).tolist()

@@ -82,6 +82,12 @@ def group_parts(
     return parts
 
 
+def live_rms(norms: torch.Tensor) -> float:
+    """RMS of the nonzero channel norms (0 when all are zero)."""
+    nz = norms[norms > 0]
+    return float(nz.pow(2).mean().sqrt()) if nz.numel() else 0.0
+
+
 class ChannelParams:
     """Per-channel views of the parameters of the prunable groups of one model instance."""
 
@@ -132,11 +138,22 @@ class ChannelParams:
                 t[:, part.offset : part.offset + n].mul_(ff.view(shape))
 
     @torch.no_grad()
-    def prox(self, thresholds: dict[int, float]) -> dict[int, torch.Tensor]:
-        """Group soft-thresholding: w_c <- max(0, 1 - t / ||w_c||) w_c. Returns the new norms."""
+    def prox(
+        self, thresholds: dict[int, float], floor: dict[int, int] | None = None
+    ) -> dict[int, torch.Tensor]:
+        """Group soft-thresholding: w_c <- max(0, 1 - t / ||w_c||) w_c. Returns the new norms.
+
+        A group whose step would leave fewer than ``floor[g]`` nonzero channels is not shrunk
+        (a per-layer pruning limit: a batch-normalized group can shrink as a whole for free, the
+        next BN undoing it, and would otherwise reach zero all at once).
+        """
         out = {}
+        floor = floor or {}
         for gid, t in thresholds.items():
             nrm = self.sq_norms(gid).sqrt()
+            if int((nrm > t).sum()) < floor.get(gid, 1):
+                out[gid] = nrm
+                continue
             factor = torch.clamp(1 - t / nrm.clamp_min(1e-12), min=0.0)
             self.scale(gid, factor)
             out[gid] = nrm * factor

@@ -148,7 +148,10 @@ class FlopsModel:
         """The smallest FLOPs ratio reachable: every prunable group keeps one channel."""
         return self.ratio(self.min_counts())
 
-    def check_budget(self, budget: float) -> None:
+    def check_budget(
+        self, budget: float, floor: dict[int, int] | None = None, frac: float | None = None
+    ) -> None:
+        """UserError unless ``budget`` is reachable (with every group keeping ``floor[g]`` channels)."""
         if not 0 < budget <= 1:
             raise UserError(f"FLOPs budget {budget:g} must be a ratio of the original MACs in (0, 1].")
         if not self.groups:
@@ -160,6 +163,19 @@ class FlopsModel:
                 f"FLOPs budget {budget:g} is below the smallest network reachable by channel pruning "
                 f"(every prunable group keeps one channel): {lo:.4f} of the original MACs; ask for at least {lo:.4f}."
             )
+        if floor is not None and budget < self.ratio(floor):
+            lo = self.ratio(floor)
+            raise BudgetError(
+                f"FLOPs budget {budget:g} is below {lo:.4f}, the smallest network when every prunable group keeps "
+                f"{frac:g} of its channels (min_keep_frac); ask for at least {lo:.4f} or lower min_keep_frac."
+            )
+
+
+def min_keep_counts(fm: FlopsModel, frac: float) -> dict[int, int]:
+    """Per group: the fewest channels it may keep, ``ceil(frac * channels)`` (at least one)."""
+    import math
+
+    return {g: max(1, math.ceil(frac * fm.size[g] - 1e-9)) for g in fm.gid}
 
 
 def greedy_select(
@@ -167,24 +183,28 @@ def greedy_select(
     scores: dict[int, np.ndarray],
     budget: float,
     start: dict[int, np.ndarray] | None = None,
-    min_keep: int = 1,
+    min_keep: int | dict[int, int] = 1,
+    cost_power: float = 1.0,
 ) -> dict[int, np.ndarray]:
-    """Remove channels by ascending ``score / marginal MACs`` until the FLOPs ratio is <= budget.
+    """Remove channels by ascending ``score / marginal MACs ** cost_power`` until the FLOPs ratio is <= budget.
 
     ``scores[g]`` holds one importance per channel of group ``g`` (comparable across groups);
     ``start[g]`` is a boolean mask of channels still kept (default: all). Returns kept masks.
     """
-    keep = {g: (start[g].copy() if start is not None and g in start else np.ones(fm.size[g], bool)) for g in fm.gid}
+    keep = {
+        g: (start[g].copy() if start is not None and g in start else np.ones(fm.size[g], bool))
+        for g in fm.gid
+    }
     n = {g: int(k.sum()) for g, k in keep.items()}
     while fm.ratio(n) > budget:
         marg = fm.marginal(n)
         best, best_p, best_c = None, np.inf, -1
         for g in fm.gid:
-            if n[g] <= min_keep or marg[g] <= 0:
+            if n[g] <= (min_keep.get(g, 1) if isinstance(min_keep, dict) else min_keep) or marg[g] <= 0:
                 continue
             s = np.where(keep[g], scores[g], np.inf)
             c = int(np.argmin(s))
-            p = s[c] / marg[g]
+            p = s[c] / marg[g] ** cost_power
             if p < best_p:
                 best, best_p, best_c = g, p, c
         if best is None:
@@ -221,3 +241,60 @@ def greedy_restore(
         keep[best][best_c] = True
         n[best] += 1
         added += 1
+
+
+def snap_to_budget(
+    fm: FlopsModel,
+    alive: dict[int, np.ndarray],
+    alive_score: dict[int, np.ndarray],
+    dead_score: dict[int, np.ndarray],
+    budget: float,
+    tolerance: float,
+    cost_power: float = 0.0,
+    min_keep: int | dict[int, int] = 1,
+) -> tuple[dict[int, np.ndarray], str]:
+    """Adjust the live channel set so its FLOPs ratio lands in [budget * (1 - tolerance), budget].
+
+    Above the budget: drop live channels by ascending ``alive_score / MACs ** cost_power``. Below: restore dropped
+    channels (highest ``dead_score`` first, -inf = never restorable) that fit; when the cheapest
+    fitting ones do not suffice (coarse groups: one channel of a thin early layer can cost 10% of the
+    MACs), restore one costlier channel and drop the weakest live ones to pay for it.
+    """
+    n = lambda k: {g: int(v.sum()) for g, v in k.items()}  # noqa: E731
+    ratio = fm.ratio(n(alive))
+    lo = budget * (1 - tolerance)
+    if ratio > budget:
+        keep = greedy_select(fm, alive_score, budget, start=alive, cost_power=cost_power, min_keep=min_keep)
+        extra = sum(int(alive[g].sum() - keep[g].sum()) for g in keep)
+        return keep, (
+            f"the live channels gave FLOPs ratio {ratio:.3f} > budget {budget:g} after training: "
+            f"pruned {extra} more channels by global ranking"
+        )
+    if ratio >= lo:
+        return alive, ""
+    keep, added = greedy_restore(fm, dead_score, budget, alive)
+    if fm.ratio(n(keep)) < lo:
+        best: tuple[float, dict[int, np.ndarray]] | None = None
+        for g in fm.gid:
+            cand = np.where(keep[g], -np.inf, dead_score[g])
+            if not np.isfinite(cand).any():
+                continue
+            trial = {h: v.copy() for h, v in keep.items()}
+            trial[g][int(np.argmax(cand))] = True
+            protect = {h: np.full(fm.size[h], np.inf) if h == g else alive_score[h] for h in trial}
+            trial = greedy_select(fm, protect, budget, start=trial, cost_power=cost_power, min_keep=min_keep)
+            trial, _ = greedy_restore(fm, dead_score, budget, trial)
+            r = fm.ratio(n(trial))
+            lost = sum(float(alive_score[h][keep[h] & ~trial[h]].sum()) for h in trial)
+            if lo <= r <= budget and (best is None or lost < best[0]):
+                best = (lost, trial)
+        if best is not None:
+            keep = best[1]
+    added = sum(int((keep[g] & ~alive[g]).sum()) for g in keep)
+    removed = sum(int((alive[g] & ~keep[g]).sum()) for g in keep)
+    return keep, (
+        f"the penalty overshot to FLOPs ratio {ratio:.3f} < budget {budget:g}: restored {added} most recently "
+        f"dropped channels with their last live weights"
+        + (f" and dropped {removed} weak live ones" if removed else "")
+        + f" (now {fm.ratio(n(keep)):.3f})"
+    )

@@ -5,12 +5,20 @@ Objective, for channel groups g and their channels c (vector w_gc of all paramet
     min_W  L(W) + sum_gc (lam + mu * cost_g) * ||w_gc||_2      subject to  FLOPs(W) <= B * FLOPs_0
 
 ``cost_g`` is the MACs one channel of g costs (exact marginal, normalized to mean 1), so the
-multiplier ``mu`` prices FLOPs: it is raised by dual ascent while the predicted FLOPs (counting
-channels whose norm is above ``zero_tol`` of the group's initial mean norm) exceed the budget and
-lowered when below. Each SGD step is followed by group soft-thresholding (the proximal step of
-the penalty), so the norms of unneeded channels reach exactly zero. Then the ~0 channels are
-removed physically (snapped to within ``tolerance`` of the budget, see ``group_lasso_prune``),
-and the smaller model is fine-tuned.
+multiplier ``mu`` prices FLOPs. It is updated by dual ascent after every step, on log(mu) by
+default (multiplicative updates find mu's scale, unknown and model-dependent, within a couple of
+epochs and relieve fast after an overshoot): it grows while the predicted FLOPs, counting channels
+whose norm is above ``zero_tol`` of their group's RMS norm, exceed the budget and shrinks while
+below. Each SGD step is followed by group soft-thresholding, the proximal step of the penalty, so
+the norms of unneeded channels reach exactly zero.
+
+Channels are judged dead relative to their own group (a batch-normalized group's overall scale
+is free: the next BN undoes it), and no group is pruned below ``min_keep_frac`` of its channels
+(such a group could otherwise shrink as a whole for free and reach zero all at once; the most
+FLOPs-expensive group, usually the stem, would be emptied first).
+
+Then the ~0 channels are removed physically (snapped to within ``tolerance`` below the budget,
+see ``group_lasso_prune``) and the smaller model is fine-tuned.
 """
 
 from __future__ import annotations
@@ -28,8 +36,8 @@ from torch import nn
 from edge_compress.errors import UserError
 from edge_compress.graph import ModelGraph, extract_graph
 from edge_compress.prune.apply import PruneResult, apply_pruning
-from edge_compress.prune.channels import ChannelParams
-from edge_compress.prune.cost import FlopsModel, greedy_restore, greedy_select
+from edge_compress.prune.channels import ChannelParams, live_rms
+from edge_compress.prune.cost import FlopsModel, min_keep_counts, snap_to_budget
 
 
 @dataclass(frozen=True)
@@ -39,11 +47,12 @@ class GroupLassoConfig:
     momentum: float = 0.9
     batch_size: int = 64
     lam: float = 1e-3  # base group-lasso strength (per channel norm)
-    dual_lr: float = 1.0  # multiplier growth per epoch per unit of relative budget violation
-    dual_every: int = 1  # steps between multiplier updates
-    damping: float = 0.0  # proportional term: the penalty uses max(0, mu + damping * violation)
+    mu0: float = 3e-3  # initial multiplier
+    dual_lr: float = 1.5  # dual ascent step on log(mu), per epoch, per unit of (normalized) violation
+    dual_additive: bool = False  # plain dual ascent mu += dual_lr * violation instead (needs mu's scale)
     include_consumers: bool = False  # also penalize the consumers' input slices
-    zero_tol: float = 0.05  # a channel is dead when its norm < zero_tol * initial mean norm of its group
+    zero_tol: float = 0.05  # a channel is dead when its norm < zero_tol * its group's RMS channel norm
+    min_keep_frac: float = 0.25  # every prunable group keeps at least this fraction of its channels
     tolerance: float = 0.05  # final FLOPs ratio within [budget * (1 - tolerance), budget]
     finetune_epochs: int = 5
     finetune_lr: float = 1e-3
@@ -58,11 +67,15 @@ def check_data(x, y, what: str) -> tuple[np.ndarray, np.ndarray]:
         )
     x, y = np.asarray(x), np.asarray(y)
     if len(x) == 0 or len(x) != len(y):
-        raise UserError(f"{what}: x_train has {len(x)} samples but y_train has {len(y)}; give matching, non-empty arrays.")
+        raise UserError(
+            f"{what}: x_train has {len(x)} samples but y_train has {len(y)}; give matching, non-empty arrays."
+        )
     return x, y
 
 
-def finetune(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int = 0) -> nn.Module:
+def finetune(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int = 0
+) -> nn.Module:
     """Short Adam fine-tune (cosine schedule) of a pruned model; a no-op for 0 epochs."""
     from edge_compress.zoo.train import TrainConfig, train
 
@@ -79,7 +92,9 @@ def recalibrate_bn(model: nn.Module, x: np.ndarray, n: int = 512, batch_size: in
     renormalizes) but leaves the EMA running statistics behind, so eval-mode accuracy is only
     meaningful after recalibration.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    bns = [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
     if not bns:
         return model.eval()
     saved = [m.momentum for m in bns]
@@ -125,11 +140,10 @@ def group_lasso_prune(
     x, y = check_data(x_train, y_train, "group-lasso pruning")
     graph = _graph(model, graph, x)
     fm = FlopsModel.from_graph(graph, model)
-    fm.check_budget(flops_budget)
+    fm.check_budget(flops_budget, min_keep_counts(fm, cfg.min_keep_frac), cfg.min_keep_frac)
     work = copy.deepcopy(model)
     cp = ChannelParams(work, graph, fm.groups, cfg.include_consumers)
-    ref = {g: float(v.mean()) or 1.0 for g, v in cp.norms().items()}
-    tol = {g: cfg.zero_tol * ref[g] for g in ref}
+    floor = min_keep_counts(fm, cfg.min_keep_frac)
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -137,12 +151,20 @@ def group_lasso_prune(
     opt = torch.optim.SGD(work.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     loss_fn = nn.CrossEntropyLoss()
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
-    mu = mu_eff = 0.0
-    violation = (fm.ratio(fm.full_counts()) - flops_budget) / flops_budget
+    mu = cfg.mu0
+    step_size = cfg.lr / (1 - cfg.momentum)  # the effective step of SGD with momentum
     budget = float(flops_budget)
 
+    def rel(g: int, v: torch.Tensor) -> torch.Tensor:
+        """Channel norms relative to the RMS norm of the group's nonzero channels (a group's overall
+        scale is meaningless behind a batch norm, so liveness is judged within the group)."""
+        return v / max(live_rms(v), 1e-30)
+
+    def live(g: int, v: torch.Tensor) -> torch.Tensor:
+        return rel(g, v) > cfg.zero_tol
+
     def live_counts(norms: dict[int, torch.Tensor]) -> dict[int, int]:
-        return {g: max(1, int((v > tol[g]).sum())) for g, v in norms.items()}
+        return {g: max(1, int(live(g, v).sum())) for g, v in norms.items()}
 
     def costs(n: dict[int, int]) -> dict[int, float]:
         marg = fm.marginal(n)
@@ -165,26 +187,26 @@ def group_lasso_prune(
             loss = loss_fn(work(xt[b]), yt[b])
             loss.backward()
             opt.step()
-            mu_eff = max(0.0, mu + cfg.damping * violation)
-            thr = {g: cfg.lr * (cfg.lam + mu_eff * cost[g]) for g in cost}
-            norms = cp.prox(thr)
+            thr = {g: step_size * (cfg.lam + mu * cost[g]) for g in cost}
+            norms = cp.prox(thr, floor)
             step += 1
             total_loss += float(loss.detach()) * len(b)
-            if step % cfg.dual_every == 0:
-                n_live = live_counts(norms)
-                ratio = fm.ratio(n_live)
-                violation = (ratio - budget) / budget
-                mu = max(0.0, mu + cfg.dual_lr * cfg.dual_every / steps_per_epoch * violation)
-                cost = costs(n_live)
+            n_live = live_counts(norms)
+            violation = (fm.ratio(n_live) - budget) / min(budget, 1 - budget + 1e-9)
+            violation = max(-1.0, min(1.0, violation))
+            if cfg.dual_additive:
+                mu = max(0.0, mu + cfg.dual_lr / steps_per_epoch * violation)
+            else:
+                mu = mu * math.exp(cfg.dual_lr / steps_per_epoch * violation)
+            cost = costs(n_live)
         n_live = live_counts(norms)
-        penalty = sum(float(((cfg.lam + mu_eff * cost[g]) * norms[g]).sum()) for g in norms)
+        penalty = sum(float(((cfg.lam + mu * cost[g]) * norms[g]).sum()) for g in norms)
         row = {
             "epoch": epoch + 1,
             "loss": total_loss / len(x),
             "penalty": penalty,
             "flops_ratio": fm.ratio(n_live),
-            "multiplier": mu_eff,
-            "dual": mu,
+            "multiplier": mu,
             "live_channels": int(sum(n_live.values())),
             "live_per_group": {str(g): int(v) for g, v in n_live.items()},
         }
@@ -198,7 +220,7 @@ def group_lasso_prune(
 
     # ---- snap the live set to the budget: [budget * (1 - tolerance), budget]
     norms = cp.norms()
-    alive = {g: (v > tol[g]).numpy() for g, v in norms.items()}
+    alive = {g: live(g, v).numpy() for g, v in norms.items()}
     for g, a in alive.items():  # every group keeps at least its strongest channel
         if not a.any():
             a[int(torch.argmax(norms[g]))] = True
@@ -206,19 +228,21 @@ def group_lasso_prune(
     last_norm = {g: np.zeros(fm.size[g]) for g in norms}
     for s, (sn, _) in enumerate(snapshots):
         for g, v in sn.items():
-            live = (v > tol[g]).numpy()
-            last_alive[g][live] = s
-            last_norm[g][live] = (v.numpy() / ref[g])[live]
+            ok = live(g, v).numpy()
+            last_alive[g][ok] = s
+            last_norm[g][ok] = rel(g, v).numpy()[ok]
     recalibrate_bn(work, x)
     keep, note = snap_to_budget(
         fm,
         alive,
-        alive_score={g: (norms[g] / ref[g]).numpy() for g in norms},
+        alive_score={g: rel(g, norms[g]).numpy() for g in norms},
         dead_score={
-            g: np.where(last_alive[g] >= 0, last_alive[g] + np.minimum(last_norm[g], 0.999), -np.inf) for g in norms
+            g: np.where(last_alive[g] >= 0, last_alive[g] + np.minimum(last_norm[g], 0.999), -np.inf)
+            for g in norms
         },
         budget=budget,
         tolerance=cfg.tolerance,
+        min_keep=floor,
     )
     for g in keep:
         for c in np.flatnonzero(keep[g] & ~alive[g]):
@@ -232,57 +256,3 @@ def group_lasso_prune(
     result.trajectory = trajectory
     result.notes = notes + [f"skipped {k}: {v}" for k, v in result.skipped.items()]
     return result
-
-
-def snap_to_budget(
-    fm: FlopsModel,
-    alive: dict[int, np.ndarray],
-    alive_score: dict[int, np.ndarray],
-    dead_score: dict[int, np.ndarray],
-    budget: float,
-    tolerance: float,
-) -> tuple[dict[int, np.ndarray], str]:
-    """Adjust the live channel set so its FLOPs ratio lands in [budget * (1 - tolerance), budget].
-
-    Above the budget: drop live channels by ascending norm per MACs. Below: restore dropped
-    channels (highest ``dead_score`` first, -inf = never restorable) that fit; when the cheapest
-    fitting ones do not suffice (coarse groups: one channel of a thin early layer can cost 10% of the
-    MACs), restore one costlier channel and drop the weakest live ones to pay for it.
-    """
-    n = lambda k: {g: int(v.sum()) for g, v in k.items()}  # noqa: E731
-    ratio = fm.ratio(n(alive))
-    lo = budget * (1 - tolerance)
-    if ratio > budget:
-        keep = greedy_select(fm, alive_score, budget, start=alive)
-        extra = sum(int(alive[g].sum() - keep[g].sum()) for g in keep)
-        return keep, (
-            f"the live channels gave FLOPs ratio {ratio:.3f} > budget {budget:g} after training: "
-            f"pruned {extra} more channels by global norm-per-MACs ranking"
-        )
-    if ratio >= lo:
-        return alive, ""
-    keep, added = greedy_restore(fm, dead_score, budget, alive)
-    if fm.ratio(n(keep)) < lo:
-        best: tuple[float, dict[int, np.ndarray]] | None = None
-        for g in fm.gid:
-            cand = np.where(keep[g], -np.inf, dead_score[g])
-            if not np.isfinite(cand).any():
-                continue
-            trial = {h: v.copy() for h, v in keep.items()}
-            trial[g][int(np.argmax(cand))] = True
-            protect = {h: np.full(fm.size[h], np.inf) if h == g else alive_score[h] for h in trial}
-            trial = greedy_select(fm, protect, budget, start=trial)
-            trial, _ = greedy_restore(fm, dead_score, budget, trial)
-            r = fm.ratio(n(trial))
-            lost = sum(float(alive_score[h][keep[h] & ~trial[h]].sum()) for h in trial)
-            if lo <= r <= budget and (best is None or lost < best[0]):
-                best = (lost, trial)
-        if best is not None:
-            keep = best[1]
-    added = sum(int((keep[g] & ~alive[g]).sum()) for g in keep)
-    removed = sum(int((alive[g] & ~keep[g]).sum()) for g in keep)
-    return keep, (
-        f"the penalty overshot to FLOPs ratio {ratio:.3f} < budget {budget:g}: restored {added} most recently "
-        f"dropped channels with their last live weights" + (f" and dropped {removed} weak live ones" if removed else "")
-        + f" (now {fm.ratio(n(keep)):.3f})"
-    )

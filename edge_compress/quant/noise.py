@@ -58,7 +58,7 @@ def _logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> torch.Ten
 
 @dataclass
 class LayerNoise:
-    """One layer's terms of the noise model."""
+    """One layer's terms of the noise model (powers are mean squares per output element)."""
 
     name: str
     kind: str
@@ -66,20 +66,26 @@ class LayerNoise:
     bits: tuple[int, ...]  # candidate weight bit-widths (highest first)
     w_energy: dict[int, float]  # measured ||Q_b(W) - W||^2
     w_energy_step: dict[int, float]  # sum_c n_c step_c^2 / 12
-    w_gain: dict[int, float]  # output noise power per unit weight-noise energy
-    a_err: dict[int, float] = field(default_factory=dict)  # input quantizer error power per element (measured)
+    w_gain: dict[int, float]  # output noise power per unit weight-noise energy (b-bit channel profile)
+    w_out: dict[int, float] = field(default_factory=dict)  # predicted output noise power, measured energy
+    w_out_step: dict[int, float] = field(default_factory=dict)  # same with the step^2/12 energy
+    a_err: dict[int, float] = field(default_factory=dict)  # input quantizer error power per element
     a_err_step: dict[int, float] = field(default_factory=dict)  # step^2 / 12
-    a_group: int = -1  # layers reading the same tensor share an input-noise term
-    a_gain: float = 0.0  # output noise power per unit input-noise variance (of the group)
+    a_group: int = -1  # layers reading the same tensor share one (coherent) input-noise term
+    a_gain: float = 0.0  # output noise power per unit input-noise variance (group lead only)
+    a_out: dict[int, float] = field(default_factory=dict)  # predicted output noise power (group lead only)
+    a_out_step: dict[int, float] = field(default_factory=dict)
 
     def weight_noise(self, bits: int | None, step: bool = False) -> float:
         """Predicted output noise power of this layer's weights at ``bits`` (0 for float)."""
         if bits is None:
             return 0.0
-        e = self.w_energy_step if step else self.w_energy
-        if bits not in e:
-            raise UserError(f"layer {self.name!r}: the noise model has no {bits}-bit weight terms (has {sorted(e)}).")
-        return self.w_gain[bits] * e[bits]
+        out = self.w_out_step if step else self.w_out
+        if bits not in out:
+            raise UserError(
+                f"layer {self.name!r}: the noise model has no {bits}-bit weight terms (has {sorted(out)})."
+            )
+        return out[bits]
 
 
 def _nearest(d: dict[int, float], bits: int) -> float:
@@ -232,18 +238,29 @@ class NoiseModel:
         act_bits: Iterable[int] = (8,),
         weight_clip: str = "mse",
         act_calibration: str = "mse",
-        draws: int = 4,
-        max_samples: int = 256,
+        gain_method: str = "adjoint",
+        draws: int = 8,
+        max_samples: int = 128,
         seed: int = 0,
         folded: bool = False,
         model_name: str = "",
         profile_name: str = "",
     ) -> NoiseModel:
-        """Measure the gains on ``calib_x`` (at most ``max_samples`` of it).
+        """Measure the gains on ``calib_x`` (at most ``max_samples`` of it; activation ranges use all of it).
 
-        ``options``: candidate weight bits per layer (default 8 and 4 everywhere). ``folded``: the
-        model already has its BatchNorms folded (see :func:`fakequant.fold_batchnorm`).
+        ``gain_method``: ``inject`` adds Gaussian noise of known variance to one layer's weights
+        (with the b-bit quantizer's per-channel variance profile, scaled to the 8-bit level) or
+        input and measures the output noise power, averaged over ``draws`` draws: one forward
+        pass per layer, bit-width and draw. ``adjoint`` gets the same linear-regime expectation
+        from backward passes: for Rademacher ``u`` on the logits, ``E||J^T u||^2`` restricted to a
+        weight channel (or an input element) is that channel's squared Jacobian norm, i.e. its
+        noise gain; one backward pass per draw serves every layer and every channel at once, so
+        the gains are per channel (exact for any per-channel step profile) and each input element
+        is weighted by its own quantization error. ``options``: candidate weight bits per layer
+        (default 8 and 4). ``folded``: BatchNorms are already folded into the convolutions.
         """
+        if gain_method not in ("adjoint", "inject"):
+            raise UserError(f"unknown gain method {gain_method!r} (use adjoint or inject).")
         net = model if folded else fq.fold_batchnorm(model)
         net.eval()
         x = np.ascontiguousarray(calib_x[:max_samples])
@@ -254,65 +271,51 @@ class NoiseModel:
         opts = {n: tuple(sorted(set((options or {}).get(n, (8, 4))), reverse=True)) for n in names}
         act_bits = tuple(sorted(set(act_bits)))
         gen = torch.Generator().manual_seed(seed)
+        xt = torch.from_numpy(x)
         y0 = _logits(net, x)
         signal = float((y0.double() ** 2).mean())
-        xt = torch.from_numpy(x)
-
-        def out_power() -> float:
-            with torch.no_grad():
-                return float(((net(xt).float() - y0).double() ** 2).mean())
 
         layers: dict[str, LayerNoise] = {}
+        errors: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
         for li in graph.layers:
-            m = mods[li.name]
-            w0 = m.weight.detach().clone()
+            w0 = mods[li.name].weight.detach()
             ln = LayerNoise(li.name, li.kind, li.weight_params, opts[li.name], {}, {}, {})
-            profiles = {}
+            errors[li.name] = {}
             for b in opts[li.name]:
                 meas, step = fq.weight_error(w0, b, True, weight_clip)
+                errors[li.name][b] = (meas, step)
                 ln.w_energy[b], ln.w_energy_step[b] = float(meas.sum()), float(step.sum())
-                n_c = w0[0].numel()
-                profiles[b] = np.maximum(meas, step * 1e-6) / n_c  # per-element variance per channel
-            ref = min(ln.w_energy_step.values())  # inject at the finest level: the linear regime
-            shape = [-1] + [1] * (w0.dim() - 1)
-            try:
-                for b, var in profiles.items():
-                    var = var * (ref / max(float(var.sum() * w0[0].numel()), 1e-300))
-                    std = torch.from_numpy(np.sqrt(var)).to(w0.dtype).reshape(shape)
-                    gains = []
-                    for _ in range(draws):
-                        noise = torch.randn(w0.shape, generator=gen, dtype=w0.dtype) * std
-                        with torch.no_grad():
-                            m.weight.copy_(w0 + noise)
-                        energy = float((noise.double() ** 2).sum())
-                        gains.append(out_power() / max(energy, 1e-300))
-                    ln.w_gain[b] = float(np.mean(gains))
-            finally:
-                with torch.no_grad():
-                    m.weight.copy_(w0)
             layers[li.name] = ln
-
-        # activation (input) quantizers: ranges, error powers, and gains per shared-input group
         ranges: dict[str, tuple[float, float]] = {}
-        if act_bits:
-            acts = fq.collect_inputs(net, names, x)
+        quants: dict[str, fq.ActQuant] = {}
+        if act_bits:  # ranges from all the calibration data, as fakequant.quantize_plan computes them
+            acts = fq.collect_inputs(net, names, np.ascontiguousarray(calib_x))
             ranges = {n: fq._range(a, act_calibration, max(act_bits)) for n, a in acts.items()}
             for n in names:
                 for ab in act_bits:
                     aq = fq.act_quant_from_range(*ranges[n], ab)
                     layers[n].a_err[ab], layers[n].a_err_step[ab] = fq.act_error(acts[n], aq)
+                quants[n] = fq.act_quant_from_range(*ranges[n], min(act_bits))
             del acts
         share = _shared_inputs(net, names, x[:2])
         for gid, members in enumerate(share):
             for n in members:
                 layers[n].a_group = gid
-            aq = fq.act_quant_from_range(*ranges[members[0]], min(act_bits)) if act_bits else None
-            sigma2 = max(layers[members[0]].a_err_step[min(act_bits)], 1e-20) if act_bits else 1e-6
-            layers[members[0]].a_gain = _act_gain(net, [mods[n] for n in members], xt, y0, sigma2, draws, gen, aq)
+        if gain_method == "adjoint":
+            _adjoint_gains(net, graph, layers, errors, share, ranges, act_bits, x, draws, gen)
+        else:
+            _inject_gains(net, graph, layers, errors, share, quants, act_bits, xt, y0, draws, gen)
         return cls(
-            layers, signal, groups=[list(g) for g in graph.precision_groups], weight_clip=weight_clip,
-            act_calibration=act_calibration, folded_model=net, calib_x=x, ranges=ranges,
-            model_name=model_name, profile_name=profile_name,
+            layers,
+            signal,
+            groups=[list(g) for g in graph.precision_groups],
+            weight_clip=weight_clip,
+            act_calibration=act_calibration,
+            folded_model=net,
+            calib_x=np.ascontiguousarray(calib_x),
+            ranges=ranges,
+            model_name=model_name,
+            profile_name=profile_name,
         )
 
     # ---------------------------------------------------------------- prediction
@@ -332,25 +335,25 @@ class NoiseModel:
         for n, ln in self.layers.items():
             b = weight_bits.get(n)
             if b is not None:
-                if b not in ln.w_gain:
-                    raise UserError(f"layer {n!r}: the noise model was built without {b}-bit weights ({sorted(ln.w_gain)}).")
-                pw += ln.w_gain[b] * ln.w_energy[b]
-                pws += ln.w_gain[b] * ln.w_energy_step[b]
+                if b not in ln.w_out:
+                    raise UserError(
+                        f"layer {n!r}: the noise model was built without {b}-bit weights ({sorted(ln.w_out)})."
+                    )
+                pw += ln.w_out[b]
+                pws += ln.w_out_step[b]
         # input quantizers: one (coherent) term per shared-input group, at the finest bits of the group
         by_group: dict[int, list[LayerNoise]] = {}
         for ln in self.layers.values():
             by_group.setdefault(ln.a_group, []).append(ln)
         for members in by_group.values():
-            bits = [
-                (act_bits.get(m.name, 8) if isinstance(act_bits, dict) else act_bits) for m in members
-            ]
+            bits = [(act_bits.get(m.name, 8) if isinstance(act_bits, dict) else act_bits) for m in members]
             bits = [b for b in bits if b is not None]
-            if not bits or not members[0].a_err:
+            lead = members[0]
+            if not bits or not lead.a_out:
                 continue
             ab = max(bits)
-            lead = next((m for m in members if m.a_gain), members[0])
-            pa += lead.a_gain * _nearest(members[0].a_err, ab)
-            pas += lead.a_gain * _nearest(members[0].a_err_step, ab)
+            pa += _nearest(lead.a_out, ab)
+            pas += _nearest(lead.a_out_step, ab)
         total, total_step = pw + pa, pws + pas
         out = {
             "output_noise_power": total,
@@ -409,11 +412,30 @@ class NoiseModel:
 
     # ---------------------------------------------------------------- measurement
     def simulate(self, plan: CompressionPlan) -> nn.Module:
-        """The plan's fake-quantized model (same ranges as the noise model)."""
+        """The plan's fake-quantized model: the scales of :func:`fakequant.compute_quant_spec` (weight
+        scales cached per layer and bit-width) and the activation ranges of the noise model."""
         if self.folded_model is None or self.calib_x is None:
             raise UserError("this noise model was loaded without its model: build it to simulate plans.")
-        ranges = self.ranges if plan.activation_calibration == self.act_calibration and self.ranges else None
-        spec = fq.compute_quant_spec(self.folded_model, plan, self.calib_x, ranges=ranges)
+        same = plan.activation_calibration == self.act_calibration and self.ranges
+        need = [n for n, d in plan.layers.items() if d.act_bits is not None]
+        if not same or any(n not in self.ranges for n in need):
+            spec = fq.compute_quant_spec(self.folded_model, plan, self.calib_x)
+            return fq.simulate(self.folded_model, spec)
+        mods = dict(self.folded_model.named_modules())
+        cache = self.__dict__.setdefault("_scales", {})
+        spec: dict[str, fq.LayerQuant] = {}
+        for n, d in plan.layers.items():
+            if n not in mods:
+                raise UserError(f"plan names layer {n!r}, which the model does not have.")
+            ws = None
+            if d.weight_bits is not None:
+                key = (n, d.weight_bits, d.per_channel, d.weight_clip)
+                if key not in cache:
+                    w = mods[n].weight
+                    cache[key] = fq.weight_scales(w, d.weight_bits, d.per_channel, d.weight_clip).numpy().astype(np.float32)
+                ws = cache[key]
+            act = fq.act_quant_from_range(*self.ranges[n], d.act_bits) if d.act_bits is not None else None
+            spec[n] = fq.LayerQuant(n, d.weight_bits, ws, act, self.ranges.get(n))
         return fq.simulate(self.folded_model, spec)
 
     def measure(self, plan: CompressionPlan, x: np.ndarray, y: np.ndarray | None = None) -> dict[str, float]:
@@ -467,48 +489,46 @@ class NoiseModel:
 
     # ---------------------------------------------------------------- serialization
     def to_json(self) -> dict[str, Any]:
-        """Gains and energies (not the model): enough to ``predict`` plans elsewhere."""
+        """Gains, energies and the accuracy curve (not the model): enough to ``predict`` plans elsewhere."""
+        from dataclasses import asdict
 
-        def ints(d: dict[int, float]) -> dict[str, float]:
-            return {str(k): v for k, v in d.items()}
+        def enc(v: Any) -> Any:
+            return {str(k): x for k, x in v.items()} if isinstance(v, dict) else v
 
         return {
-            "signal_power": self.signal_power, "groups": self.groups, "weight_clip": self.weight_clip,
-            "act_calibration": self.act_calibration, "model": self.model_name, "profile": self.profile_name,
+            "signal_power": self.signal_power,
+            "groups": self.groups,
+            "weight_clip": self.weight_clip,
+            "act_calibration": self.act_calibration,
+            "model": self.model_name,
+            "profile": self.profile_name,
             "curve": self.curve.to_json() if self.curve else None,
-            "layers": [
-                {
-                    "name": ln.name, "kind": ln.kind, "n_weights": ln.n_weights, "bits": list(ln.bits),
-                    "w_energy": ints(ln.w_energy), "w_energy_step": ints(ln.w_energy_step), "w_gain": ints(ln.w_gain),
-                    "a_err": ints(ln.a_err), "a_err_step": ints(ln.a_err_step), "a_group": ln.a_group, "a_gain": ln.a_gain,
-                }
-                for ln in self.layers.values()
-            ],
+            "layers": [{k: enc(v) for k, v in asdict(ln).items()} for ln in self.layers.values()],
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> NoiseModel:
-        def ints(x: dict[str, float]) -> dict[int, float]:
-            return {int(k): float(v) for k, v in x.items()}
+        def dec(k: str, v: Any) -> Any:
+            if isinstance(v, dict):
+                return {int(a): float(b) for a, b in v.items()}
+            return tuple(v) if k == "bits" else v
 
-        layers = {
-            x["name"]: LayerNoise(
-                x["name"], x["kind"], int(x["n_weights"]), tuple(x["bits"]), ints(x["w_energy"]),
-                ints(x["w_energy_step"]), ints(x["w_gain"]), ints(x["a_err"]), ints(x["a_err_step"]),
-                int(x["a_group"]), float(x["a_gain"]),
-            )
-            for x in d["layers"]
-        }
+        layers = {x["name"]: LayerNoise(**{k: dec(k, v) for k, v in x.items()}) for x in d["layers"]}
         curve = AccuracyCurve.from_json(d["curve"]) if d.get("curve") else None
         return cls(
-            layers, d["signal_power"], groups=d.get("groups", []), weight_clip=d.get("weight_clip", "mse"),
-            act_calibration=d.get("act_calibration", "mse"), curve=curve, model_name=d.get("model", ""),
+            layers,
+            d["signal_power"],
+            groups=d.get("groups", []),
+            weight_clip=d.get("weight_clip", "mse"),
+            act_calibration=d.get("act_calibration", "mse"),
+            curve=curve,
+            model_name=d.get("model", ""),
             profile_name=d.get("profile", ""),
         )
 
 
 # --------------------------------------------------------------------------------------------
-# helpers
+# gains
 
 
 @torch.no_grad()
@@ -518,12 +538,11 @@ def _shared_inputs(model: nn.Module, names: list[str], x: np.ndarray) -> list[li
     seen: dict[str, int] = {}
     keep: list[torch.Tensor] = []  # keep the tensors alive so data pointers stay unique
 
-    def hook(mod, inp, n):
-        t = inp[0]
-        keep.append(t)
-        seen.setdefault(n, t.data_ptr())
+    def hook(inp: tuple[torch.Tensor, ...], n: str) -> None:
+        keep.append(inp[0])
+        seen.setdefault(n, inp[0].data_ptr())
 
-    hooks = [mods[n].register_forward_pre_hook(lambda m, i, n=n: hook(m, i, n)) for n in names]
+    hooks = [mods[n].register_forward_pre_hook(lambda m, i, n=n: hook(i, n)) for n in names]
     try:
         model(torch.from_numpy(np.ascontiguousarray(x)))
     finally:
@@ -533,6 +552,140 @@ def _shared_inputs(model: nn.Module, names: list[str], x: np.ndarray) -> list[li
     for n in names:
         groups.setdefault(seen.get(n, -1 - len(groups)), []).append(n)
     return list(groups.values())
+
+
+def _adjoint_gains(
+    net: nn.Module,
+    graph: ModelGraph,
+    layers: dict[str, LayerNoise],
+    errors: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]],
+    share: list[list[str]],
+    ranges: dict[str, tuple[float, float]],
+    act_bits: tuple[int, ...],
+    x: np.ndarray,
+    draws: int,
+    gen: torch.Generator,
+    chunk: int = 64,
+) -> None:
+    """Per-channel weight gains and per-element input gains from ``draws`` backward passes."""
+    mods = dict(net.named_modules())
+    names = graph.names
+    params = [mods[n].weight for n in names]
+    flags = [p.requires_grad for p in params]
+    w_sq = {n: torch.zeros(mods[n].weight.shape[0], dtype=torch.float64) for n in names}
+    a_sum = {g[0]: 0.0 for g in share}  # sum_e A_e (for the gain per unit variance)
+    a_meas = {g[0]: {ab: 0.0 for ab in act_bits} for g in share}  # sum_e err_e^2 A_e
+    lead_of = {n: g[0] for g in share for n in g}
+    n_out = 0
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        for i in range(0, len(x), chunk):
+            xb = torch.from_numpy(np.ascontiguousarray(x[i : i + chunk]))
+            probes: dict[str, torch.Tensor] = {}
+            inputs: dict[str, torch.Tensor] = {}
+
+            def pre(
+                mod: nn.Module, inp: tuple[torch.Tensor, ...], n: str, probes=probes, inputs=inputs
+            ) -> tuple[torch.Tensor, ...]:
+                lead = lead_of[n]
+                if lead not in probes:
+                    probes[lead] = torch.zeros_like(inp[0], requires_grad=True)
+                    inputs[lead] = inp[0].detach()
+                return (inp[0] + probes[lead],) + tuple(inp[1:])
+
+            hooks = [mods[n].register_forward_pre_hook(lambda m, inp, n=n: pre(m, inp, n)) for n in names]
+            try:
+                y = net(xb)
+            finally:
+                for h in hooks:
+                    h.remove()
+            leads = list(probes)
+            a_acc = {g: torch.zeros_like(probes[g]) for g in leads}
+            for d in range(draws):
+                u = torch.randint(0, 2, y.shape, generator=gen).to(y.dtype) * 2 - 1
+                grads = torch.autograd.grad(y, params + [probes[g] for g in leads], u, retain_graph=d < draws - 1)
+                for n, g in zip(names, grads[: len(names)], strict=True):
+                    w_sq[n] += (g.detach().double() ** 2).reshape(g.shape[0], -1).sum(dim=1) / draws
+                for lead, g in zip(leads, grads[len(names) :], strict=True):
+                    a_acc[lead] += g.detach() ** 2 / draws
+            for lead in leads:
+                a_sum[lead] += float(a_acc[lead].double().sum())
+                for ab in act_bits:
+                    aq = fq.act_quant_from_range(*ranges[lead], ab)
+                    err = aq.fake(inputs[lead]) - inputs[lead]
+                    a_meas[lead][ab] += float((err.double() ** 2 * a_acc[lead].double()).sum())
+            n_out += y.numel()
+    finally:
+        for p, f in zip(params, flags, strict=True):
+            p.requires_grad_(f)
+    for n in names:
+        ln = layers[n]
+        s_c = w_sq[n].numpy() / n_out  # output power per unit variance on every weight of channel c
+        n_c = ln.n_weights // max(len(s_c), 1)
+        for b, (meas, step) in errors[n].items():
+            ln.w_out[b] = float(np.dot(meas / n_c, s_c))
+            ln.w_out_step[b] = float(np.dot(step / n_c, s_c))
+            ln.w_gain[b] = ln.w_out[b] / max(ln.w_energy[b], 1e-300)
+    for g in share:
+        lead = layers[g[0]]
+        lead.a_gain = a_sum[g[0]] / n_out
+        for ab in act_bits:
+            lead.a_out[ab] = a_meas[g[0]][ab] / n_out
+            lead.a_out_step[ab] = lead.a_gain * lead.a_err_step[ab]
+
+
+def _inject_gains(
+    net: nn.Module,
+    graph: ModelGraph,
+    layers: dict[str, LayerNoise],
+    errors: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]],
+    share: list[list[str]],
+    quants: dict[str, fq.ActQuant],
+    act_bits: tuple[int, ...],
+    xt: torch.Tensor,
+    y0: torch.Tensor,
+    draws: int,
+    gen: torch.Generator,
+) -> None:
+    """Gains by injecting Gaussian noise of known variance, one layer (or shared input) at a time."""
+    mods = dict(net.named_modules())
+
+    def out_power() -> float:
+        with torch.no_grad():
+            return float(((net(xt).float() - y0).double() ** 2).mean())
+
+    for li in graph.layers:
+        ln, m = layers[li.name], mods[li.name]
+        w0 = m.weight.detach().clone()
+        n_c = w0[0].numel()
+        ref = min(ln.w_energy_step.values())  # inject at the finest level: the linear regime
+        shape = [-1] + [1] * (w0.dim() - 1)
+        try:
+            for b, (meas, step) in errors[li.name].items():
+                var = np.maximum(meas, step * 1e-6) / n_c  # the b-bit quantizer's per-channel profile
+                var = var * (ref / max(float(var.sum() * n_c), 1e-300))
+                std = torch.from_numpy(np.sqrt(var)).to(w0.dtype).reshape(shape)
+                gains = []
+                for _ in range(draws):
+                    noise = torch.randn(w0.shape, generator=gen, dtype=w0.dtype) * std
+                    with torch.no_grad():
+                        m.weight.copy_(w0 + noise)
+                    gains.append(out_power() / max(float((noise.double() ** 2).sum()), 1e-300))
+                ln.w_gain[b] = float(np.mean(gains))
+                ln.w_out[b] = ln.w_gain[b] * ln.w_energy[b]
+                ln.w_out_step[b] = ln.w_gain[b] * ln.w_energy_step[b]
+        finally:
+            with torch.no_grad():
+                m.weight.copy_(w0)
+    for members in share:
+        lead = layers[members[0]]
+        aq = quants.get(members[0])
+        sigma2 = max(lead.a_err_step[min(act_bits)], 1e-20) if act_bits else 1e-6
+        lead.a_gain = _act_gain(net, [mods[n] for n in members], xt, y0, sigma2, draws, gen, aq)
+        for ab in act_bits:
+            lead.a_out[ab] = lead.a_gain * lead.a_err[ab]
+            lead.a_out_step[ab] = lead.a_gain * lead.a_err_step[ab]
 
 
 def _act_gain(
@@ -553,15 +706,14 @@ def _act_gain(
     """
     state: dict[str, Any] = {}
 
-    def pre(mod, inp):
+    def pre(mod: nn.Module, inp: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         t = inp[0]
-        key = t.data_ptr()
-        if state.get("key") != key:
+        if "noise" not in state:
             noise = torch.randn(t.shape, generator=gen, dtype=t.dtype) * math.sqrt(sigma2)
             if aq is not None:
                 noise = noise * ((aq.fake(t) - t).abs() > 0).to(t.dtype)
-            state["key"], state["noise"] = key, noise
-            state["var"].append(float((noise.double() ** 2).mean()))
+            state["noise"] = noise
+            state["var"] = float((noise.double() ** 2).mean())
         return (t + state["noise"],) + tuple(inp[1:])
 
     hooks = [m.register_forward_pre_hook(pre) for m in mods]
@@ -569,10 +721,9 @@ def _act_gain(
     try:
         for _ in range(draws):
             state.clear()
-            state["var"] = []
             with torch.no_grad():
                 y = model(xt).float()
-            var = float(np.mean(state["var"])) if state["var"] else sigma2
+            var = state.get("var", sigma2)
             gains.append(float(((y - y0).double() ** 2).mean()) / max(var, 1e-300))
     finally:
         for h in hooks:

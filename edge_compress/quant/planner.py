@@ -123,8 +123,9 @@ class Planner:
         weight_clip: str = "mse",
         act_calibration: str = "mse",
         hutchinson_samples: int = 16,
-        noise_draws: int = 3,
+        noise_draws: int = 8,
         noise_samples: int = 128,
+        gain_method: str = "adjoint",
         fit_plans: int = 8,
         curve: str = "margin",
         noise_model: NoiseModel | None = None,
@@ -162,7 +163,7 @@ class Planner:
             noise_model = NoiseModel.build(
                 self.folded, graph, self.calib_x, options=self.options,
                 act_bits=(self.act_bits,) if self.act_bits else (), weight_clip=weight_clip,
-                act_calibration=act_calibration, draws=noise_draws, max_samples=noise_samples, seed=seed,
+                act_calibration=act_calibration, gain_method=gain_method, draws=noise_draws, max_samples=noise_samples, seed=seed,
                 folded=True, model_name=model_name, profile_name=profile.name,
             )
         self.noise_model = noise_model

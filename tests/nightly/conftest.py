@@ -29,7 +29,7 @@ def write_suite(path: Path, **fields: Any) -> Path:
         "compile": [{"name": "asis", "method": "none"}],
         "targets": ["local"],
         "measure": dict(QUICK_MEASURE),
-        "interleave": {"rounds": 3},
+        "interleave": {"rounds": 4, "max_rounds": 4},
     }
     data.update(fields)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -41,7 +41,12 @@ def cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess
     env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200")
     return subprocess.run(
         [sys.executable, "-m", "edge_compress", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, check=False,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
     )
 
 

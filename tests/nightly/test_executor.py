@@ -11,19 +11,36 @@ from edge_compress.executor import CellJob, CellOutcome, LocalPoolExecutor
 
 def job(target: str, i: int) -> CellJob:
     return CellJob(
-        run_id=1, cell={"key": f"m|v|b|{target}|{i}"}, target={"name": target, "transport": "local"},
-        profile="host", artifact_id="a", model_file="/x.onnx", artifact_bytes=1, request={}, thresholds={},
-        interleave={}, budget={},
+        run_id=1,
+        cell={"key": f"m|v|b|{target}|{i}"},
+        target={"name": target, "transport": "local"},
+        profile="host",
+        artifact_id="a",
+        model_file="/x.onnx",
+        artifact_bytes=1,
+        request={},
+        thresholds={},
+        interleave={},
+        budget={},
     )
 
 
 def outcome(j: CellJob, verdict: str = "ok") -> CellOutcome:
-    return CellOutcome(j.run_id, j.cell, j.artifact_id, {"name": j.target_name}, {"ok": verdict == "ok"}, {"verdict": verdict})
+    return CellOutcome(
+        j.run_id,
+        j.cell,
+        j.artifact_id,
+        {"name": j.target_name},
+        {"ok": verdict == "ok"},
+        {"verdict": verdict},
+    )
 
 
 def test_targets_run_in_parallel_one_job_per_device() -> None:
     targets = ["a", "b", "c"]
-    barrier = threading.Barrier(len(targets), timeout=30)  # passes only if all targets' first cells run at once
+    barrier = threading.Barrier(
+        len(targets), timeout=30
+    )  # passes only if all targets' first cells run at once
     lock = threading.Lock()
     running: Counter[str] = Counter()
     peak: Counter[str] = Counter()
@@ -56,7 +73,11 @@ def test_a_crashing_cell_does_not_stop_the_others() -> None:
             raise RuntimeError("boom")
         return outcome(j)
 
-    outs = list(LocalPoolExecutor().run([job("a", i) for i in range(3)], work, lambda j, e: outcome(j, "infra_failure")))
+    outs = list(
+        LocalPoolExecutor().run(
+            [job("a", i) for i in range(3)], work, lambda j, e: outcome(j, "infra_failure")
+        )
+    )
     assert [o.verdict["verdict"] for o in outs] == ["ok", "infra_failure", "ok"]
 
 

@@ -7,15 +7,16 @@ import socket
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
 import yaml
 
 from edge_compress.store import ResultStore
-import pytest
-
 from tests.nightly.conftest import run_main, small_model, write_suite
 
 
-def test_slowed_artifact_is_a_regression_on_interleaved_evidence(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_slowed_artifact_is_a_regression_on_interleaved_evidence(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     suite = write_suite(workdir / "suite.yaml")
     db = workdir / "results.sqlite"
     args = ("nightly", str(suite), "--store", str(db), "--json")
@@ -33,12 +34,14 @@ def test_slowed_artifact_is_a_regression_on_interleaved_evidence(workdir: Path, 
     assert cell["baseline_artifact_id"] == cell["candidate_artifact_id"]
 
     small_model(workdir / "model.onnx", layers=8)  # the same path, now with 4x the conv work
-    rc, stdout, stderr = run_main(capsys, *args, "--junit", str(workdir / "slow.xml"), "--html", str(workdir / "r.html"))
+    rc, stdout, stderr = run_main(
+        capsys, *args, "--junit", str(workdir / "slow.xml"), "--html", str(workdir / "r.html")
+    )
     assert rc == 1, stderr + stdout
     res = json.loads(stdout)
     cell = res["cells"][0]
     assert cell["verdict"] == "regression" and cell["evidence"] == "interleaved"
-    assert cell["interleaved_rounds"] == 3 and cell["baseline_artifact_id"] != cell["candidate_artifact_id"]
+    assert cell["interleaved_rounds"] == 4 and cell["baseline_artifact_id"] != cell["candidate_artifact_id"]
     med = next(m for m in cell["metrics"] if m["metric"] == "latency_median")
     assert med["verdict"] == "regression" and med["evidence"] == "interleaved"
     assert med["effect_pct"] > 50 and med["ci_pct"][0] > 0 and med["p_value"] < 0.01
@@ -51,9 +54,12 @@ def test_slowed_artifact_is_a_regression_on_interleaved_evidence(workdir: Path, 
         assert len(store.samples(rows[0]["id"])) == rows[0]["count"]  # every raw sample is stored
         inter = store.measurements(run_id=res["run_id"], kind="interleaved")
         assert sorted((r["role"], r["round"]) for r in inter) == sorted(
-            (role, r) for r in range(3) for role in ("baseline", "candidate")
+            [("warmup", -1)] + [(role, r) for r in range(4) for role in ("baseline", "candidate")]
         )
-        assert {r["artifact_id"] for r in inter} == {cell["baseline_artifact_id"], cell["candidate_artifact_id"]}
+        assert {r["artifact_id"] for r in inter} == {
+            cell["baseline_artifact_id"],
+            cell["candidate_artifact_id"],
+        }
         assert len(store.runs(suite="t")) == 3
 
     failures = ET.parse(workdir / "slow.xml").getroot().findall(".//testcase/failure")
@@ -72,18 +78,37 @@ def test_budget_violation_and_unreachable_target(workdir: Path, capsys: pytest.C
     inv = workdir / "inventory.yaml"
     inv.write_text(
         yaml.safe_dump(
-            {"targets": {"gone": {"transport": "ssh", "host": "127.0.0.1", "port": _closed_port(), "profile": "host",
-                                  "known_hosts": str(workdir / "kh")}}}
+            {
+                "targets": {
+                    "gone": {
+                        "transport": "ssh",
+                        "host": "127.0.0.1",
+                        "port": _closed_port(),
+                        "profile": "host",
+                        "known_hosts": str(workdir / "kh"),
+                    }
+                }
+            }
         )
     )
     small_model(workdir / "other.onnx", layers=1, seed=3)
     suite = write_suite(
-        workdir / "suite.yaml", models=["model.onnx", "other.onnx"], targets=["gone", "local"],
+        workdir / "suite.yaml",
+        models=["model.onnx", "other.onnx"],
+        targets=["gone", "local"],
         budgets=["latency_p99=0.001ms"],
     )
     db = workdir / "results.sqlite"
     rc, stdout, stderr = run_main(
-        capsys, "nightly", str(suite), "--inventory", str(inv), "--store", str(db), "--junit", str(workdir / "j.xml")
+        capsys,
+        "nightly",
+        str(suite),
+        "--inventory",
+        str(inv),
+        "--store",
+        str(db),
+        "--junit",
+        str(workdir / "j.xml"),
     )
     assert rc == 3, stderr + stdout  # infrastructure failures only: no regression
     assert "budget_violation" in stdout and "infra_failure" in stdout

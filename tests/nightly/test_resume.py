@@ -30,14 +30,19 @@ def _verdicts(db: Path) -> int:
         return 0
 
 
-def test_sigkill_then_resume_completes_exactly_once(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sigkill_then_resume_completes_exactly_once(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     suite = write_suite(
         workdir / "suite.yaml", compile=[{"name": f"v{i}", "method": "none"} for i in range(CELLS)]
     )
     db = workdir / "results.sqlite"
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge_compress", "nightly", str(suite), "--store", str(db), "--json"],
-        cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
         env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
     try:

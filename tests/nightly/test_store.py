@@ -23,11 +23,25 @@ def measurement(samples: list[float], ok: bool = True, **kw: Any) -> dict[str, A
         "ok": ok,
         "latency_ms": samples,
         "stats": {
-            "count": len(s), "mean_ms": sum(s) / len(s), "median_ms": s[len(s) // 2], "p90_ms": s[int(0.9 * len(s))],
-            "p99_ms": s[-1], "std_ms": 0.1, "min_ms": s[0], "max_ms": s[-1], "median_ci95_ms": [s[0], s[-1]],
-        } if ok else None,
+            "count": len(s),
+            "mean_ms": sum(s) / len(s),
+            "median_ms": s[len(s) // 2],
+            "p90_ms": s[int(0.9 * len(s))],
+            "p99_ms": s[-1],
+            "std_ms": 0.1,
+            "min_ms": s[0],
+            "max_ms": s[-1],
+            "median_ci95_ms": [s[0], s[-1]],
+        }
+        if ok
+        else None,
         "peak_rss_bytes": 50_000_000,
-        "energy": {"joules_per_inference": 0.01, "avg_watts": 10.0, "source": "estimate:x", "measured": False},
+        "energy": {
+            "joules_per_inference": 0.01,
+            "avg_watts": 10.0,
+            "source": "estimate:x",
+            "measured": False,
+        },
         "machine": "x86_64",
         "runtime": "onnxruntime",
         "runtime_version": "1.0",
@@ -42,9 +56,15 @@ CELL = {"key": "m|asis|profile|local", "model": "m", "variant": "asis", "budget"
 TARGET = {"name": "local", "profile": "host", "transport": "local"}
 
 
-def record(store: ResultStore, run_id: int, samples: list[float], cell: dict[str, Any] = CELL, **kw: Any) -> int:
+def record(
+    store: ResultStore, run_id: int, samples: list[float], cell: dict[str, Any] = CELL, **kw: Any
+) -> int:
     return store.record_cell(
-        run_id, cell, measurement(samples, **kw), artifact_id=None, target=TARGET,
+        run_id,
+        cell,
+        measurement(samples, **kw),
+        artifact_id=None,
+        target=TARGET,
         verdict={"key": cell["key"], "verdict": "ok"},
     )
 
@@ -67,14 +87,20 @@ def test_forward_migration_from_v1_keeps_data(tmp_path: Path) -> None:
     store = ResultStore(db, migrate=False)
     assert store.migrate(target=1) == [1]
     with store.engine.begin() as conn:  # a version-1 run with one measurement and its samples
-        conn.execute(text("INSERT INTO runs (suite, started, status, accepted) VALUES ('s', '2025-01-01 00:00:00', 'finished', 1)"))
+        conn.execute(
+            text(
+                "INSERT INTO runs (suite, started, status, accepted) VALUES ('s', '2025-01-01 00:00:00', 'finished', 1)"
+            )
+        )
         conn.execute(
             text(
                 "INSERT INTO measurements (run_id, cell_key, target, status, median_ms, created) "
                 "VALUES (1, 'k', 'local', 'ok', 1.5, '2025-01-01 00:00:00')"
             )
         )
-        conn.execute(text("INSERT INTO samples (measurement_id, idx, latency_ms) VALUES (1, 0, 1.5), (1, 1, 1.6)"))
+        conn.execute(
+            text("INSERT INTO samples (measurement_id, idx, latency_ms) VALUES (1, 0, 1.5), (1, 1, 1.6)")
+        )
     store.close()
     with ResultStore(db) as store:  # opening applies the pending migration
         assert store.schema_version() == LATEST
@@ -90,7 +116,9 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     ResultStore(db).close()
     eng = create_engine(f"sqlite:///{db}")
     with eng.begin() as conn:
-        conn.execute(text(f"INSERT INTO schema_version (version, applied) VALUES ({LATEST + 5}, '2030-01-01')"))
+        conn.execute(
+            text(f"INSERT INTO schema_version (version, applied) VALUES ({LATEST + 5}, '2030-01-01')")
+        )
     eng.dispose()
     with pytest.raises(UserError, match="newer than this"):
         ResultStore(db)
@@ -107,8 +135,12 @@ def test_cell_is_one_transaction_and_append_only(tmp_path: Path) -> None:
             record(store, run, [2.0, 2.1])
         assert store.counts() == before  # nothing of the failed cell was written
         store.record_cell(
-            run, {**CELL, "key": "other"}, measurement([], ok=False, error="refused", error_kind="connection"),
-            artifact_id=None, target=TARGET, verdict={"key": "other", "verdict": "infra_failure"},
+            run,
+            {**CELL, "key": "other"},
+            measurement([], ok=False, error="refused", error_kind="connection"),
+            artifact_id=None,
+            target=TARGET,
+            verdict={"key": "other", "verdict": "infra_failure"},
         )
         rows = {r["cell_key"]: r for r in store.measurements(run_id=run)}
         assert rows["other"]["status"] == "infra_failure" and rows["other"]["error"] == "refused"
@@ -118,18 +150,32 @@ def test_cell_is_one_transaction_and_append_only(tmp_path: Path) -> None:
 def test_interleaved_rows_are_stored_with_the_cell(tmp_path: Path) -> None:
     with ResultStore(tmp_path / "s.sqlite") as store:
         store.put_artifact(ArtifactRecord("a1", "m", None, "asis", None, 10, str(tmp_path), {"files": {}}))
-        store.put_artifact(ArtifactRecord("a1", "m", None, "asis", None, 10, str(tmp_path), {"files": {}}))  # idempotent
+        store.put_artifact(
+            ArtifactRecord("a1", "m", None, "asis", None, 10, str(tmp_path), {"files": {}})
+        )  # idempotent
         run = store.start_run("s")
         rounds = [
             {"role": role, "round": r, "artifact_id": "a1", "measurement": measurement([1.0 + r, 1.1])}
             for r in range(2)
             for role in ("baseline", "candidate")
         ]
-        store.record_cell(run, CELL, measurement([1.0, 1.2]), artifact_id="a1", target=TARGET,
-                          verdict={"key": CELL["key"], "verdict": "ok", "evidence": "interleaved"}, interleaved=rounds)
+        store.record_cell(
+            run,
+            CELL,
+            measurement([1.0, 1.2]),
+            artifact_id="a1",
+            target=TARGET,
+            verdict={"key": CELL["key"], "verdict": "ok", "evidence": "interleaved"},
+            interleaved=rounds,
+        )
         assert len(store.measurements(run_id=run)) == 1
         inter = store.measurements(run_id=run, kind="interleaved")
-        assert [(r["role"], r["round"]) for r in inter] == [("baseline", 0), ("candidate", 0), ("baseline", 1), ("candidate", 1)]
+        assert [(r["role"], r["round"]) for r in inter] == [
+            ("baseline", 0),
+            ("candidate", 0),
+            ("baseline", 1),
+            ("candidate", 1),
+        ]
         assert store.counts()["samples"] == 2 + 4 * 2
         assert store.get_artifact("a1").bytes == 10
 

@@ -77,7 +77,9 @@ def test_bad_budget_and_threshold_are_named(workdir: Path) -> None:
 
 
 def test_unknown_model_lists_the_known_ones(workdir: Path) -> None:
-    p = write_suite(workdir / "s.yaml", models=["model.onnx", "lenet7"], compile=[{"name": "c", "method": "auto"}])
+    p = write_suite(
+        workdir / "s.yaml", models=["model.onnx", "lenet7"], compile=[{"name": "c", "method": "hessian"}]
+    )
     msg = _err(p)
     assert "line 4" in msg and "'models.1'" in msg and "lenet7" in msg
     assert "lenet5" in msg and "conv1d" in msg and "module:factory" in msg

@@ -6,6 +6,7 @@ import multiprocessing as mp
 import os
 import time
 from dataclasses import dataclass
+from multiprocessing.synchronize import Event as MpEvent
 
 import numpy as np
 import pytest
@@ -124,6 +125,22 @@ def test_linear_ramp_is_detected(size: float, ramp_len: int, max_delay: int) -> 
         assert alarm is not None and alarm >= s.change, (seed, s.change, alarm)
         delays.append(alarm - s.change)
     assert max(delays) <= max_delay, delays
+
+
+def test_mixed_regime_where_half_the_samples_are_slow_is_detected() -> None:
+    # big.LITTLE migration or CPU contention: after the change, a random half of the runs take 2x
+    fractions = []
+    for seed in range(12):
+        rng = np.random.default_rng(300 + seed)
+        x = realistic_noise(rng, 220, 10.0, 0.03)
+        change = 80
+        x[change:][rng.random(220 - change) < 0.5] *= 2.0
+        alarm = alarm_index(x)
+        assert alarm is not None and change <= alarm <= change + 60, (seed, alarm)
+        flags = np.asarray(detect_throttling(x).flags)
+        assert not flags[:change].any()
+        fractions.append(flags[change + 40 :].mean())
+    assert np.mean(fractions) >= 0.6, fractions
 
 
 def test_return_to_normal_closes_the_episode() -> None:
@@ -253,6 +270,7 @@ def test_robust_level_scale_ignores_outliers() -> None:
         ({"warmup": 2}, "warmup"),
         ({"p_switch": 0.7}, "Switch probabilities"),
         ({"direction": "down"}, "direction"),
+        ({"lr_floor": 2.0}, "lr_floor"),
     ],
 )
 def test_invalid_parameters_are_one_sentence_errors(kwargs: dict[str, object], needle: str) -> None:
@@ -275,7 +293,8 @@ def test_empty_series() -> None:
 # a real loaded CPU
 
 
-def _spin(cpu: int, stop: mp.synchronize.Event) -> None:  # type: ignore[name-defined]
+def _spin(cpu: int, stop: MpEvent) -> None:
+    """Busy-loop on ``cpu`` until ``stop`` is set (the competing process)."""
     os.sched_setaffinity(0, {cpu})
     while not stop.is_set():
         for _ in range(20_000):
@@ -320,13 +339,22 @@ def test_real_matmul_loop_slowed_by_a_competing_process() -> None:
                 p.terminate()
         os.sched_setaffinity(0, original)
     x = np.asarray(samples)
-    before, after = x[WARMUP:unloaded], x[unloaded + 5 :]
-    _, sigma = robust_level_scale(before)
-    effect = (np.median(after) - np.median(before)) / sigma
-    if effect < 4:  # the detector by design ignores shifts below min_shift = 3 sigma
-        pytest.skip(f"the load shifted latency by only {effect:.1f} noise SDs: the machine is too busy")
+    # On a shared machine other tasks come and go (and the scheduler may migrate them off the
+    # loaded CPU), so judge the detector against what the loop actually experienced: samples
+    # whose 5-sample rolling median is 5 noise SDs above the unloaded level are visibly slow,
+    # those within 2 SDs are visibly normal.
+    level, sigma = robust_level_scale(x[:unloaded])
+    rolling = np.array([np.median(x[max(0, i - 2) : i + 3]) for i in range(len(x))])
+    index = np.arange(len(x))
+    slow = (rolling > level + 5 * sigma) & (index >= unloaded)
+    normal = (rolling < level + 2 * sigma) & (index >= WARMUP)
+    if slow.sum() < 8:  # the detector by design ignores shifts below min_shift = 3 sigma
+        pytest.skip(f"the load slowed only {slow.sum()} samples visibly: the machine is too busy")
     res = detect_throttling(x)
     flags = np.asarray(res.flags)
-    assert res.onset_index is not None and WARMUP <= res.onset_index <= unloaded + 10, res.episodes
-    assert flags[unloaded + 10 :].mean() >= 0.8, (effect, res.episodes)
-    assert flags[WARMUP:unloaded].mean() <= 0.2, (effect, res.episodes)
+    first_slow = int(np.flatnonzero(slow)[0])
+    diag = (unloaded, first_slow, np.flatnonzero(slow).tolist(), res.episodes)
+    assert flags[first_slow:].any() and np.flatnonzero(flags[first_slow:])[0] <= 10, diag
+    settled = slow & (index >= first_slow + 10)  # after the allowed detection delay
+    assert not settled.any() or flags[settled].mean() >= 0.8, diag
+    assert flags[normal].mean() <= 0.2, diag

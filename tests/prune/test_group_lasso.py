@@ -1,0 +1,82 @@
+"""Group lasso with a FLOPs Lagrangian, and the one-shot L1 baseline, on the real LeNet-5 / digits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_compress.errors import BudgetError, UserError
+from edge_compress.graph import extract_graph
+from edge_compress.prune.channels import ChannelParams
+from edge_compress.prune.cost import FlopsModel
+from edge_compress.prune.group_lasso import GroupLassoConfig, group_lasso_prune
+from edge_compress.prune.l1 import l1_prune
+
+
+@pytest.mark.slow
+def test_group_lasso_lands_within_5pct_of_the_budget(lenet):
+    g = extract_graph(lenet.model, lenet.example_input())
+    ds = lenet.dataset
+    cfg = GroupLassoConfig(epochs=4, finetune_epochs=2)
+    res = group_lasso_prune(lenet.model, g, 0.5, ds.x_train, ds.y_train, cfg, x_val=ds.x_val, y_val=ds.y_val)
+    assert 0.5 * 0.95 <= res.flops_ratio <= 0.5
+    assert res.params < res.params_before
+    assert len(res.trajectory) == 4
+    row = res.trajectory[-1]
+    assert {"loss", "flops_ratio", "multiplier", "live_channels", "val_acc"} <= set(row)
+    assert max(r["multiplier"] for r in res.trajectory) > 0  # the budget was binding: the multiplier rose
+    assert lenet.evaluate(res.model) > 0.9
+    assert "out" in res.skipped  # the output layer is reported, not pruned
+
+
+def test_proximal_step_reaches_exact_zeros(lenet):
+    g = extract_graph(lenet.model, lenet.example_input())
+    fm = FlopsModel.from_graph(g, lenet.model)
+    import copy
+
+    m = copy.deepcopy(lenet.model)
+    cp = ChannelParams(m, g, fm.groups, include_consumers=True)
+    before = cp.norms()
+    gid = g.group_of("c3").id
+    thr = float(np.median(before[gid].numpy()))
+    after = cp.prox({gid: thr})[gid].numpy()
+    small = before[gid].numpy() <= thr
+    assert small.any() and (after[small] == 0).all()
+    assert (m.c3.weight.detach()[small] == 0).all() and (
+        m.f5.weight.detach().reshape(-1, 16, 25)[:, small] == 0
+    ).all()
+    np.testing.assert_allclose(after[~small], before[gid].numpy()[~small] - thr, rtol=1e-4)
+
+
+def test_group_lasso_without_training_data_is_a_user_error(lenet):
+    g = extract_graph(lenet.model, lenet.example_input())
+    with pytest.raises(UserError, match="needs training data"):
+        group_lasso_prune(lenet.model, g, 0.5, None, None)
+
+
+def test_impossible_budget_names_the_minimum(lenet):
+    g = extract_graph(lenet.model, lenet.example_input())
+    lo = FlopsModel.from_graph(g, lenet.model).min_ratio()
+    with pytest.raises(
+        BudgetError, match=rf"below the smallest network .* {lo:.4f} of the original MACs"
+    ) as e:
+        l1_prune(lenet.model, g, lo / 2)
+    assert str(e.value).count(".") >= 2 and "\n" not in str(e.value)
+    with pytest.raises(BudgetError, match="keeps one channel"):
+        group_lasso_prune(lenet.model, g, lo / 2, lenet.dataset.x_train, lenet.dataset.y_train)
+    with pytest.raises(UserError, match=r"in \(0, 1\]"):
+        l1_prune(lenet.model, g, 1.5)
+
+
+@pytest.mark.parametrize("budget", [0.75, 0.5, 0.35])
+def test_l1_meets_the_budget(lenet, budget):
+    g = extract_graph(lenet.model, lenet.example_input())
+    res = l1_prune(lenet.model, g, budget)  # no data: one-shot, not fine-tuned
+    assert budget * 0.95 <= res.flops_ratio <= budget
+    assert any("not fine-tuned" in n for n in res.notes)
+    # the smallest-L1 channels went first: every dropped c3 filter is weaker than every kept one
+    l1 = lenet.model.c3.weight.detach().abs().sum((1, 2, 3)).numpy()
+    kept = res.keep.get(g.group_of("c3").id)
+    if kept is not None and len(kept) < 16:
+        dropped = np.setdiff1d(np.arange(16), kept)
+        assert l1[dropped].max() <= l1[kept].min()
