@@ -156,7 +156,9 @@ def _iso(x: Any) -> str | None:
 
 
 def _run_json(r: dict[str, Any]) -> dict[str, Any]:
-    return {k: (_iso(v) if isinstance(v, dt.datetime) else v) for k, v in r.items() if k != "settings"}
+    out = {k: (_iso(v) if isinstance(v, dt.datetime) else v) for k, v in r.items() if k != "settings"}
+    out["fail_on_budget_violation"] = bool((r.get("settings") or {}).get("fail_on_budget_violation"))
+    return out
 
 
 def _counts(verdicts: list[dict[str, Any]]) -> dict[str, int]:
@@ -444,10 +446,14 @@ def runs_table_html(data: dict[str, Any]) -> str:
 
 
 def render_junit(verdicts: list[dict[str, Any]], *, suite: str, run: dict[str, Any] | None = None) -> str:
-    """JUnit XML: one testcase per cell; regression -> <failure>, infra_failure -> <error>."""
+    """JUnit XML: one testcase per cell; regression -> <failure>, infra_failure -> <error>
+    (a budget violation is a failure too when the suite sets ``fail_on_budget_violation``)."""
     import xml.etree.ElementTree as ET
 
-    failures = sum(v["verdict"] == "regression" for v in verdicts)
+    run = run or {}
+    strict = bool(run.get("fail_on_budget_violation") or (run.get("settings") or {}).get("fail_on_budget_violation"))
+    failing = {"regression", "budget_violation"} if strict else {"regression"}
+    failures = sum(v["verdict"] in failing for v in verdicts)
     errors = sum(v["verdict"] == "infra_failure" for v in verdicts)
     root = ET.Element(
         "testsuites",
@@ -483,6 +489,12 @@ def render_junit(verdicts: list[dict[str, Any]], *, suite: str, run: dict[str, A
                 for m in regs
             )
             el = ET.SubElement(tc, "failure", message=msg, type="regression")
+            el.text = summary
+        elif v["verdict"] == "budget_violation" and strict:
+            msg = "; ".join(
+                f"{b['budget']} {b['value']:.4g} > {b['limit']:.4g}" for b in v.get("budget_violations", [])
+            )
+            el = ET.SubElement(tc, "failure", message=msg, type="budget_violation")
             el.text = summary
         elif v["verdict"] == "infra_failure":
             el = ET.SubElement(

@@ -189,6 +189,32 @@ def cell_summary(res: Any) -> list[dict[str, Any]]:
     return out
 
 
+def paired_noise(store: Any, run_ids: list[int], rounds: int, alpha: float, looks: int = 2) -> dict[str, Any]:
+    """Per-round noise of the paired comparison of identical artifacts (sd of the log ratio of
+    round medians), and the slowdown it lets ``rounds`` paired rounds detect with 95 % power."""
+    from scipy import stats as st
+
+    logs = []
+    for run_id in run_ids:
+        rows = store.measurements(run_id=run_id, kind="interleaved")
+        by: dict[tuple[str, int], dict[str, float]] = {}
+        for r in rows:
+            if r["round"] is not None and r["round"] >= 0 and r["median_ms"]:
+                by.setdefault((r["cell_key"], r["round"]), {})[r["role"]] = r["median_ms"]
+        logs += [np.log(d["candidate"] / d["baseline"]) for d in by.values() if len(d) == 2]
+    if len(logs) < 3:
+        return {"rounds_observed": len(logs)}
+    sd = float(np.std(logs, ddof=1))
+    t = float(st.t.ppf(1 - alpha / looks, rounds - 1)) + float(st.norm.ppf(0.95))
+    return {
+        "rounds_observed": len(logs),
+        "mean_log_ratio_pct": round(100 * float(np.mean(logs)), 2),
+        "sd_log_ratio_pct": round(100 * sd, 2),
+        "detectable_pct_at_rounds": round(100 * (np.exp(t * sd / np.sqrt(rounds)) - 1), 1),
+        "rounds": rounds,
+    }
+
+
 def db_size(path: Path) -> int:
     con = sqlite3.connect(path)
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -288,6 +314,7 @@ def main() -> int:
                 flush=True,
             )
         result["false_positives"] = {
+            "paired_noise": paired_noise(store, [r["run"] for r in fp_rows], 12, 0.01),
             "runs": fp_runs,
             "false_positive_runs": fp_count,
             "interleaved_cells": sum(c["evidence"] == "interleaved" for r in fp_rows for c in r["cells"]),

@@ -88,6 +88,18 @@ def live_rms(norms: torch.Tensor) -> float:
     return float(nz.pow(2).mean().sqrt()) if nz.numel() else 0.0
 
 
+def scale_free(g: ChannelGroup, bn_of: dict[str, str]) -> bool:
+    """True when rescaling the whole group leaves the network's function unchanged (up to BN eps and
+    activation clipping): every producer feeds one of the group's batch norms and every layer reading
+    the channels (besides depthwise passthroughs) is itself followed by a batch norm."""
+    readers = [c.layer for c in g.consumers if c.layer not in g.passthrough]
+    return (
+        bool(readers)
+        and all(bn_of.get(p) in g.batchnorms for p in g.producers)
+        and all(r in bn_of for r in readers)
+    )
+
+
 class ChannelParams:
     """Per-channel views of the parameters of the prunable groups of one model instance."""
 
@@ -98,6 +110,7 @@ class ChannelParams:
         self.groups = groups
         bn_of = normalized_by(model)
         self.parts = {g.id: group_parts(graph, g, model, include_consumers, bn_of) for g in groups}
+        self.scale_free = {g.id for g in groups if not include_consumers and scale_free(g, bn_of)}
         self.size = {g.id: g.channels for g in groups}
 
     def _view(self, part: Part, c: int) -> torch.Tensor:
@@ -139,22 +152,32 @@ class ChannelParams:
 
     @torch.no_grad()
     def prox(
-        self, thresholds: dict[int, float], floor: dict[int, int] | None = None
+        self,
+        thresholds: dict[int, float],
+        floor: dict[int, int] | None = None,
+        sphere: dict[int, float] | None = None,
     ) -> dict[int, torch.Tensor]:
         """Group soft-thresholding: w_c <- max(0, 1 - t / ||w_c||) w_c. Returns the new norms.
 
-        A group whose step would leave fewer than ``floor[g]`` nonzero channels is not shrunk
-        (a per-layer pruning limit: a batch-normalized group can shrink as a whole for free, the
-        next BN undoing it, and would otherwise reach zero all at once).
+        ``floor[g]``: a step that would leave fewer nonzero channels is skipped (a per-layer
+        pruning limit). ``sphere[g] = R``: the group is then projected back onto total norm R. For
+        a batch-normalized group whose scale is free (the next BN undoes it) this constraint costs
+        nothing, and without it the penalty would shrink the whole group at no loss until it
+        reached zero all at once; on the sphere only the channels the loss needs least die.
         """
         out = {}
         floor = floor or {}
+        sphere = sphere or {}
         for gid, t in thresholds.items():
             nrm = self.sq_norms(gid).sqrt()
             if int((nrm > t).sum()) < floor.get(gid, 1):
                 out[gid] = nrm
                 continue
             factor = torch.clamp(1 - t / nrm.clamp_min(1e-12), min=0.0)
+            if gid in sphere:
+                total = float((nrm * factor).pow(2).sum().sqrt())
+                if total > 0:
+                    factor = factor * (sphere[gid] / total)
             self.scale(gid, factor)
             out[gid] = nrm * factor
         return out

@@ -5,17 +5,19 @@ Objective, for channel groups g and their channels c (vector w_gc of all paramet
     min_W  L(W) + sum_gc (lam + mu * cost_g) * ||w_gc||_2      subject to  FLOPs(W) <= B * FLOPs_0
 
 ``cost_g`` is the MACs one channel of g costs (exact marginal, normalized to mean 1), so the
-multiplier ``mu`` prices FLOPs. It is updated by dual ascent after every step, on log(mu) by
-default (multiplicative updates find mu's scale, unknown and model-dependent, within a couple of
-epochs and relieve fast after an overshoot): it grows while the predicted FLOPs, counting channels
-whose norm is above ``zero_tol`` of their group's RMS norm, exceed the budget and shrinks while
-below. Each SGD step is followed by group soft-thresholding, the proximal step of the penalty, so
-the norms of unneeded channels reach exactly zero.
+multiplier ``mu`` prices FLOPs. Its scale is unknown and model-dependent, so it is first searched
+on a log scale (mu grows geometrically from ``mu0``) until the first channel dies; from then on it
+follows dual ascent, mu += dual_step * mu_first * violation, rising while the predicted FLOPs
+(counting channels whose norm is above ``zero_tol`` of their group's initial RMS norm) exceed the
+budget and falling while below. Each SGD step is followed by group soft-thresholding, the
+proximal step of the penalty, so the norms of unneeded channels reach exactly zero.
 
-Channels are judged dead relative to their own group (a batch-normalized group's overall scale
-is free: the next BN undoes it), and no group is pruned below ``min_keep_frac`` of its channels
-(such a group could otherwise shrink as a whole for free and reach zero all at once; the most
-FLOPs-expensive group, usually the stem, would be emptied first).
+In a batch-normalized group (every producer feeds a BN, every reader is followed by one) the
+channel vector is the BNs' gamma and beta, and the group's overall scale is free: the next BN
+undoes it, so a plain penalty would shrink the whole group at no loss until it vanished at once.
+There the group is projected back onto its initial total norm after each step (``fix_bn_scale``),
+which costs nothing and leaves only the within-group competition. No group is pruned below
+``min_keep_frac`` of its channels.
 
 Then the ~0 channels are removed physically (snapped to within ``tolerance`` below the budget,
 see ``group_lasso_prune``) and the smaller model is fine-tuned.
@@ -36,7 +38,7 @@ from torch import nn
 from edge_compress.errors import UserError
 from edge_compress.graph import ModelGraph, extract_graph
 from edge_compress.prune.apply import PruneResult, apply_pruning
-from edge_compress.prune.channels import ChannelParams, live_rms
+from edge_compress.prune.channels import ChannelParams
 from edge_compress.prune.cost import FlopsModel, min_keep_counts, snap_to_budget
 
 
@@ -48,11 +50,12 @@ class GroupLassoConfig:
     batch_size: int = 64
     lam: float = 1e-3  # base group-lasso strength (per channel norm)
     mu0: float = 3e-3  # initial multiplier
-    dual_lr: float = 1.5  # dual ascent step on log(mu), per epoch, per unit of (normalized) violation
-    dual_additive: bool = False  # plain dual ascent mu += dual_lr * violation instead (needs mu's scale)
+    dual_lr: float = 1.5  # search phase: growth of log(mu) per epoch until the first channel dies
+    dual_step: float = 0.5  # then dual ascent mu += dual_step * mu_first * violation per epoch
     include_consumers: bool = False  # also penalize the consumers' input slices
     zero_tol: float = 0.05  # a channel is dead when its norm < zero_tol * its group's RMS channel norm
     min_keep_frac: float = 0.25  # every prunable group keeps at least this fraction of its channels
+    fix_bn_scale: bool = True  # keep the total norm of scale-free (batch-normalized) groups constant
     tolerance: float = 0.05  # final FLOPs ratio within [budget * (1 - tolerance), budget]
     finetune_epochs: int = 5
     finetune_lr: float = 1e-3
@@ -144,6 +147,9 @@ def group_lasso_prune(
     work = copy.deepcopy(model)
     cp = ChannelParams(work, graph, fm.groups, cfg.include_consumers)
     floor = min_keep_counts(fm, cfg.min_keep_frac)
+    norms0 = cp.norms()
+    ref = {g: float(v.pow(2).mean().sqrt()) or 1.0 for g, v in norms0.items()}  # initial RMS channel norm
+    sphere = {g: float(norms0[g].pow(2).sum().sqrt()) for g in cp.scale_free} if cfg.fix_bn_scale else {}
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -152,16 +158,19 @@ def group_lasso_prune(
     loss_fn = nn.CrossEntropyLoss()
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
     mu = cfg.mu0
+    mu_first: float | None = None
     step_size = cfg.lr / (1 - cfg.momentum)  # the effective step of SGD with momentum
     budget = float(flops_budget)
 
     def rel(g: int, v: torch.Tensor) -> torch.Tensor:
-        """Channel norms relative to the RMS norm of the group's nonzero channels (a group's overall
-        scale is meaningless behind a batch norm, so liveness is judged within the group)."""
-        return v / max(live_rms(v), 1e-30)
+        """Channel norms relative to the group's initial RMS channel norm."""
+        return v / ref[g]
 
     def live(g: int, v: torch.Tensor) -> torch.Tensor:
-        return rel(g, v) > cfg.zero_tol
+        """Norm above zero_tol of the initial RMS, and always the group's ``floor`` strongest channels."""
+        ok = rel(g, v) > cfg.zero_tol
+        ok[torch.argsort(v, descending=True)[: floor[g]]] = True
+        return ok
 
     def live_counts(norms: dict[int, torch.Tensor]) -> dict[int, int]:
         return {g: max(1, int(live(g, v).sum())) for g, v in norms.items()}
@@ -173,6 +182,7 @@ def group_lasso_prune(
 
     norms = cp.norms()
     n_live = live_counts(norms)
+    n_start = sum(n_live.values())
     cost = costs(n_live)
     trajectory: list[dict[str, Any]] = []
     snapshots: list[tuple[dict[int, torch.Tensor], dict[str, torch.Tensor]]] = [(norms, cp.state())]
@@ -188,16 +198,18 @@ def group_lasso_prune(
             loss.backward()
             opt.step()
             thr = {g: step_size * (cfg.lam + mu * cost[g]) for g in cost}
-            norms = cp.prox(thr, floor)
+            norms = cp.prox(thr, floor, sphere)
             step += 1
             total_loss += float(loss.detach()) * len(b)
             n_live = live_counts(norms)
             violation = (fm.ratio(n_live) - budget) / min(budget, 1 - budget + 1e-9)
             violation = max(-1.0, min(1.0, violation))
-            if cfg.dual_additive:
-                mu = max(0.0, mu + cfg.dual_lr / steps_per_epoch * violation)
-            else:
+            if mu_first is None and sum(n_live.values()) < n_start:
+                mu_first = mu  # the multiplier's scale is found: the first channel died
+            if mu_first is None:
                 mu = mu * math.exp(cfg.dual_lr / steps_per_epoch * violation)
+            else:
+                mu = max(0.0, mu + cfg.dual_step * mu_first / steps_per_epoch * violation)
             cost = costs(n_live)
         n_live = live_counts(norms)
         penalty = sum(float(((cfg.lam + mu * cost[g]) * norms[g]).sum()) for g in norms)
