@@ -140,7 +140,7 @@ def run_request(req: dict[str, Any]) -> dict[str, Any]:
     phases = {"start_s": time.perf_counter() - _T_START}
     t_phase = time.perf_counter()
     import numpy as np
-    from runtimes import accuracy, load_session, npz_inputs, random_inputs
+    from runtimes import accuracy, load_session, npz_inputs, random_inputs, reference_agreement
 
     phases["import_numpy_s"] = time.perf_counter() - t_phase
 
@@ -181,6 +181,9 @@ def run_request(req: dict[str, Any]) -> dict[str, Any]:
     if req.get("accuracy_npz"):
         acc, n_acc = accuracy(session, str(req["accuracy_npz"]))
         extra["accuracy_samples"] = n_acc
+        ref = reference_agreement(session, str(req["accuracy_npz"]))
+        if ref is not None:
+            extra["reference"] = ref
 
     energy, note = energy_reading(result.pop("meter_result"), samples, loop.wall_s_last, req, threads)
     if not req.get("energy", True):

@@ -72,6 +72,10 @@ class Session:
         """Run once and return the first output."""
         raise NotImplementedError
 
+    def dequantize(self, out: np.ndarray) -> np.ndarray:
+        """The first output as float (integer outputs of full-integer models are dequantized)."""
+        return np.asarray(out, dtype=np.float64)
+
 
 class OrtSession(Session):
     def __init__(self, path: str, threads: int) -> None:
@@ -160,6 +164,16 @@ class TfliteSession(Session):
         self._set(feeds)
         self._it.invoke()
         return np.array(self._it.get_tensor(self._out))
+
+    def dequantize(self, out: np.ndarray) -> np.ndarray:
+        out = np.asarray(out)
+        if np.issubdtype(out.dtype, np.integer):
+            for d in self._it.get_output_details():
+                if d["index"] == self._out:
+                    scale, zp = d.get("quantization", (0.0, 0))
+                    if scale:
+                        return (out.astype(np.float64) - zp) * scale
+        return out.astype(np.float64)
 
 
 def _tflite_interpreter(prefer: str) -> tuple[Any, str, str]:
@@ -303,6 +317,34 @@ def accuracy(session: Session, path: str) -> tuple[float, int]:
     if n == 0:
         raise AgentError(f"{os.path.basename(path)} has fewer samples than one batch of the model.", "usage")
     return correct / n, n
+
+
+def reference_agreement(session: Session, path: str) -> dict[str, float] | None:
+    """Compare the model's outputs with reference outputs (array ``ref`` in the .npz, e.g. the
+    host runtime's logits for the same ``x``): top-1 agreement and output SQNR in dB."""
+    data = _load_npz(path)
+    if "ref" not in data or "x" not in data:
+        return None
+    x, ref = np.asarray(data["x"]), np.asarray(data["ref"], dtype=np.float64)
+    spec = session.inputs[0]
+    step = 256 if spec.dynamic_batch else max(1, spec.shape[0] if spec.shape else 1)
+    outs = []
+    n = 0
+    for i in range(0, len(x), step):
+        xb = x[i : i + step]
+        if not spec.dynamic_batch and len(xb) < step:
+            break
+        xb = convert(xb.reshape((len(xb),) + tuple(spec.shape[1:])), spec)
+        outs.append(session.dequantize(session.predict({spec.name: xb})).reshape(len(xb), -1))
+        n += len(xb)
+    if n == 0:
+        return None
+    out = np.concatenate(outs)
+    r = ref[:n].reshape(n, -1)
+    noise = float(((out - r) ** 2).sum())
+    sig = float((r**2).sum())
+    sqnr = float("inf") if noise == 0 else 10.0 * float(np.log10(max(sig, 1e-30) / noise))
+    return {"agreement": float((out.argmax(1) == r.argmax(1)).mean()), "sqnr_db": sqnr, "samples": float(n)}
 
 
 def _load_npz(path: str) -> Any:
