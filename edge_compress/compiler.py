@@ -60,7 +60,9 @@ class ExportOptions:
     formats: tuple[str, ...] = FORMATS
     tflite_variants: tuple[str, ...] = ("int8", "int8-full")
     onnx_int8_weights: str = "uint8"  # uint8 (zero point 128, exact on AVX2) | int8
-    onnx_float_compute_k: int = 32  # first-layer convs with a smaller reduction run float in ONNX (0: never)
+    # first-layer convs with a smaller reduction (cin x kernel area) run float on their weight grid,
+    # in ONNX and in the TFLite int8 variant (0: never); the name is kept for existing callers
+    onnx_float_compute_k: int = 32
     calibration_samples: int = 256
 
     def to_json(self) -> dict[str, Any]:
@@ -208,7 +210,7 @@ def _make_plan(
     )
 
 
-def _float_file(spec: ModelSpec, folded: nn.Module, fmt: str, versions: dict[str, str]) -> Path:
+def float_export(spec: ModelSpec, folded: nn.Module, fmt: str, versions: dict[str, str]) -> Path:
     """The float export of the folded model, cached by weights + architecture + tool versions."""
     from edge_compress.zoo.data import cache_dir
 
@@ -295,6 +297,8 @@ def compile_model(
         raise UserError(f"--parity-threshold must be between 0 and 1, got {parity_threshold}.")
     opts = options or ExportOptions()
     opts = ExportOptions(**{**asdict(opts), "formats": formats})
+    if keep_float and spec.kind != "onnx":
+        raise UserError("--keep-float names nodes of an existing .onnx model; it does not apply here.")
     if plan is not None and spec.kind != "torch":
         raise UserError(
             "--plan applies to torch models (zoo or module:factory); model files are planned from measurements."
@@ -377,7 +381,7 @@ def compile_model(
                 with timer("export_onnx"):
                     from edge_compress.export.onnx import export_onnx, tiny_layers
 
-                    src = _float_file(spec, folded, "onnx", versions)
+                    src = float_export(spec, folded, "onnx", versions)
                     fc = (
                         tiny_layers(ctx.graph.layers, opts.onnx_float_compute_k)
                         if opts.onnx_float_compute_k
@@ -398,9 +402,12 @@ def compile_model(
                     )
             if "tflite" in formats:
                 with timer("export_tflite"):
+                    from edge_compress.export.onnx import tiny_layers
                     from edge_compress.export.tflite import export_tflite
 
-                    src = _float_file(spec, folded, "tflite", versions)
+                    src = float_export(spec, folded, "tflite", versions)
+                    k = opts.onnx_float_compute_k
+                    fc_tfl = tiny_layers(ctx.graph.layers, k) if k else set()
                     lo, hi = float(sim_calib.min()), float(sim_calib.max())
                     margin = 0.1 * (hi - lo)
                     for variant in opts.tflite_variants:
@@ -416,6 +423,7 @@ def compile_model(
                                 planned_bytes=0,
                                 variant=variant,
                                 output_range=(lo - margin, hi + margin),
+                                float_compute=fc_tfl,
                             )
                         )
             reports = []

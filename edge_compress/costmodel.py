@@ -113,7 +113,9 @@ class Kernel:
         return cls(**d)
 
 
-def _channel_changes(graph: ModelGraph, plan: CompressionPlan | None) -> tuple[dict[str, int], dict[str, int]]:
+def _channel_changes(
+    graph: ModelGraph, plan: CompressionPlan | None
+) -> tuple[dict[str, int], dict[str, int]]:
     """(layer -> output channels after pruning, layer -> input channels after pruning)."""
     out_c = {li.name: li.out_channels for li in graph.layers}
     in_c = {li.name: li.in_channels for li in graph.layers}
@@ -145,21 +147,48 @@ def _channel_changes(graph: ModelGraph, plan: CompressionPlan | None) -> tuple[d
 
 
 def _make_kernel(
-    name: str, li: LayerInfo, kind: str, prec: str, wbits: float, cin: int, cout: int, groups: int,
-    karea: int, out_spatial: int, in_spatial: int, stride: int, bias: bool,
+    name: str,
+    li: LayerInfo,
+    kind: str,
+    prec: str,
+    wbits: float,
+    cin: int,
+    cout: int,
+    groups: int,
+    karea: int,
+    out_spatial: int,
+    in_spatial: int,
+    stride: int,
+    bias: bool,
 ) -> Kernel:
     wp = cout * (cin // max(1, groups)) * karea
     macs = out_spatial * wp
     wbytes = math.ceil(wp * wbits / 8) + (cout * 4 if bias else 0) + (cout * 4 if wbits < 32 else 0)
     dims = 0 if li.kind == "linear" else len(li.kernel)
     return Kernel(
-        name, li.name, kind, prec, int(macs), int(wp), float(wbytes), int(cin * in_spatial), int(cout * out_spatial),
-        int(cin), int(cout), int(groups), int(karea), int(out_spatial), int(stride), dims,
+        name,
+        li.name,
+        kind,
+        prec,
+        int(macs),
+        int(wp),
+        float(wbytes),
+        int(cin * in_spatial),
+        int(cout * out_spatial),
+        int(cin),
+        int(cout),
+        int(groups),
+        int(karea),
+        int(out_spatial),
+        int(stride),
+        dims,
     )
 
 
 def kernels_of(
-    graph: ModelGraph, plan: CompressionPlan | None = None, float_compute: set[str] | frozenset[str] = frozenset()
+    graph: ModelGraph,
+    plan: CompressionPlan | None = None,
+    float_compute: set[str] | frozenset[str] = frozenset(),
 ) -> list[Kernel]:
     """The fused kernels of ``graph`` under ``plan`` (pruned channels, ranks and precisions applied).
 
@@ -186,19 +215,73 @@ def kernels_of(
             r = max(1, int(d.rank))
             how = d.factorization or "svd"
             if li.kind == "linear" or how == "svd":
-                ks.append(_make_kernel(f"{li.name}#0", li, li.kind, prec, wbits, cin, r, 1, 1, out_sp, in_sp, 1, False))
-                ks.append(_make_kernel(f"{li.name}#1", li, li.kind, prec, wbits, r, cout, 1, 1, out_sp, out_sp, 1, li.has_bias))
+                ks.append(
+                    _make_kernel(
+                        f"{li.name}#0", li, li.kind, prec, wbits, cin, r, 1, 1, out_sp, in_sp, 1, False
+                    )
+                )
+                ks.append(
+                    _make_kernel(
+                        f"{li.name}#1",
+                        li,
+                        li.kind,
+                        prec,
+                        wbits,
+                        r,
+                        cout,
+                        1,
+                        1,
+                        out_sp,
+                        out_sp,
+                        1,
+                        li.has_bias,
+                    )
+                )
             else:
                 kh = li.kernel[0]
                 kw = li.kernel[1] if len(li.kernel) > 1 else 1
                 sw = li.stride[1] if len(li.stride) > 1 else 1
                 mid_sp = out_sp * sw
                 a1, a2 = (kh, kw) if how == "spatial" else (kh * kw, 1)
-                ks.append(_make_kernel(f"{li.name}#0", li, "conv", prec, wbits, cin, r, 1, a1, mid_sp, in_sp, stride, False))
-                ks.append(_make_kernel(f"{li.name}#1", li, "conv", prec, wbits, r, cout, 1, a2, out_sp, mid_sp, 1, li.has_bias))
+                ks.append(
+                    _make_kernel(
+                        f"{li.name}#0", li, "conv", prec, wbits, cin, r, 1, a1, mid_sp, in_sp, stride, False
+                    )
+                )
+                ks.append(
+                    _make_kernel(
+                        f"{li.name}#1",
+                        li,
+                        "conv",
+                        prec,
+                        wbits,
+                        r,
+                        cout,
+                        1,
+                        a2,
+                        out_sp,
+                        mid_sp,
+                        1,
+                        li.has_bias,
+                    )
+                )
             continue
         ks.append(
-            _make_kernel(li.name, li, li.kind, prec, wbits, cin, cout, groups, karea, out_sp, in_sp, stride, li.has_bias)
+            _make_kernel(
+                li.name,
+                li,
+                li.kind,
+                prec,
+                wbits,
+                cin,
+                cout,
+                groups,
+                karea,
+                out_sp,
+                in_sp,
+                stride,
+                li.has_bias,
+            )
         )
     return _link(graph, ks)
 
@@ -217,7 +300,9 @@ def _link(graph: ModelGraph, ks: list[Kernel]) -> list[Kernel]:
     first = ks[0]
     n_in = int(math.prod(graph.input_shape) or first.in_elems)
     n_out = int(math.prod(graph.output_shape) or ks[-1].out_elems)
-    io = Kernel("(io)", "(io)", "io", first.precision, 0, 0, 0.0, n_in, n_out, 1, 1, 1, 1, 1, 1, 0, n_out, False)
+    io = Kernel(
+        "(io)", "(io)", "io", first.precision, 0, 0, 0.0, n_in, n_out, 1, 1, 1, 1, 1, 1, 0, n_out, False
+    )
     return [io] + out
 
 
@@ -234,7 +319,9 @@ def peak_macs_per_s(profile: DeviceProfile, precision: str, threads: int = 1) ->
     return float(peak) * min(max(1, threads), cores) / cores
 
 
-def roofline_ms(k: Kernel, profile: DeviceProfile, threads: int = 1, launch_ms: float = DEFAULT_LAUNCH_MS) -> float:
+def roofline_ms(
+    k: Kernel, profile: DeviceProfile, threads: int = 1, launch_ms: float = DEFAULT_LAUNCH_MS
+) -> float:
     """max(compute time, memory time) + launch overhead, in milliseconds."""
     t_compute = k.macs / peak_macs_per_s(profile, k.precision, threads)
     t_memory = k.bytes_moved / (profile.memory.bandwidth_gb_s * 1e9)
@@ -334,8 +421,12 @@ class CostModel:
             model_bytes=weights_bytes(kernels),
             calibrated=self.calibrated,
             rel_error=self.rel_error,
-            energy_basis="fitted from measured energy" if self.energy_scale else "estimate: profile power model",
-            memory_basis="fitted runtime base" if self.memory_base_bytes is not None else "estimate: default runtime base",
+            energy_basis="fitted from measured energy"
+            if self.energy_scale
+            else "estimate: profile power model",
+            memory_basis="fitted runtime base"
+            if self.memory_base_bytes is not None
+            else "estimate: default runtime base",
             kernels_ms=per,
         )
 
@@ -448,3 +539,61 @@ def kernel_class_shares(kernels: list[Kernel], kernels_ms: dict[str, float]) -> 
         key = f"{k.kind}/{k.precision}"
         out[key] = out.get(key, 0.0) + kernels_ms.get(k.name, 0.0) / total
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# constraints for the bit-allocation ILP (edge_compress.quant.allocate.Constraint)
+
+
+def layer_costs_by_bits(
+    cm: CostModel, graph: ModelGraph, options: dict[str, tuple[int, ...]], act_bits: int | None = 8
+) -> tuple[dict[tuple[str, int], float], float]:
+    """(coeffs[(layer, bits)] = predicted ms of that layer's kernels at those weight bits,
+    fixed ms of everything not in ``options``: the io kernel, the call overhead, float layers)."""
+    from edge_compress.plan import CompressionPlan
+
+    all_bits = sorted({b for bs in options.values() for b in bs})
+    coeffs: dict[tuple[str, int], float] = {}
+    for b in all_bits:
+        plan = CompressionPlan.uniform(graph, "", cm.profile.name, b, act_bits)
+        for k in kernels_of(graph, plan):
+            if k.layer in options and b in options[k.layer]:
+                coeffs[(k.layer, b)] = coeffs.get((k.layer, b), 0.0) + cm.kernel_ms(k)
+    fixed = cm.base_ms
+    for k in kernels_of(graph, None):
+        if k.kind == "io" or k.layer not in options:
+            fixed += cm.kernel_ms(k)
+    return coeffs, fixed
+
+
+def latency_constraint(
+    cm: CostModel,
+    graph: ModelGraph,
+    limit_ms: float,
+    options: dict[str, tuple[int, ...]],
+    act_bits: int | None = 8,
+) -> Any:
+    """The median-latency budget as a linear constraint of the bit-allocation ILP.
+
+    Pass it to ``plan_model(..., extra_constraints=[...])``; ``options`` are the planner's
+    per-layer bit choices (``Planner.options``).
+    """
+    from edge_compress.quant.allocate import Constraint
+
+    coeffs, fixed = layer_costs_by_bits(cm, graph, options, act_bits)
+    return Constraint("latency_ms", coeffs, limit_ms - fixed, " ms")
+
+
+def energy_constraint(
+    cm: CostModel,
+    graph: ModelGraph,
+    limit_mj: float,
+    options: dict[str, tuple[int, ...]],
+    act_bits: int | None = 8,
+) -> Any:
+    """The energy-per-inference budget (mJ) as a linear constraint (power model x latency)."""
+    from edge_compress.quant.allocate import Constraint
+
+    coeffs, fixed = layer_costs_by_bits(cm, graph, options, act_bits)
+    mj = cm.energy_j(1.0) * 1e3  # mJ per ms of latency
+    return Constraint("energy_mj", {k: v * mj for k, v in coeffs.items()}, limit_mj - fixed * mj, " mJ")

@@ -48,8 +48,12 @@ def float_compute_layers(graph: Any) -> set[str]:
 
 
 def export_candidate(
-    model: nn.Module, plan: CompressionPlan | None, calib_x: np.ndarray, path: str | os.PathLike[str],
-    *, use_project: bool = True,
+    model: nn.Module,
+    plan: CompressionPlan | None,
+    calib_x: np.ndarray,
+    path: str | os.PathLike[str],
+    *,
+    use_project: bool = True,
 ) -> tuple[Path, str]:
     """Write ``model`` under ``plan`` (None = float) to ``path``; returns (path, how it was made)."""
     path = Path(path)
@@ -80,11 +84,22 @@ def _project(model: nn.Module, plan: CompressionPlan | None, calib_x: np.ndarray
         export_float_onnx(folded, example, src)
         qspec = compute_quant_spec(folded, plan, calib_x)
         wq = dict(simulate(folded, qspec, activations=False).named_modules())
-        grid = {n: wq[n].weight.detach().numpy().copy() for n, lq in qspec.items() if lq.weight_bits is not None}
+        grid = {
+            n: wq[n].weight.detach().numpy().copy() for n, lq in qspec.items() if lq.weight_bits is not None
+        }
         opts = ExportOptions()
         fc = float_compute_layers(extract_graph(model, example)) if opts.onnx_float_compute_k else set()
-        export_onnx(src, plan, qspec, grid, calib_x, path, planned_bytes=0, int8_weights=opts.onnx_int8_weights,
-                    float_compute=fc)
+        export_onnx(
+            src,
+            plan,
+            qspec,
+            grid,
+            calib_x,
+            path,
+            planned_bytes=0,
+            int8_weights=opts.onnx_int8_weights,
+            float_compute=fc,
+        )
     finally:
         src.unlink(missing_ok=True)
 
@@ -102,8 +117,14 @@ def _fallback(model: nn.Module, plan: CompressionPlan | None, calib_x: np.ndarra
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            folded, (example,), str(fp32), dynamo=False, opset_version=21, input_names=["x"],
-            output_names=["y"], do_constant_folding=True,
+            folded,
+            (example,),
+            str(fp32),
+            dynamo=False,
+            opset_version=21,
+            input_names=["x"],
+            output_names=["y"],
+            do_constant_folding=True,
         )
     if not quantized:
         return path
@@ -146,8 +167,14 @@ def _quantize(src: Path, dst: Path, model: nn.Module, plan: CompressionPlan, cal
     logging.getLogger().setLevel(logging.ERROR)
     try:
         quantize_static(
-            str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+            str(src),
+            str(dst),
+            _Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude,
             extra_options={"TensorQuantOverrides": overrides} if overrides else None,
         )
     finally:

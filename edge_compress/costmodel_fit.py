@@ -38,11 +38,23 @@ if TYPE_CHECKING:
     from edge_compress.profiles import DeviceProfile
 
 TERMS = (
-    "compute", "compute_pad", "im2col", "weights", "in", "out", "pool", "join", "pixels", "pixels_smallk", "launch",
+    "compute",
+    "compute_pad",
+    "im2col",
+    "weights",
+    "in",
+    "out",
+    "pool",
+    "join",
+    "pixels",
+    "pixels_smallk",
+    "launch",
 )
 IO_TERMS = ("in", "out", "launch")
-PRIOR = {t: 0.0 for t in TERMS}  # what a coefficient shrinks toward when its class has few observations
-RIDGE = 3.0  # weight of each prior row, in typical observation rows
+# What a coefficient shrinks toward when its class has few observations: the roofline (sum form),
+# with the correction terms off.
+PRIOR = {t: 0.0 for t in TERMS} | {"compute": 1.0, "weights": 1.0, "in": 1.0, "out": 1.0, "launch": 1.0}
+RIDGE = 1.0  # weight of each prior row, in typical observation rows
 KERNEL_ROW_WEIGHT = 0.3  # a profiled kernel row vs one whole-model row
 # Per-call overhead of the runtime (an empty model's latency) when turning profiled shares into
 # milliseconds; ``fit_info["call_overhead_ms"]`` overrides it once measured on the target.
@@ -78,11 +90,11 @@ def kernel_terms(k: Kernel, profile: DeviceProfile, threads: int = 1) -> dict[st
         padded = k.out_spatial * _pad(k.cout, 8) * k.kernel_area
     else:
         padded = k.out_spatial * _pad(k.cout, 8) * _pad(cg, 8) * k.kernel_area
-    px = k.out_spatial * 4.0 / bw_ms
+    px = k.out_spatial * 4.0 / bw_ms if k.kind != "linear" else 0.0  # a GEMV has no spatial positions
     return {
         "compute": k.macs / peak,
         "compute_pad": padded / peak,
-        "im2col": k.out_spatial * cg * k.kernel_area * ab / bw_ms,
+        "im2col": k.out_spatial * cg * k.kernel_area * ab / bw_ms if k.kind != "linear" else 0.0,
         "weights": k.weight_params * 4.0 / bw_ms,
         "in": k.in_elems * ab / bw_ms,
         "out": k.out_elems * ab / bw_ms,

@@ -31,8 +31,21 @@ if TYPE_CHECKING:
     from edge_compress.costmodel import Kernel
 
 LAYER_OPS = {
-    "Conv", "FusedConv", "NchwcConv", "QLinearConv", "ConvInteger", "ConvTranspose", "Gemm", "FusedGemm",
-    "QGemm", "MatMul", "FusedMatMul", "MatMulInteger", "QLinearMatMul", "MatMulNBits", "DynamicQuantizeMatMul",
+    "Conv",
+    "FusedConv",
+    "NchwcConv",
+    "QLinearConv",
+    "ConvInteger",
+    "ConvTranspose",
+    "Gemm",
+    "FusedGemm",
+    "QGemm",
+    "MatMul",
+    "FusedMatMul",
+    "MatMulInteger",
+    "QLinearMatMul",
+    "MatMulNBits",
+    "DynamicQuantizeMatMul",
     "MatMulIntegerToFloat",
 }
 _WEIGHT_DTYPES = {"int32", "int4x2", "int4", "int8", "uint4x2"}
@@ -73,7 +86,9 @@ def _shapes(items: Any) -> list[tuple[str, tuple[int, ...]]]:
     return out
 
 
-def parse_ort_profile(trace: str | os.PathLike[str] | list[dict[str, Any]], weight_inputs: set[str] | None = None) -> OrtProfile:
+def parse_ort_profile(
+    trace: str | os.PathLike[str] | list[dict[str, Any]], weight_inputs: set[str] | None = None
+) -> OrtProfile:
     """Per-node median timings from an onnxruntime profile (a path or the loaded event list).
 
     ``weight_inputs``: node names known (from the optimized model) to dequantize a weight; without
@@ -97,7 +112,9 @@ def parse_ort_profile(trace: str | os.PathLike[str] | list[dict[str, Any]], weig
                 weight_like = node in weight_inputs
             else:
                 weight_like = op == "DequantizeLinear" and bool(ins) and ins[0][0] in _WEIGHT_DTYPES
-            per[node] = OpTiming(node, op, 0.0, order, ins, _shapes(args.get("output_type_shape")), weight_like)
+            per[node] = OpTiming(
+                node, op, 0.0, order, ins, _shapes(args.get("output_type_shape")), weight_like
+            )
             order += 1
         durs.setdefault(node, []).append(float(e.get("dur", 0.0)))
     for node, d in durs.items():
@@ -139,7 +156,7 @@ def _shape_match(op: OpTiming, k: Kernel) -> bool:
     want = _kernel_weight_shapes(k)
     for s in _weight_shapes(op):
         for w in want:
-            if s[: len(w)] == w and math_prod(s[len(w):]) == k.kernel_area:
+            if s[: len(w)] == w and math_prod(s[len(w) :]) == k.kernel_area:
                 return True
             if k.kind == "linear" and s == w:
                 return True
@@ -175,7 +192,9 @@ def attribute_to_kernels(
     pairs = []
     for i, o in enumerate(layer_ops):
         for j, k in enumerate(layers):
-            score = 4.0 * _shape_match(o, k) + 2.0 * _name_score(k.name.split("#")[0], o.name) - 0.01 * abs(i - j)
+            score = (
+                4.0 * _shape_match(o, k) + 2.0 * _name_score(k.name.split("#")[0], o.name) - 0.01 * abs(i - j)
+            )
             if "#" in k.name:  # the halves of a factorized layer keep their order
                 score -= 0.5 * abs(i - j)
             pairs.append((score, i, j))
@@ -217,8 +236,13 @@ def attribute_to_kernels(
 # running onnxruntime here
 
 
-def ort_session(path: str | os.PathLike[str], threads: int = 1, *, profile_prefix: str | None = None,
-                optimized_path: str | None = None) -> Any:
+def ort_session(
+    path: str | os.PathLike[str],
+    threads: int = 1,
+    *,
+    profile_prefix: str | None = None,
+    optimized_path: str | None = None,
+) -> Any:
     """A CPU session with the agent's options (threads, sequential execution)."""
     import onnxruntime as ort
 
@@ -258,10 +282,14 @@ def _weight_dq_nodes(optimized: str) -> set[str]:
 
     m = onnx.load(optimized, load_external_data=False)
     inits = {i.name for i in m.graph.initializer}
-    return {n.name for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input and n.input[0] in inits}
+    return {
+        n.name for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input and n.input[0] in inits
+    }
 
 
-def profile_onnx(path: str | os.PathLike[str], runs: int = 50, threads: int = 1, warmup: int = 5) -> OrtProfile:
+def profile_onnx(
+    path: str | os.PathLike[str], runs: int = 50, threads: int = 1, warmup: int = 5
+) -> OrtProfile:
     """Run ``path`` ``runs`` times with onnxruntime's profiler on and parse the trace."""
     with tempfile.TemporaryDirectory(prefix="ec-prof-") as tmp:
         opt = os.path.join(tmp, "optimized.onnx")

@@ -38,7 +38,11 @@ def costmodel_path(target: str) -> Path:
 
 
 def load_costmodel(
-    target: str | None, profile: DeviceProfile, *, threads: int = 1, runtime: str = "onnxruntime",
+    target: str | None,
+    profile: DeviceProfile,
+    *,
+    threads: int = 1,
+    runtime: str = "onnxruntime",
     path: str | os.PathLike[str] | None = None,
 ) -> CostModel:
     """The stored cost model of ``target``; an uncalibrated (profile-only) one if there is none.

@@ -617,16 +617,17 @@ def _paired_decision(
 
     One warm-up run (stored with role ``warmup``, never used) goes first. After ``rounds`` rounds,
     a metric whose effect exceeds its threshold without being significant yet gets more rounds,
-    up to ``max_rounds``; both looks test at alpha / 2 (Bonferroni), so looking twice does not
-    raise the false-alarm rate.
+    up to ``max_rounds``; when such a second look is possible both looks test at alpha / 2
+    (Bonferroni), so looking twice does not raise the false-alarm rate.
     """
     il = job.interleave
     rounds, max_rounds = int(il.get("rounds", 6)), int(il.get("max_rounds", il.get("rounds", 6)))
+    looks = LOOKS if max_rounds > rounds else 1
     items, error = _interleave(runner, job, 0, rounds, il.get("min_duration_s"), warmup=True)
     if error:
         historical.notes.append(f"paired re-measure failed ({error}): decided on historical evidence")
         return historical, items
-    verdict = judge(job, m, interleaved=items, suspects=suspects, looks=LOOKS)
+    verdict = judge(job, m, interleaved=items, suspects=suspects, looks=looks)
     if max_rounds > rounds and _undecided(verdict):
         more, error = _interleave(runner, job, rounds, max_rounds, il.get("min_duration_s"))
         items += more
@@ -635,7 +636,7 @@ def _paired_decision(
                 f"extra paired rounds failed ({error}): decided on the first {rounds} rounds"
             )
         else:
-            verdict = judge(job, m, interleaved=items, suspects=suspects, looks=LOOKS)
+            verdict = judge(job, m, interleaved=items, suspects=suspects, looks=looks)
     return verdict, items
 
 

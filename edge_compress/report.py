@@ -451,7 +451,9 @@ def render_junit(verdicts: list[dict[str, Any]], *, suite: str, run: dict[str, A
     import xml.etree.ElementTree as ET
 
     run = run or {}
-    strict = bool(run.get("fail_on_budget_violation") or (run.get("settings") or {}).get("fail_on_budget_violation"))
+    strict = bool(
+        run.get("fail_on_budget_violation") or (run.get("settings") or {}).get("fail_on_budget_violation")
+    )
     failing = {"regression", "budget_violation"} if strict else {"regression"}
     failures = sum(v["verdict"] in failing for v in verdicts)
     errors = sum(v["verdict"] == "infra_failure" for v in verdicts)

@@ -110,7 +110,9 @@ class Candidate:
         return c
 
 
-def _avg_power(profile: DeviceProfile, latency_ms: float, energy_mj: float, rate_hz: float | None) -> float | None:
+def _avg_power(
+    profile: DeviceProfile, latency_ms: float, energy_mj: float, rate_hz: float | None
+) -> float | None:
     """Average power at ``rate_hz`` inferences per second: idle plus the active share (inf if it cannot keep up)."""
     if not rate_hz:
         return None
@@ -121,14 +123,22 @@ def _avg_power(profile: DeviceProfile, latency_ms: float, energy_mj: float, rate
     return idle + rate_hz * (energy_mj / 1e3 - idle * latency_ms / 1e3)
 
 
-def predict_costs(c: Candidate, cm: CostModel, budgets: dict[str, float]) -> Costs:
-    p = cm.predict_from_kernels(c.kernels)
-    c.prediction = p
+def predict_costs(c: Candidate, cm: CostModel, budgets: dict[str, float], refresh: bool = True) -> Costs:
+    """Predicted costs: the cost model's prediction (``c.prediction``) times the sibling correction."""
+    if refresh or c.prediction is None:
+        c.prediction = cm.predict_from_kernels(c.kernels)
+    p = c.prediction
     lat = p.latency_ms * c.correction
     energy = p.energy_mj * c.correction
     return Costs(
-        "predicted", lat, p.latency_p99_ms * c.correction, energy, p.energy_basis, p.peak_memory_bytes,
-        p.model_bytes, _avg_power(cm.profile, lat, energy, budgets.get("duty_cycle_hz")),
+        "predicted",
+        lat,
+        p.latency_p99_ms * c.correction,
+        energy,
+        p.energy_basis,
+        p.peak_memory_bytes,
+        p.model_bytes,
+        _avg_power(cm.profile, lat, energy, budgets.get("duty_cycle_hz")),
         c.macs / c.base_macs if c.base_macs else None,
     )
 
@@ -144,7 +154,13 @@ def measured_costs(c: Candidate, m: Measurement, cm: CostModel, budgets: dict[st
     pred = c.prediction or cm.predict_from_kernels(c.kernels)
     mem = float(m.peak_rss_bytes) if m.peak_rss_bytes else pred.peak_memory_bytes
     return Costs(
-        "measured", lat, p99, energy, ebasis, mem, pred.model_bytes,
+        "measured",
+        lat,
+        p99,
+        energy,
+        ebasis,
+        mem,
+        pred.model_bytes,
         _avg_power(cm.profile, lat, energy, budgets.get("duty_cycle_hz")),
         c.macs / c.base_macs if c.base_macs else None,
     )
@@ -162,7 +178,11 @@ def violations(costs: Costs, budgets: dict[str, float], slack: float = 1.0) -> d
             continue
         v = v * scale
         if v > limit * slack:
-            out[b] = {"limit": limit, "value": v, "over_pct": 100.0 * (v / limit - 1.0) if math.isfinite(v) else math.inf}
+            out[b] = {
+                "limit": limit,
+                "value": v,
+                "over_pct": 100.0 * (v / limit - 1.0) if math.isfinite(v) else math.inf,
+            }
     return out
 
 
@@ -172,10 +192,16 @@ def _possibly_feasible(c: Candidate, budgets: dict[str, float], cm: CostModel) -
         return True
     rel = 1.0 + 2.0 * cm.rel_error
     opt = Costs(
-        "predicted", c.predicted.latency_ms / rel, c.predicted.latency_p99_ms / rel, c.predicted.energy_mj / rel,
-        c.predicted.energy_basis, c.predicted.peak_memory_bytes / rel, c.predicted.model_bytes,
-        None if c.predicted.avg_power_w is None else cm.profile.power.idle_w
-        + (c.predicted.avg_power_w - cm.profile.power.idle_w) / rel,
+        "predicted",
+        c.predicted.latency_ms / rel,
+        c.predicted.latency_p99_ms / rel,
+        c.predicted.energy_mj / rel,
+        c.predicted.energy_basis,
+        c.predicted.peak_memory_bytes / rel,
+        c.predicted.model_bytes,
+        None
+        if c.predicted.avg_power_w is None
+        else cm.profile.power.idle_w + (c.predicted.avg_power_w - cm.profile.power.idle_w) / rel,
         c.predicted.flops_ratio,
     )
     return not violations(opt, budgets)
@@ -219,18 +245,26 @@ class SelectionResult:
     def to_json(self) -> dict[str, Any]:
         def row(c: Candidate) -> dict[str, Any]:
             return {
-                "id": c.id, "model": c.model_name, "technique": c.technique, "accuracy_pct": c.accuracy,
+                "id": c.id,
+                "model": c.model_name,
+                "technique": c.technique,
+                "accuracy_pct": c.accuracy,
                 "predicted": None if c.predicted is None else vars(c.predicted),
                 "measured": None if c.measured is None else vars(c.measured),
-                "basis": c.costs.basis, "violations": violations(c.costs, self.budgets),
-                "pareto_latency": c in self.pareto("latency_ms"), "pareto_energy": c in self.pareto("energy_mj"),
-                "pareto_bytes": c in self.pareto("model_bytes"), "notes": c.notes,
+                "basis": c.costs.basis,
+                "violations": violations(c.costs, self.budgets),
+                "pareto_latency": c in self.pareto("latency_ms"),
+                "pareto_energy": c in self.pareto("energy_mj"),
+                "pareto_bytes": c in self.pareto("model_bytes"),
+                "notes": c.notes,
             }
 
         return {
             "chosen": None if self.chosen is None else row(self.chosen),
             "basis": self.basis,
-            "numbers": "measured on the target" if self.basis == "measured" else "predicted (no target given)",
+            "numbers": "measured on the target"
+            if self.basis == "measured"
+            else "predicted (no target given)",
             "budgets": self.budgets,
             "measurements": self.measurements,
             "candidates_total": len(self.candidates),
@@ -299,60 +333,113 @@ def select(
     """
     if not candidates:
         raise UserError("no candidates to select from.")
-    for c in candidates:
+    for c in candidates:  # a fresh start: numbers from an earlier call are not this target's
+        c.measured, c.measurement, c.correction = None, None, 1.0
         c.predicted = predict_costs(c, cm, budgets)
-    notes: list[str] = []
-    trace: list[dict[str, Any]] = []
-    failed: set[str] = set()
-    n = 0
+    loop = _Loop(candidates, budgets, cm, measure, refit, progress)
     if measure is not None:
-        while max_measurements is None or n < max_measurements:
+        while max_measurements is None or loop.n < max_measurements:
             ok = [c for c in candidates if c.measured is not None and not violations(c.measured, budgets)]
             best = max((c.accuracy for c in ok), default=-math.inf)
             pool = [
-                c for c in candidates
-                if c.measured is None and c.id not in failed and c.accuracy > best and _possibly_feasible(c, budgets, cm)
+                c
+                for c in candidates
+                if c.measured is None
+                and c.id not in loop.failed
+                and c.accuracy > best
+                and _possibly_feasible(c, budgets, cm)
             ]
             if not pool:
                 break
-            c = max(pool, key=lambda c: (c.accuracy, -_worst_ratio(c.predicted, budgets)))  # type: ignore[arg-type]
-            m = measure(c)
-            n += 1
-            if not m.ok or m.stats is None:
-                failed.add(c.id)
-                c.notes.append(f"measurement failed: {m.error}")
-                trace.append({"id": c.id, "ok": False, "error": m.error})
-                continue
-            c.measured = measured_costs(c, m, cm, budgets)
-            c.measurement = {"median_ms": m.stats.median_ms, "p99_ms": m.stats.p99_ms, "count": m.stats.count,
-                             "peak_rss_bytes": m.peak_rss_bytes, "target": m.target}
-            pred_lat = c.predicted.latency_ms if c.predicted else float("nan")
-            trace.append({"id": c.id, "ok": True, "accuracy": c.accuracy, "predicted_ms": pred_lat,
-                          "measured_ms": c.measured.latency_ms, "measured_p99_ms": c.measured.latency_p99_ms,
-                          "feasible": not violations(c.measured, budgets)})
-            if progress:
-                progress(f"measured {c.id}: {c.measured.latency_ms:.3f} ms (predicted {pred_lat:.3f})")
-            if refit:
-                cm.observe(c.kernels, m, label=c.id, source=f"select:{m.target}")
-                cm.fit(folds=0, update_error=False)
-            _apply_corrections(candidates)
-            for u in candidates:
-                if u.measured is None:
-                    u.predicted = predict_costs(u, cm, budgets)
+            loop.measure(max(pool, key=lambda c: (c.accuracy, -_worst_ratio(c.costs, budgets))))
         else:
-            notes.append(f"stopped at --max-measurements {max_measurements}; unmeasured candidates may be better.")
-    usable = [c for c in candidates if c.id not in failed]
-    if measure is not None:
-        feasible = [c for c in usable if c.measured is not None and not violations(c.measured, budgets)]
-        basis = "measured"
-    else:
-        feasible = [c for c in usable if not violations(c.costs, budgets)]
-        basis = "predicted"
-    res = SelectionResult(None, basis, candidates, budgets, n, cm.calibrated, cm.rel_error, trace, notes)
+            loop.notes.append(
+                f"stopped at --max-measurements {max_measurements}; unmeasured candidates may be better."
+            )
+    usable = [c for c in candidates if c.id not in loop.failed]
+    basis = "measured" if measure is not None else "predicted"
+    feasible = [c for c in usable if c.costs.basis == basis and not violations(c.costs, budgets)]
+    if (
+        not feasible
+        and measure is not None
+        and usable
+        and (max_measurements is None or loop.n < max_measurements)
+    ):
+        # nothing can meet the budgets: measure the closest candidate so the error states a measured number
+        closest = min(usable, key=lambda c: _worst_ratio(c.costs, budgets))
+        if closest.measured is None:
+            loop.measure(closest)
+    res = SelectionResult(
+        None, basis, candidates, budgets, loop.n, cm.calibrated, cm.rel_error, loop.trace, loop.notes
+    )
     if not feasible:
+        usable = [c for c in candidates if c.id not in loop.failed]
         raise BudgetError(_no_feasible_message(usable or candidates, budgets, basis))
     res.chosen = max(feasible, key=lambda c: (c.accuracy, -c.costs.latency_ms))
     return res
+
+
+class _Loop:
+    """One on-target measurement with its feedback: the cost model is refitted on all observations,
+    every prediction refreshed, and what the refit still misses on measured siblings carried over."""
+
+    def __init__(
+        self,
+        cands: list[Candidate],
+        budgets: dict[str, float],
+        cm: CostModel,
+        fn: Callable[[Candidate], Measurement] | None,
+        refit: bool,
+        progress: Callable[[str], None] | None,
+    ) -> None:
+        self.cands, self.budgets, self.cm, self.fn = cands, budgets, cm, fn
+        self.refit, self.progress = refit, progress
+        self.n = 0
+        self.failed: set[str] = set()
+        self.trace: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+
+    def measure(self, c: Candidate) -> None:
+        assert self.fn is not None
+        m = self.fn(c)
+        self.n += 1
+        if not m.ok or m.stats is None:
+            self.failed.add(c.id)
+            c.notes.append(f"measurement failed: {m.error}")
+            self.trace.append({"id": c.id, "ok": False, "error": m.error})
+            return
+        cm, budgets = self.cm, self.budgets
+        c.measured = measured_costs(c, m, cm, budgets)
+        c.measurement = {
+            "median_ms": m.stats.median_ms,
+            "p99_ms": m.stats.p99_ms,
+            "count": m.stats.count,
+            "peak_rss_bytes": m.peak_rss_bytes,
+            "target": m.target,
+        }
+        pred_lat = c.predicted.latency_ms if c.predicted else float("nan")
+        self.trace.append(
+            {
+                "id": c.id,
+                "ok": True,
+                "accuracy": c.accuracy,
+                "predicted_ms": pred_lat,
+                "measured_ms": c.measured.latency_ms,
+                "measured_p99_ms": c.measured.latency_p99_ms,
+                "feasible": not violations(c.measured, budgets),
+            }
+        )
+        if self.progress:
+            self.progress(f"measured {c.id}: {c.measured.latency_ms:.3f} ms (predicted {pred_lat:.3f})")
+        if self.refit:
+            cm.observe(c.kernels, m, label=c.id, source=f"select:{m.target}")
+            cm.fit(folds=0, update_error=False)
+        for u in self.cands:  # the refitted model's own predictions, measured ones included
+            u.prediction = cm.predict_from_kernels(u.kernels)
+        _apply_corrections(self.cands)  # what it still gets wrong on measured siblings
+        for u in self.cands:
+            if u.measured is None:
+                u.predicted = predict_costs(u, cm, budgets, refresh=False)
 
 
 def _worst_ratio(costs: Costs, budgets: dict[str, float]) -> float:
@@ -397,7 +484,9 @@ def parse_models(text: str) -> list[tuple[str, float]]:
         try:
             width = float(w) if w else 1.0
         except ValueError:
-            raise UserError(f"model {part!r}: the width after '@' must be a number (e.g. resnet@0.5).") from None
+            raise UserError(
+                f"model {part!r}: the width after '@' must be a number (e.g. resnet@0.5)."
+            ) from None
         out.append((name, width))
     if not out:
         raise UserError("no model given (e.g. lenet5 or lenet5,resnet@0.5).")
@@ -418,8 +507,14 @@ def _supports(profile: DeviceProfile, bits: int) -> bool:
     return all(bits in profile.weight_bits(k) for k in ("conv", "linear"))
 
 
-def _variants(zm: Any, graph: Any, prune_ratios: tuple[float, ...], ranks: tuple[float, ...],
-              notes: list[str], finetune_epochs: int = 3) -> list[Variant]:
+def _variants(
+    zm: Any,
+    graph: Any,
+    prune_ratios: tuple[float, ...],
+    ranks: tuple[float, ...],
+    notes: list[str],
+    finetune_epochs: int = 3,
+) -> list[Variant]:
     """The float model plus L1-pruned (fine-tuned) and low-rank factorized variants."""
     from edge_compress.graph import extract_graph
 
@@ -431,7 +526,9 @@ def _variants(zm: Any, graph: Any, prune_ratios: tuple[float, ...], ranks: tuple
 
             res = l1_prune(zm.model, graph, r, ds.x_train, ds.y_train, finetune_epochs=finetune_epochs)
         except Exception as e:  # noqa: BLE001 - one failing variant must not stop the sweep
-            notes.append(f"{zm.name}: L1 pruning to {r:g} of the FLOPs skipped ({type(e).__name__}: {str(e)[:120]}).")
+            notes.append(
+                f"{zm.name}: L1 pruning to {r:g} of the FLOPs skipped ({type(e).__name__}: {str(e)[:120]})."
+            )
             continue
         m = res.model.eval()
         out.append(Variant(f"l1prune{r:g}", m, extract_graph(m, zm.example_input()), "; ".join(res.notes)))
@@ -444,14 +541,23 @@ def _variants(zm: Any, graph: Any, prune_ratios: tuple[float, ...], ranks: tuple
                 raise ValueError("no layer is worth factorizing")
             m = factorize_model(zm.model, graph, rk).eval()
         except Exception as e:  # noqa: BLE001
-            notes.append(f"{zm.name}: factorization to {r:g} of the FLOPs skipped ({type(e).__name__}: {str(e)[:120]}).")
+            notes.append(
+                f"{zm.name}: factorization to {r:g} of the FLOPs skipped ({type(e).__name__}: {str(e)[:120]})."
+            )
             continue
         out.append(Variant(f"lowrank{r:g}", m, extract_graph(m, zm.example_input())))
     return out
 
 
-def _plans(variant: Variant, zm: Any, profile: DeviceProfile, alphas: tuple[float, ...], calib: Any,
-           notes: list[str]) -> list[tuple[str, Any]]:
+def _plans(
+    variant: Variant,
+    zm: Any,
+    profile: DeviceProfile,
+    alphas: tuple[float, ...],
+    calib: Any,
+    notes: list[str],
+    planner_options: dict[str, Any] | None = None,
+) -> list[tuple[str, Any]]:
     from edge_compress.plan import CompressionPlan
 
     g = variant.graph
@@ -463,20 +569,34 @@ def _plans(variant: Variant, zm: Any, profile: DeviceProfile, alphas: tuple[floa
     if not alphas:
         return plans
     try:
-        from edge_compress.quant.planner import plan_model
+        from edge_compress.quant.planner import Planner
     except ImportError:
         if not any("planner" in n for n in notes):
             notes.append("mixed-precision candidates skipped: edge_compress.quant.planner is not available.")
         return plans
     ds = zm.dataset
+    try:  # one analysis (sensitivities, noise model) serves every precision budget
+        planner = Planner(
+            variant.model,
+            g,
+            profile,
+            calib,
+            eval_x=ds.x_val,
+            eval_y=ds.y_val,
+            model_name=zm.name,
+            **(planner_options or {}),
+        )
+    except Exception as e:  # noqa: BLE001 - report and keep sweeping
+        notes.append(f"{zm.name}: the mixed-precision planner failed ({type(e).__name__}: {str(e)[:120]}).")
+        return plans
     for a in alphas:
         try:
-            p = plan_model(variant.model, g, profile, calib, eval_x=ds.x_val, eval_y=ds.y_val, alpha=a,
-                           model_name=zm.name)
-        except Exception as e:  # noqa: BLE001 - report and keep sweeping
-            notes.append(f"{zm.name}{'/' + variant.label if variant.label else ''}: plan_model(alpha={a:g}) "
-                         f"failed ({type(e).__name__}: {str(e)[:120]}).")
+            p = planner.plan(None, alpha=a)
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"{zm.name}: plan(alpha={a:g}) failed ({type(e).__name__}: {str(e)[:120]}).")
             continue
+        if any(p.digest() == q.digest() for _, q in plans if q is not None):
+            continue  # the same bits as a plan already in the list
         plans.append((f"mixed-a{a:g}", p))
     return plans
 
@@ -490,6 +610,7 @@ def generate_candidates(
     ranks: tuple[float, ...] = (0.6,),
     mixed_on_variants: bool = False,
     finetune_epochs: int = 3,
+    planner_options: dict[str, Any] | None = None,
     calib_n: int = 256,
     notes: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
@@ -511,29 +632,49 @@ def generate_candidates(
         calib = zm.calibration(calib_n)
         for v in _variants(zm, graph, prune_ratios, ranks, notes, finetune_epochs):
             fc = float_compute_layers(v.graph) if project_exporter_available() else set()
-            for tech, plan in _plans(v, zm, profile, alphas if (mixed_on_variants or not v.label) else (), calib, notes):
+            mixed = alphas if (mixed_on_variants or not v.label) else ()
+            for tech, plan in _plans(v, zm, profile, mixed, calib, notes, planner_options):
                 if plan is None:
                     acc = zm.evaluate(v.model)
                 else:
                     sim, _ = quantize_plan(v.model, plan, calib)
                     acc = zm.evaluate(sim)
                 cid = "/".join(x for x in (label, v.label, tech) if x)
-                out.append(Candidate(
-                    cid, label, "+".join(x for x in (v.label, tech) if x), 100.0 * acc, kernels_of(v.graph, plan, fc if plan is not None else set()),
-                    macs=v.graph.total_macs, base_macs=graph.total_macs,
-                    build=lambda m=v.model, p=plan: (m, p), calib_x=calib,
-                    plan_json=None if plan is None else plan.to_json(),
-                ))
+                out.append(
+                    Candidate(
+                        cid,
+                        label,
+                        "+".join(x for x in (v.label, tech) if x),
+                        100.0 * acc,
+                        kernels_of(v.graph, plan, fc if plan is not None else set()),
+                        macs=v.graph.total_macs,
+                        base_macs=graph.total_macs,
+                        build=lambda m=v.model, p=plan: (m, p),
+                        calib_x=calib,
+                        plan_json=None if plan is None else plan.to_json(),
+                    )
+                )
                 if progress:
                     progress(f"candidate {cid}: accuracy {100 * acc:.2f}%")
     return out
 
 
 def runner_measure(
-    runner: Any, workdir: Any, profile: str, *, threads: int = 1, min_count: int = 200,
-    min_duration_s: float = 1.0, warmup: int = 20, notes: list[str] | None = None,
+    runner: Any,
+    workdir: Any,
+    profile: str,
+    *,
+    threads: int = 1,
+    min_count: int = 200,
+    min_duration_s: float = 1.0,
+    warmup: int = 20,
+    notes: list[str] | None = None,
+    use_project_exporter: bool = True,
 ) -> Callable[[Candidate], Measurement]:
-    """A ``measure`` function for :func:`select`: export the candidate (once) and run it on the target."""
+    """A ``measure`` function for :func:`select`: export the candidate (once) and run it on the target.
+
+    ``use_project_exporter=False`` exports with the quick fallback (tests; say so in ``notes``).
+    """
     from pathlib import Path
 
     from edge_compress.costmodel_export import FALLBACK, export_candidate
@@ -546,11 +687,18 @@ def runner_measure(
         model, plan = c.build() if c.build else (None, None)
         path = wd / (c.id.replace("/", "__").replace("@", "_w") + ".onnx")
         if not path.exists():
-            _, how = export_candidate(model, plan, c.calib_x, path)
+            _, how = export_candidate(model, plan, c.calib_x, path, use_project=use_project_exporter)
             if how == FALLBACK and notes is not None and FALLBACK not in notes:
                 notes.append(FALLBACK)
-        req = RunRequest(str(path), threads=threads, min_count=min_count, min_duration_s=min_duration_s,
-                         warmup=warmup, profile=profile, label=c.id)
+        req = RunRequest(
+            str(path),
+            threads=threads,
+            min_count=min_count,
+            min_duration_s=min_duration_s,
+            warmup=warmup,
+            profile=profile,
+            label=c.id,
+        )
         return runner.run(req)
 
     return measure
@@ -567,22 +715,44 @@ def pareto_plot(res: SelectionResult, path: Any, metric: str = "latency_ms") -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = {"latency_ms": "median latency (ms)", "latency_p99_ms": "p99 latency (ms)",
-              "energy_mj": "energy / inference (mJ)", "model_bytes": "model bytes"}
+    labels = {
+        "latency_ms": "median latency (ms)",
+        "latency_p99_ms": "p99 latency (ms)",
+        "energy_mj": "energy / inference (mJ)",
+        "model_bytes": "model bytes",
+    }
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for basis, marker in (("measured", "o"), ("predicted", "x")):
         cs = [c for c in res.candidates if c.costs.basis == basis]
-        ax.scatter([c.costs.metric(metric) for c in cs], [c.accuracy for c in cs], marker=marker,
-                   label=f"{basis} ({len(cs)})", alpha=0.8)
+        ax.scatter(
+            [c.costs.metric(metric) for c in cs],
+            [c.accuracy for c in cs],
+            marker=marker,
+            label=f"{basis} ({len(cs)})",
+            alpha=0.8,
+        )
     front = res.pareto(metric)
-    ax.step([c.costs.metric(metric) for c in front], [c.accuracy for c in front], where="post", color="k",
-            lw=1, label="Pareto front")
+    ax.step(
+        [c.costs.metric(metric) for c in front],
+        [c.accuracy for c in front],
+        where="post",
+        color="k",
+        lw=1,
+        label="Pareto front",
+    )
     for b, limit in res.budgets.items():
         if b in BUDGET_METRICS and BUDGET_METRICS[b][0] == metric:
             ax.axvline(limit / BUDGET_METRICS[b][2], color="r", ls="--", label=f"budget {b}")
     if res.chosen is not None:
-        ax.scatter([res.chosen.costs.metric(metric)], [res.chosen.accuracy], s=160, facecolors="none",
-                   edgecolors="g", lw=2, label=f"chosen: {res.chosen.id}")
+        ax.scatter(
+            [res.chosen.costs.metric(metric)],
+            [res.chosen.accuracy],
+            s=160,
+            facecolors="none",
+            edgecolors="g",
+            lw=2,
+            label=f"chosen: {res.chosen.id}",
+        )
     ax.set_xlabel(labels.get(metric, metric))
     ax.set_ylabel("accuracy (%, simulated)")
     ax.legend(fontsize=7)

@@ -76,19 +76,31 @@ def random_spec(rng: random.Random) -> dict[str, Any]:
         stride = 2 if s >= 8 and rng.random() < 0.4 else 1
         cout = c if kind == "dw" else rng.choice([4, 8, 12, 16, 24, 32, 48, 64, 96])
         pool = s // stride >= 8 and rng.random() < 0.25
-        blocks.append({"kind": kind, "k": k, "stride": stride, "cout": cout, "bn": rng.random() < 0.5, "pool": pool})
+        blocks.append(
+            {"kind": kind, "k": k, "stride": stride, "cout": cout, "bn": rng.random() < 0.5, "pool": pool}
+        )
         c = cout
         s = s // stride // (2 if pool else 1)
     head = [rng.choice([16, 32, 64, 128, 256]) for _ in range(rng.randint(0, 2))]
     gap = rng.random() < 0.5 or c * s**dims > 4096
     prec = rng.choices(["fp32", "int8", "int4", "mixed"], [0.3, 0.3, 0.2, 0.2])[0]
-    return {"dims": dims, "cin": cin, "size": size, "layers": blocks, "head": head, "gap": gap, "precision": prec}
+    return {
+        "dims": dims,
+        "cin": cin,
+        "size": size,
+        "layers": blocks,
+        "head": head,
+        "gap": gap,
+        "precision": prec,
+    }
 
 
 def _ops(dims: int) -> tuple[Any, Any, Any]:
     from torch import nn
 
-    return (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d) if dims == 1 else (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d)
+    return (
+        (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d) if dims == 1 else (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d)
+    )
 
 
 def _blocks() -> tuple[type, type]:
@@ -204,13 +216,33 @@ def make_dataset(n: int, workdir: Path, seed: int, log: Any) -> list[dict[str, A
         plan = plan_for(graph, spec["precision"], rng)
         calib = torch.randn(16, *x.shape[1:]).numpy()
         path = workdir / f"rand{len(recs):03d}.onnx"
-        _, how = export_candidate(model, plan, calib, path)
+        _, how = export_candidate(model, plan, calib, path, use_project=False)
         ks = kernels_of(graph, plan)
-        recs.append({"id": len(recs), "spec": spec, "path": str(path), "how": how,
-                     "kernels": [k.to_json() for k in ks], "macs": graph.total_macs})
+        recs.append(
+            {
+                "id": len(recs),
+                "spec": spec,
+                "path": str(path),
+                "how": how,
+                "kernels": [k.to_json() for k in ks],
+                "macs": graph.total_macs,
+            }
+        )
         if len(recs) % 20 == 0:
             log(f"  exported {len(recs)}/{n} ({time.monotonic() - t0:.0f} s)")
     return recs
+
+
+def empty_model(path: Path) -> Path:
+    """An Identity model: what one runtime call costs with nothing to compute."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "empty", [x], [y])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
 
 
 def pick_reference(recs: list[dict[str, Any]]) -> str:
@@ -223,12 +255,25 @@ def measure_dataset(recs: list[dict[str, Any]], rounds: int, per_round: int, log
     from edge_compress.costmodel import Kernel
     from edge_compress.costmodel_ort import attribute_to_kernels, profile_onnx, time_paired
 
+    global CALL_OVERHEAD_MS
     t0 = time.monotonic()
     ref = pick_reference(recs)
     load0 = loadavg()
-    timings, ref_med = time_paired([r["path"] for r in recs], ref, rounds=rounds, per_round=per_round)
-    info = {"rounds": rounds, "per_round": per_round, "reference": Path(ref).name, "reference_median_ms": ref_med,
-            "seconds": time.monotonic() - t0, "loadavg_before": load0, "loadavg_after": loadavg()}
+    empty = empty_model(Path(recs[0]["path"]).parent / "empty.onnx")
+    timings, ref_med = time_paired(
+        [r["path"] for r in recs] + [str(empty)], ref, rounds=rounds, per_round=per_round
+    )
+    CALL_OVERHEAD_MS = timings[str(empty)].ratio_median() * ref_med
+    info = {
+        "rounds": rounds,
+        "per_round": per_round,
+        "reference": Path(ref).name,
+        "reference_median_ms": ref_med,
+        "call_overhead_ms": CALL_OVERHEAD_MS,
+        "seconds": time.monotonic() - t0,
+        "loadavg_before": load0,
+        "loadavg_after": loadavg(),
+    }
     log(f"  timed {len(recs)} models x {rounds} rounds x {per_round} paired runs ({info['seconds']:.0f} s)")
     for r in recs:
         pt = timings[r["path"]]
@@ -258,7 +303,9 @@ def measure_dataset(recs: list[dict[str, Any]], rounds: int, per_round: int, log
 # predictor accuracy
 
 
-def split(recs: list[dict[str, Any]], frac: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def split(
+    recs: list[dict[str, Any]], frac: float, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     idx = list(range(len(recs)))
     random.Random(seed).shuffle(idx)
     k = int(round(frac * len(recs)))
@@ -267,24 +314,42 @@ def split(recs: list[dict[str, Any]], frac: float, seed: int) -> tuple[list[dict
 
 def scores(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
     rel = np.abs(pred / meas - 1.0)
-    return {"within10_pct": float(100 * np.mean(rel <= 0.10)), "mape_pct": float(100 * np.mean(rel)),
-            "within20_pct": float(100 * np.mean(rel <= 0.20)), "max_err_pct": float(100 * rel.max())}
+    return {
+        "within10_pct": float(100 * np.mean(rel <= 0.10)),
+        "mape_pct": float(100 * np.mean(rel)),
+        "within20_pct": float(100 * np.mean(rel <= 0.20)),
+        "max_err_pct": float(100 * rel.max()),
+    }
+
+
+# The planner's cheaper settings (noise-model sensitivities, fewer draws): minutes saved per model.
+PLANNER_FAST = {"method": "noise", "noise_draws": 2, "noise_samples": 32, "fit_plans": 2}
+CALL_OVERHEAD_MS: float | None = None  # latency of an empty model, measured with the dataset
 
 
 def fit_model(train: list[dict[str, Any]], profile: Any, kernel_rows: bool = True) -> Any:
     from edge_compress.costmodel import CostModel, Kernel
 
     cm = CostModel(profile, target="local")
+    if CALL_OVERHEAD_MS is not None:
+        cm.fit_info["call_overhead_ms"] = CALL_OVERHEAD_MS
     for r in train:
         ks = [Kernel.from_json(k) for k in r["kernels"]]
-        cm.observe(ks, latency_ms=r["latency_ms"], p99_ms=r["p99_ms"],
-                   kernel_ms=r.get("kernel_ms") if kernel_rows else None, label=f"rand{r['id']}", source="bench")
+        cm.observe(
+            ks,
+            latency_ms=r["latency_ms"],
+            p99_ms=r["p99_ms"],
+            kernel_ms=r.get("kernel_ms") if kernel_rows else None,
+            label=f"rand{r['id']}",
+            source="bench",
+        )
     cm.fit()
     return cm
 
 
-def evaluate_predictor(recs: list[dict[str, Any]], profile: Any, frac: float = 0.7, seed: int = 0,
-                       kernel_rows: bool = True) -> dict[str, Any]:
+def evaluate_predictor(
+    recs: list[dict[str, Any]], profile: Any, frac: float = 0.7, seed: int = 0, kernel_rows: bool = True
+) -> dict[str, Any]:
     from edge_compress.costmodel import Kernel
 
     train, test = split(recs, frac, seed)
@@ -305,11 +370,331 @@ def evaluate_predictor(recs: list[dict[str, Any]], profile: Any, frac: float = 0
     b = scores(base, meas)
     noise = [abs(r["odd_even_ms"][0] / r["odd_even_ms"][1] - 1) for r in test]
     return {
-        "train": len(train), "test": len(test), **s,
-        "baseline_within10_pct": b["within10_pct"], "baseline_mape_pct": b["mape_pct"],
+        "train": len(train),
+        "test": len(test),
+        **s,
+        "baseline_within10_pct": b["within10_pct"],
+        "baseline_mape_pct": b["mape_pct"],
         "roofline_uncalibrated": scores(pr, meas),
-        "measurement_noise_pct": {"odd_vs_even_rounds_mean": float(100 * np.mean(noise)),
-                                  "odd_vs_even_rounds_p90": float(100 * np.percentile(noise, 90))},
-        "fit": cm.fit_info, "model": cm,
-        "errors": [(r["id"], r["spec"]["precision"], float(m), float(p)) for r, m, p in zip(test, meas, pred)],
+        "measurement_noise_pct": {
+            "odd_vs_even_rounds_mean": float(100 * np.mean(noise)),
+            "odd_vs_even_rounds_p90": float(100 * np.percentile(noise, 90)),
+        },
+        "fit": cm.fit_info,
+        "model": cm,
+        "errors": [
+            (r["id"], r["spec"]["precision"], float(m), float(p))
+            for r, m, p in zip(test, meas, pred, strict=True)
+        ],
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# selection
+
+
+def replay_measurement(path: str, median_ms: float, samples: np.ndarray) -> Any:
+    """A runner Measurement rebuilt from the exhaustive measurement of a candidate (a replay)."""
+    from runners.base import LatencyStats, Measurement
+
+    st = LatencyStats(
+        count=len(samples),
+        mean_ms=float(samples.mean()),
+        median_ms=float(median_ms),
+        p90_ms=float(np.percentile(samples, 90)),
+        p99_ms=float(np.percentile(samples, 99)),
+        std_ms=float(samples.std()),
+        min_ms=float(samples.min()),
+        max_ms=float(samples.max()),
+        median_ci95_ms=(float(median_ms), float(median_ms)),
+    )
+    return Measurement(
+        target="local",
+        model_path=path,
+        ok=True,
+        stats=st,
+        latency_ms=[],
+        runtime="onnxruntime",
+        extra={"replay": "exhaustive paired measurement"},
+    )
+
+
+def prepare_zoo(name: str, workdir: str, gen_kw: dict[str, Any], project_export: bool) -> dict[str, Any]:
+    """Candidates of one zoo model, exported; runs in a worker process while part 1 measures."""
+    import torch
+
+    from edge_compress.costmodel_export import export_candidate
+    from edge_compress.profiles import load_profile
+    from edge_compress.selection import generate_candidates
+
+    torch.set_num_threads(1)
+    t0 = time.monotonic()
+    notes: list[str] = []
+    cands = generate_candidates(name, load_profile("host"), notes=notes, **gen_kw)
+    t_gen = time.monotonic() - t0
+    t0 = time.monotonic()
+    rows = []
+    how = ""
+    for c in cands:
+        model, plan = c.build()  # type: ignore[misc]
+        p = Path(workdir) / (c.id.replace("/", "__").replace("@", "_w") + ".onnx")
+        _, how = export_candidate(model, plan, c.calib_x, p, use_project=project_export)
+        rows.append(
+            {
+                "id": c.id,
+                "model_name": c.model_name,
+                "technique": c.technique,
+                "accuracy": c.accuracy,
+                "kernels": [k.to_json() for k in c.kernels],
+                "macs": c.macs,
+                "base_macs": c.base_macs,
+                "path": str(p),
+            }
+        )
+    return {
+        "name": name,
+        "rows": rows,
+        "notes": notes,
+        "export": how,
+        "seconds": {"candidates": t_gen, "export": time.monotonic() - t0},
+    }
+
+
+def bench_select(
+    prep: dict[str, Any], device_cm: Any, reference: str, rounds: int, log: Any
+) -> dict[str, Any]:
+    import copy
+
+    from edge_compress.costmodel import Kernel
+    from edge_compress.costmodel_ort import time_paired
+    from edge_compress.selection import Candidate, select
+
+    name = prep["name"]
+    cands = [
+        Candidate(
+            r["id"],
+            r["model_name"],
+            r["technique"],
+            r["accuracy"],
+            [Kernel.from_json(k) for k in r["kernels"]],
+            macs=r["macs"],
+            base_macs=r["base_macs"],
+        )
+        for r in prep["rows"]
+    ]
+    paths = {r["id"]: r["path"] for r in prep["rows"]}
+    t0 = time.monotonic()
+    timings, ref_med = time_paired(list(paths.values()), reference, rounds=rounds, per_round=8)
+    t_meas = time.monotonic() - t0
+    truth = {}
+    for c in cands:
+        pt = timings[paths[c.id]]
+        truth[c.id] = (pt.ratio_median() * ref_med, np.asarray(pt.samples_ms))
+    lats = sorted(v[0] for v in truth.values())
+    fastest, median = lats[0], float(np.median(lats))
+    budget = float(np.sqrt(fastest * median))  # tight: between the fastest and the median candidate
+    feasible = [c for c in cands if truth[c.id][0] <= budget]
+    best = max(feasible, key=lambda c: c.accuracy)
+    cm = copy.deepcopy(device_cm)
+    res = select(
+        cands, {"latency_median_ms": budget}, cm, lambda c: replay_measurement(paths[c.id], *truth[c.id])
+    )
+    chosen = res.chosen
+    assert chosen is not None
+    regret = best.accuracy - chosen.accuracy
+    first_pred = {t["id"]: t["predicted_ms"] for t in res.trace if t.get("ok")}
+    log(
+        f"  {name}: {len(cands)} candidates, budget {budget:.4f} ms; chosen {chosen.id} ({chosen.accuracy:.2f}%), "
+        f"best feasible {best.id} ({best.accuracy:.2f}%), regret {regret:.2f} pp, {res.measurements} measurements"
+    )
+    return {
+        "model": name,
+        "candidates": len(cands),
+        "budget_latency_median_ms": budget,
+        "fastest_ms": fastest,
+        "median_candidate_ms": median,
+        "chosen": chosen.id,
+        "chosen_accuracy_pct": chosen.accuracy,
+        "chosen_measured_ms": truth[chosen.id][0],
+        "chosen_feasible_in_exhaustive": truth[chosen.id][0] <= budget,
+        "best_feasible": best.id,
+        "best_feasible_accuracy_pct": best.accuracy,
+        "select_regret_pp": regret,
+        "measurements": res.measurements,
+        "exhaustive_measurements": len(cands),
+        "measured_fraction": res.measurements / len(cands),
+        "trace": res.trace,
+        "notes": prep["notes"] + res.notes,
+        "export": prep["export"],
+        "table": [
+            {
+                "id": c.id,
+                "accuracy_pct": c.accuracy,
+                "measured_ms": truth[c.id][0],
+                "predicted_ms_when_measured": first_pred.get(c.id),
+                "predicted_ms_final": None if c.predicted is None else c.predicted.latency_ms,
+            }
+            for c in sorted(cands, key=lambda c: -c.accuracy)
+        ],
+        "seconds": {**prep["seconds"], "exhaustive_measurement": t_meas},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer models and rounds (a few minutes)")
+    ap.add_argument("--models", type=int, default=None, help="random architectures (default 150, quick 60)")
+    ap.add_argument(
+        "--rounds", type=int, default=None, help="interleaved timing rounds (default 50, quick 25)"
+    )
+    ap.add_argument(
+        "--zoo",
+        default=None,
+        help="zoo models for the selection part (default lenet5,conv1d,resnet,mobilenetv2)",
+    )
+    ap.add_argument("--seed", type=int, default=2024)
+    ap.add_argument(
+        "--project-export",
+        action="store_true",
+        help="export candidates with edge_compress.export.onnx (the product path; ~10-20 s per file here)",
+    )
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    import tempfile
+
+    from edge_compress.profiles import load_profile
+
+    n = args.models or (60 if args.quick else 150)
+    rounds = args.rounds or (25 if args.quick else 50)
+    zoo = (args.zoo or ("lenet5,conv1d" if args.quick else "lenet5,conv1d,resnet,mobilenetv2")).split(",")
+    profile = load_profile("host")
+    t_start = time.monotonic()
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    out: dict[str, Any] = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_start": loadavg(),
+        },
+        "settings": {
+            "quick": args.quick,
+            "models": n,
+            "rounds": rounds,
+            "seed": args.seed,
+            "profile": profile.name,
+            "runtime": "onnxruntime (CPU EP, 1 thread, sequential), batch 1, in-process",
+        },
+    }
+    import onnxruntime
+
+    out["machine"]["onnxruntime"] = onnxruntime.__version__
+    gen_kw: dict[str, Any] = {
+        "alphas": (0.25, 0.5, 0.75),
+        "prune_ratios": (0.5,),
+        "ranks": (0.6,),
+        "finetune_epochs": 1,
+        "calib_n": 128,
+    }
+    if args.quick:
+        gen_kw = {
+            "alphas": (0.5,),
+            "prune_ratios": (),
+            "ranks": (0.6,),
+            "calib_n": 64,
+            "planner_options": PLANNER_FAST,
+        }
+    from concurrent.futures import ProcessPoolExecutor
+
+    with tempfile.TemporaryDirectory(prefix="bench-costmodel-") as tmp, ProcessPoolExecutor(1) as pool:
+        work = Path(tmp)
+        (work / "zoo").mkdir()
+        log(f"[0/3] preparing zoo candidates for {', '.join(zoo)} in a worker process")
+        futures = [pool.submit(prepare_zoo, z, str(work / "zoo"), gen_kw, args.project_export) for z in zoo]
+        log(f"[1/3] exporting {n} random architectures x plans")
+        t0 = time.monotonic()
+        recs = make_dataset(n, work, args.seed, log)
+        t_export = time.monotonic() - t0
+        log("[2/3] timing (paired, interleaved) and profiling them")
+        minfo = measure_dataset(recs, rounds, 8, log)
+        ev = evaluate_predictor(recs, profile, 0.7, args.seed)
+        ev.pop("model")
+        errors = ev.pop("errors")
+        from collections import Counter
+
+        out["predictor"] = {
+            **{
+                k: ev[k]
+                for k in (
+                    "within10_pct",
+                    "mape_pct",
+                    "within20_pct",
+                    "max_err_pct",
+                    "baseline_within10_pct",
+                    "baseline_mape_pct",
+                    "train",
+                    "test",
+                )
+            },
+            "roofline_uncalibrated": ev["roofline_uncalibrated"],
+            "measurement_noise_pct": ev["measurement_noise_pct"],
+            "fit": ev["fit"],
+            "dataset": {
+                "models": len(recs),
+                "precisions": dict(Counter(r["spec"]["precision"] for r in recs)),
+                "latency_ms_range": [min(r["latency_ms"] for r in recs), max(r["latency_ms"] for r in recs)],
+                "macs_range": [min(r["macs"] for r in recs), max(r["macs"] for r in recs)],
+                "export": recs[0]["how"],
+                "export_seconds": t_export,
+            },
+            "measurement": minfo,
+            "heldout_errors": [
+                {"id": i, "precision": p, "measured_ms": m, "predicted_ms": q} for i, p, m, q in errors
+            ],
+        }
+        log(
+            f"  held-out: {ev['within10_pct']:.1f}% within +-10%, MAPE {ev['mape_pct']:.1f}% "
+            f"(FLOPs baseline {ev['baseline_within10_pct']:.1f}%, {ev['baseline_mape_pct']:.1f}%)"
+        )
+        device_cm = fit_model(recs, profile)  # the calibrated device model selection starts from
+        log("[3/3] selection on zoo models (exhaustive measurement as ground truth)")
+        ref = pick_reference(recs)
+        sel = []
+        for f in futures:
+            prep = f.result()
+            log(f"  {prep['name']}: {len(prep['rows'])} candidates prepared ({prep['seconds']})")
+            sel.append(bench_select(prep, device_cm, ref, rounds, log))
+        out["select"] = {
+            "models": sel,
+            "select_regret_pp": max(s["select_regret_pp"] for s in sel),
+            "mean_regret_pp": float(np.mean([s["select_regret_pp"] for s in sel])),
+            "measurements": int(sum(s["measurements"] for s in sel)),
+            "exhaustive_measurements": int(sum(s["exhaustive_measurements"] for s in sel)),
+            "protocol": "ground truth = every candidate measured (paired, interleaved, in-process onnxruntime); "
+            "select runs its loop on that table (each 'measurement' it asks for is a replay of the "
+            "candidate's row, counted); budget latency_median between the fastest and the median candidate",
+            "export": "project exporter"
+            if args.project_export
+            else "fallback exporter (torch.onnx.export + quantize_static) for speed; the CLI uses edge_compress.export.onnx",
+        }
+        out["select"]["measured_fraction"] = (
+            out["select"]["measurements"] / out["select"]["exhaustive_measurements"]
+        )
+    out["targets"] = {
+        "within10_pct>=90": out["predictor"]["within10_pct"] >= 90,
+        "select_regret_pp<=0.5": out["select"]["select_regret_pp"] <= 0.5,
+        "measurements<=25%_of_exhaustive": out["select"]["measured_fraction"] <= 0.25,
+    }
+    out["machine"]["loadavg_end"] = loadavg()
+    out["seconds_total"] = time.monotonic() - t_start
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    log(f"wrote {args.out} in {out['seconds_total']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -167,8 +167,10 @@ def bench_prune(models: list[str], budgets: list[float], quick: bool, repeats: i
             pruned[f"{key}/group_lasso"], pruned[f"{key}/l1"] = gl.model, l1.model
             entry["prune"][key] = row
         t = time.time()
-        lat = latency_ratios(z.model, pruned, z.example_input(1), repeats)
+        control = copy.deepcopy(z.model)  # an identical model: its ratio shows the measurement's noise
+        lat = latency_ratios(z.model, {**pruned, "control": control}, z.example_input(1), repeats)
         entry["latency_base_s"] = lat["base_s"]
+        entry["latency_control_ratio"] = lat["control"]["latency_ratio"]
         entry["latency_method"] = (
             f"onnxruntime fp32, batch 1, 1 thread, interleaved, median of {repeats} repeats"
         )

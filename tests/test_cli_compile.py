@@ -19,8 +19,19 @@ def test_compile_json_then_cached_then_inspect(tmp_path, capsys):
     spec = resolve_model("lenet5")
     plan = CompressionPlan.uniform(extract_graph(spec.model, spec.example_input(2)), "lenet5", "host", 8, 8)
     plan.save(tmp_path / "plan.json")
-    args = ["compile", "lenet5", "--profile", "host", "--plan", str(tmp_path / "plan.json"), "--format", "onnx",
-            "--out", str(tmp_path / "arts"), "--json"]
+    args = [
+        "compile",
+        "lenet5",
+        "--profile",
+        "host",
+        "--plan",
+        str(tmp_path / "plan.json"),
+        "--format",
+        "onnx",
+        "--out",
+        str(tmp_path / "arts"),
+        "--json",
+    ]
     assert main(args) == 0
     first = json.loads(capsys.readouterr().out)
     assert first["cached"] is False

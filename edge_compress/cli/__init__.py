@@ -25,9 +25,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _load_commands()
     try:
-        # standalone mode: click itself reports usage mistakes (missing argument, unknown option)
-        # in one line and exits 2; our own UserError is expected and reported the same way.
-        app(args=argv, prog_name="edge-compress")
+        rc = app(args=argv, prog_name="edge-compress", standalone_mode=False)
     except UserError as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         return e.exit_code
@@ -38,7 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")
         return 130
-    return 0
+    except Exception as e:
+        # click usage errors (typer bundles its own click: match by behaviour, not by class)
+        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
+            e.show()
+            return int(e.exit_code)
+        if type(e).__name__ == "Abort":
+            return 1
+        raise
+    return rc if isinstance(rc, int) else 0
 
 
 def run() -> None:

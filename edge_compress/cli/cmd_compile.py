@@ -52,6 +52,9 @@ def compile_cmd(
         None, "--data", help="digits | mnist1d | PATH.npz (x/y train, val, test)."
     ),
     plan_path: Path | None = typer.Option(None, "--plan", help="Use this plan.json instead of planning."),
+    keep_float: list[str] = typer.Option(
+        None, "--keep-float", help="ONNX node to leave unquantized (existing .onnx models; repeatable)."
+    ),
     profiles_dir: list[Path] = typer.Option(
         None, "--profiles-dir", help="Extra profile directory (repeatable)."
     ),
@@ -81,6 +84,7 @@ def compile_cmd(
             parity_gate=not no_parity_gate,
             force=force,
             plan=plan,
+            keep_float=keep_float or None,
         )
         emit_json(
             {
@@ -106,6 +110,7 @@ def compile_cmd(
             parity_gate=not no_parity_gate,
             force=force,
             plan=plan,
+            keep_float=keep_float or None,
             progress=lambda stage: status.update(f"{spec.name}: {stage}"),
         )
     print_summary(art.manifest, art.path, cached=art.cached)

@@ -15,6 +15,23 @@ import typer
 from edge_compress.cli.app import JsonOpt, app, console, emit_json, err_console
 
 
+def _ratios(text: str, opt: str, allow_zero: bool = False) -> tuple[float, ...]:
+    from edge_compress.errors import UserError
+
+    out = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        try:
+            v = float(part)
+        except ValueError:
+            raise UserError(f"{opt} {text!r}: expected comma-separated numbers in (0, 1].") from None
+        if not (0.0 <= v <= 1.0) or (v == 0.0 and not allow_zero):
+            raise UserError(f"{opt}: {v:g} is not a ratio in {'[0' if allow_zero else '(0'}, 1].")
+        out.append(v)
+    return tuple(out)
+
+
 def _fmt(v: float | None, unit: str = "") -> str:
     if v is None:
         return "-"
@@ -27,16 +44,31 @@ def _fmt(v: float | None, unit: str = "") -> str:
 def select_cmd(
     models: str = typer.Argument(..., help="zoo model(s), comma separated; NAME@WIDTH for a width variant"),
     profile: str = typer.Option(..., "--profile", help="device profile name (or YAML path)"),
-    target: str | None = typer.Option(None, "--target", help="inventory target to measure on (omit: predict only)"),
-    inventory: Path | None = typer.Option(None, "--inventory", help="inventory YAML (default: the usual search)"),
+    target: str | None = typer.Option(
+        None, "--target", help="inventory target to measure on (omit: predict only)"
+    ),
+    inventory: Path | None = typer.Option(
+        None, "--inventory", help="inventory YAML (default: the usual search)"
+    ),
     budget: str | None = typer.Option(
-        None, "--budget", help="e.g. latency_p99=15ms,energy=5mJ,power=2W@10Hz (latency_median=... too); "
-        "overrides the profile's budgets"
+        None,
+        "--budget",
+        help="e.g. latency_p99=15ms,energy=5mJ,power=2W@10Hz (latency_median=... too); "
+        "overrides the profile's budgets",
     ),
     max_measurements: int | None = typer.Option(None, "--max-measurements", min=1, help="cap on-target runs"),
     plot: Path | None = typer.Option(None, "--plot", help="write the Pareto plot (PNG) here"),
-    min_duration: float = typer.Option(1.0, "--min-duration", min=0.05, help="seconds of timed runs per measurement"),
+    min_duration: float = typer.Option(
+        1.0, "--min-duration", min=0.05, help="seconds of timed runs per measurement"
+    ),
     save: bool = typer.Option(True, "--save/--no-save", help="store the target's refined cost model"),
+    alphas: str = typer.Option(
+        "0.25,0.5,0.75",
+        "--alphas",
+        help="mixed-precision budgets between all-int4 and all-int8 ('' for none)",
+    ),
+    prune: str = typer.Option("0.7,0.5", "--prune", help="L1 pruning FLOPs ratios ('' for none)"),
+    ranks: str = typer.Option("0.6", "--ranks", help="low-rank factorization FLOPs ratios ('' for none)"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Choose the most accurate candidate that meets every budget (measured with --target)."""
@@ -44,13 +76,27 @@ def select_cmd(
 
     from edge_compress.costmodel_store import load_costmodel, save_costmodel
     from edge_compress.profiles import load_profile
-    from edge_compress.selection import generate_candidates, pareto_plot, parse_select_budget, runner_measure, select
+    from edge_compress.selection import (
+        generate_candidates,
+        pareto_plot,
+        parse_select_budget,
+        runner_measure,
+        select,
+    )
 
     prof = load_profile(profile)
     budgets = {**prof.budgets.active(), **parse_select_budget(budget)}
     notes: list[str] = []
     say = (lambda m: None) if as_json else (lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
-    cands = generate_candidates(models, prof, notes=notes, progress=say)
+    cands = generate_candidates(
+        models,
+        prof,
+        alphas=_ratios(alphas, "--alphas", allow_zero=True),
+        prune_ratios=_ratios(prune, "--prune"),
+        ranks=_ratios(ranks, "--ranks"),
+        notes=notes,
+        progress=say,
+    )
     cm = load_costmodel(target, prof)
     measure = None
     if target is not None:
@@ -83,7 +129,9 @@ def _print(res: Any, plot: Path | None) -> None:
     from rich.table import Table
 
     label = "measured" if res.basis == "measured" else "PREDICTED (no target given)"
-    t = Table(title=f"candidates ({label}; {res.measurements} on-target measurements of {len(res.candidates)})")
+    t = Table(
+        title=f"candidates ({label}; {res.measurements} on-target measurements of {len(res.candidates)})"
+    )
     for col in ("candidate", "acc %", "median", "p99", "energy", "bytes", "basis", "pareto", "status"):
         t.add_column(col)
     front = {c.id for c in res.pareto("latency_ms")}
@@ -92,8 +140,15 @@ def _print(res: Any, plot: Path | None) -> None:
         k = c.costs
         status = "[green]CHOSEN[/]" if c is res.chosen else rej.get(c.id, "")
         t.add_row(
-            c.id, f"{c.accuracy:.2f}", _fmt(k.latency_ms, " ms"), _fmt(k.latency_p99_ms, " ms"),
-            _fmt(k.energy_mj, " mJ"), _fmt(k.model_bytes, "B"), k.basis, "*" if c.id in front else "", status,
+            c.id,
+            f"{c.accuracy:.2f}",
+            _fmt(k.latency_ms, " ms"),
+            _fmt(k.latency_p99_ms, " ms"),
+            _fmt(k.energy_mj, " mJ"),
+            _fmt(k.model_bytes, "B"),
+            k.basis,
+            "*" if c.id in front else "",
+            status,
         )
     console.print(t)
     if res.chosen is not None:

@@ -27,6 +27,7 @@ predictions in our measurements; uint8 x uint8 kernels do not saturate and match
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -46,6 +47,12 @@ if TYPE_CHECKING:
     from edge_compress.quant.fakequant import ActQuant, LayerQuant
 
 OPSET = 21
+LATENCY_REASON = (
+    "latency: this first layer (a reduction of fewer than 32 inputs on a 1-channel input) runs as a float "
+    "convolution on its int weight grid with a float input; integer kernels are several times slower than "
+    "float ones for so small a reduction (onnxruntime uint8 convolution, XNNPACK int8 depthwise); "
+    "ONNX stores its grid values as float32 (a few hundred bytes) to avoid a DequantizeLinear per run"
+)
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 _SAME_GRID = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity"}
@@ -367,9 +374,7 @@ def export_onnx(
                     "qdq",
                     bits_label(d.weight_bits, d.act_bits),
                     bits_label(d.weight_bits, None),
-                    "float convolution on the weight grid with a float input: onnxruntime's uint8 convolution is several "
-                    "times slower than float for so small a reduction, and onnxruntime re-quantizes any float-weight "
-                    "convolution that reads a quantized input; the grid values are stored as float32",
+                    LATENCY_REASON,
                 )
             )
         elif lq.act is not None:
@@ -403,11 +408,11 @@ def export_onnx(
         dst = Path(tmp) / "qdq.onnx"
         onnx.save(model, str(src))
         batch = 1 if static_batch else 64
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # onnxruntime's quantizer logs advice through the root logger
+        log: list[str] = []
         try:
-            import logging
-
-            level = logging.getLogger().level
-            logging.getLogger().setLevel(logging.ERROR)
             with quiet() as log:
                 quantize_static(
                     str(src),
@@ -427,10 +432,11 @@ def export_onnx(
                 f"onnxruntime could not quantize the model ({type(e).__name__}: {detail[:240]})."
             ) from None
         finally:
-            logging.getLogger().setLevel(level)
+            root.setLevel(level)
         q = onnx.load(str(dst))
     float_inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     compute = _restore_float_bias(q, layers, float_inits)
+    _defer_first_quantize(q, layers, float_compute)
     clean_qdq(q, keep_names={ref.node: name for name, ref in layers.items()})
     onnx.checker.check_model(q)
     tmp_out = out_path.with_name(out_path.name + ".tmp")
@@ -535,6 +541,56 @@ def _restore_float_bias(
         if n.op_type == "DequantizeLinear" and not any(o in used for o in n.output):
             g.node.remove(n)
     return compute
+
+
+def _defer_first_quantize(q: onnx.ModelProto, layers: dict[str, OnnxLayer], float_compute: set[str]) -> None:
+    """In place, for float-compute layers: ``conv -> Q -> DQ -> MaxPool -> Q' -> DQ'`` with Q, Q' on
+    the same grid becomes ``conv -> Relu -> MaxPool -> Q' -> DQ'`` (the Relu only when the grid's
+    zero point is its minimum, i.e. the quantizer had absorbed a Relu into Q). Exact: quantizing is
+    monotone, so it commutes with max pooling, and a grid starting at 0 clips like a Relu. Lets the
+    runtime run the first block as fused float ops."""
+    from onnx import helper, numpy_helper
+
+    g = q.graph
+    inits = {i.name: i for i in g.initializer}
+    by_name = {n.name: n for n in g.node}
+
+    def users(t: str) -> list[Any]:
+        return [n for n in g.node if t in n.input]
+
+    for name in sorted(float_compute):
+        node = by_name.get(layers[name].node)
+        if node is None:
+            continue
+        u = users(node.output[0])
+        if len(u) != 1 or u[0].op_type != "QuantizeLinear":
+            continue
+        q1 = u[0]
+        u = users(q1.output[0])
+        if len(u) != 1 or u[0].op_type != "DequantizeLinear":
+            continue
+        dq1 = u[0]
+        u = users(dq1.output[0])
+        if len(u) != 1 or u[0].op_type != "MaxPool":
+            continue
+        pool = u[0]
+        u = users(pool.output[0])
+        if len(u) != 1 or u[0].op_type != "QuantizeLinear" or list(u[0].input[1:]) != list(q1.input[1:]):
+            continue
+        zp = inits.get(q1.input[2]) if len(q1.input) > 2 else None
+        zp_min = (
+            zp is not None and zp.data_type == 2 and int(numpy_helper.to_array(zp)) == 0
+        )  # uint8 zero point 0
+        src = node.output[0]
+        if zp_min:
+            relu_out = f"{name}.relu"
+            g.node.insert(
+                list(g.node).index(node) + 1, helper.make_node("Relu", [src], [relu_out], name=f"{name}.relu")
+            )
+            src = relu_out
+        pool.input[0] = src
+        g.node.remove(q1)
+        g.node.remove(dq1)
 
 
 def clean_qdq(model: onnx.ModelProto, keep_names: dict[str, str] | None = None) -> None:

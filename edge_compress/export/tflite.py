@@ -52,6 +52,7 @@ from edge_compress.export.base import (
     last_error_line,
     quiet,
 )
+from edge_compress.export.onnx import LATENCY_REASON
 
 if TYPE_CHECKING:
     from torch import nn
@@ -280,7 +281,11 @@ def _weight_only(wbits: int) -> dict[str, Any]:
 
 
 def build_recipe(
-    plan: CompressionPlan, layers: dict[str, TflLayer], variant: str, output_layer: str | None
+    plan: CompressionPlan,
+    layers: dict[str, TflLayer],
+    variant: str,
+    output_layer: str | None,
+    float_compute: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[list[dict[str, Any]], dict[str, tuple[int | None, int | None]], list[Fallback]]:
     """The ai-edge-quantizer recipe for ``plan``, the bits each layer really gets, and the fallbacks."""
     algo = "min_max_uniform_quantize"
@@ -316,7 +321,10 @@ def build_recipe(
             if ab is not None:
                 reasons.append("a float layer reads a float input in TFLite (DEQUANTIZE before it)")
                 ab = None
-        elif ab is None:
+        elif ab is None or (variant == "int8" and name in float_compute):
+            if ab is not None:  # a first layer with a tiny reduction: float compute on its weight grid
+                reasons.append(LATENCY_REASON)
+                ab = None
             recipe.append(
                 {
                     "regex": regex,
@@ -347,6 +355,26 @@ def build_recipe(
         for io in ("INPUT", "OUTPUT"):
             recipe.append({"regex": ".*", "operation": io, "algorithm_key": "no_quantize", "op_config": {}})
     return recipe, bits, fallbacks
+
+
+def _input_chain(model_t: Any, ref: TflLayer) -> list[Any]:
+    """The layout ops between the model input and the op of ``ref``; None when something else intervenes."""
+    sg = model_t.subgraphs[0]
+    producer = {o: op for op in sg.operators for o in op.outputs}
+    t = ref.input
+    ops = []
+    while t != sg.inputs[0]:
+        op = producer.get(t)
+        if op is None or _opname(model_t, op) not in _SAME_GRID:
+            return None  # type: ignore[return-value]
+        ops.append(op)
+        t = op.inputs[0]
+    return ops
+
+
+def _reads_graph_input(model_t: Any, ref: TflLayer) -> bool:
+    """The op reads the model input (through layout ops only)."""
+    return _input_chain(model_t, ref) is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,6 +410,18 @@ def activation_chains(
     return out
 
 
+def _signature(model_t: Any) -> tuple[str, str]:
+    """(signature key, its input name): litert-torch writes ``serving_default`` / ``args_0``."""
+    defs = model_t.signatureDefs or []
+    if not defs:
+        return _SIGNATURE, "args_0"
+
+    def dec(v: Any) -> str:
+        return v.decode() if isinstance(v, bytes) else str(v)
+
+    return dec(defs[0].signatureKey), dec(defs[0].inputs[0].name)
+
+
 # --------------------------------------------------------------------------------------------
 # export
 
@@ -398,13 +438,16 @@ def export_tflite(
     planned_bytes: int,
     variant: str = "int8",
     output_range: tuple[float, float] | None = None,
+    float_compute: set[str] | frozenset[str] = frozenset(),
 ) -> ExportedFile:
     """Quantize the float .tflite at ``float_path`` (converted from ``torch_model``) to ``plan``.
 
     ``output_range``: the model output's (min, max) on calibration data in the simulation, used as
-    the output grid of the ``int8-full`` variant.
+    the output grid of the ``int8-full`` variant. ``float_compute``: first layers (reading the model
+    input) that run as weight-only float ops in the ``int8`` variant (see ``onnx.tiny_layers``).
     """
     from ai_edge_quantizer import quantizer as aeq
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfu
 
     if variant not in VARIANTS:
         raise UserError(f"unknown TFLite variant {variant!r} (use {', '.join(VARIANTS)}).")
@@ -416,7 +459,20 @@ def export_tflite(
     layers = map_tflite_layers(model_t, torch_model, list(plan.layers))
     producer = {o: k for k, op in enumerate(sg.operators) for o in op.outputs}
     output_layer = next((n for n, r in layers.items() if producer.get(sg.outputs[0]) == r.op_index), None)
-    recipe, bits, fallbacks = build_recipe(plan, layers, variant, output_layer)
+    fc = {n for n in float_compute if n in layers and _reads_graph_input(model_t, layers[n])}
+    recipe, bits, fallbacks = build_recipe(plan, layers, variant, output_layer, fc)
+    for name in sorted(fc):  # the layout ops between the model input and a float first layer stay float too
+        if bits[name][1] is None:
+            for op in _input_chain(model_t, layers[name]):
+                scope = tfu.get_op_scope(op, sg.tensors)
+                recipe.append(
+                    {
+                        "regex": "^" + re.escape(scope) + "$",
+                        "operation": _opname(model_t, op),
+                        "algorithm_key": "no_quantize",
+                        "op_config": {},
+                    }
+                )
     # a layer that falls back to other weight bits gets that width's own grid (what its simulation uses)
     spec = effective_spec(torch_model, plan, spec, bits)
     mods = dict(torch_model.named_modules())
@@ -436,17 +492,19 @@ def export_tflite(
     names = {k: _tname(t) for k, t in enumerate(sg.tensors)}
     xin = np.ascontiguousarray(calib_x, dtype=np.float32)
     input_shape = tuple(sg.tensors[sg.inputs[0]].shape)
+    sig_key, sig_input = _signature(model_t)
     batches = [
-        {"args_0": xin[i : i + input_shape[0]]}
+        {sig_input: xin[i : i + input_shape[0]]}
         for i in range(0, len(xin) - input_shape[0] + 1, input_shape[0])
     ]
     with tempfile.TemporaryDirectory(prefix="ec-tfl-") as tmp:
         src = Path(tmp) / "grid.tflite"
         src.write_bytes(float_grid)
+        log: list[str] = []
         try:
             with quiet() as log:
                 q = aeq.Quantizer(str(src), recipe)
-                qsv = q.calibrate({_SIGNATURE: batches}, num_threads=1)
+                qsv = q.calibrate({sig_key: batches}, num_threads=1)
                 for t, aq in chains.items():
                     lo, hi = _act_range(aq)
                     qsv[names[t]] = {"min": np.array([lo], np.float64), "max": np.array([hi], np.float64)}
@@ -542,7 +600,9 @@ def _finalize(
                     f"layer {name!r}: TFLite weight scales differ from the simulation's (max rel. {rel.max():.2e})."
                 )
             t.quantization.scale = [float(a if d else b) for a, b, d in zip(scale, want, tiny, strict=True)]
-        op_k = next((k for k, op in enumerate(sg.operators) if len(op.inputs) > 1 and op.inputs[1] == idx[0]), None)
+        op_k = next(
+            (k for k, op in enumerate(sg.operators) if len(op.inputs) > 1 and op.inputs[1] == idx[0]), None
+        )
         layer_map[name] = f"op{op_k} {ref.op_name} w:int{wb}"
     for tidx, aq in chains.items():
         for k in by_name.get(float_names[tidx], []):

@@ -52,7 +52,9 @@ def load_checked(path: str | Path) -> tuple[bytes, Any]:
         model_t = read_tflite(data)
         sg = model_t.subgraphs[0]
     except Exception as e:  # noqa: BLE001 - flatbuffer decoding errors
-        raise UserError(f"{p}: not a valid TFLite file (truncated or corrupt: {str(e)[:120] or type(e).__name__}).") from None
+        raise UserError(
+            f"{p}: not a valid TFLite file (truncated or corrupt: {str(e)[:120] or type(e).__name__})."
+        ) from None
     try:
         from ai_edge_litert.interpreter import Interpreter
 

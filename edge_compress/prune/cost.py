@@ -266,12 +266,42 @@ def snap_to_budget(
     if ratio > budget:
         keep = greedy_select(fm, alive_score, budget, start=alive, cost_power=cost_power, min_keep=min_keep)
         extra = sum(int(alive[g].sum() - keep[g].sum()) for g in keep)
-        return keep, (
+        note = (
             f"the live channels gave FLOPs ratio {ratio:.3f} > budget {budget:g} after training: "
             f"pruned {extra} more channels by global ranking"
         )
+        if fm.ratio(n(keep)) >= lo:
+            return keep, note
+        # a coarse channel overshot below the band: fill back up from the ranking
+        keep, _ = _fill(
+            fm,
+            keep,
+            alive_score,
+            {g: np.where(alive[g], alive_score[g], -np.inf) for g in alive},
+            budget,
+            lo,
+            cost_power,
+            min_keep,
+        )
+        return keep, note + f", then re-filled to {fm.ratio(n(keep)):.3f}"
     if ratio >= lo:
         return alive, ""
+    keep = _fill(fm, alive, alive_score, dead_score, budget, lo, cost_power, min_keep)[0]
+    added = sum(int((keep[g] & ~alive[g]).sum()) for g in keep)
+    removed = sum(int((alive[g] & ~keep[g]).sum()) for g in keep)
+    return keep, (
+        f"the penalty overshot to FLOPs ratio {ratio:.3f} < budget {budget:g}: restored {added} most recently "
+        f"dropped channels with their last live weights"
+        + (f" and dropped {removed} weak live ones" if removed else "")
+        + f" (now {fm.ratio(n(keep)):.3f})"
+    )
+
+
+def _fill(fm, start, alive_score, dead_score, budget, lo, cost_power, min_keep):
+    """Restore channels (by ``dead_score``) while they fit; if still below ``lo``, restore one costlier
+    channel and drop the weakest others (by ``alive_score``) to pay for it."""
+    n = lambda k: {g: int(v.sum()) for g, v in k.items()}  # noqa: E731
+    alive = start
     keep, added = greedy_restore(fm, dead_score, budget, alive)
     if fm.ratio(n(keep)) < lo:
         best: tuple[float, dict[int, np.ndarray]] | None = None
@@ -290,11 +320,4 @@ def snap_to_budget(
                 best = (lost, trial)
         if best is not None:
             keep = best[1]
-    added = sum(int((keep[g] & ~alive[g]).sum()) for g in keep)
-    removed = sum(int((alive[g] & ~keep[g]).sum()) for g in keep)
-    return keep, (
-        f"the penalty overshot to FLOPs ratio {ratio:.3f} < budget {budget:g}: restored {added} most recently "
-        f"dropped channels with their last live weights"
-        + (f" and dropped {removed} weak live ones" if removed else "")
-        + f" (now {fm.ratio(n(keep)):.3f})"
-    )
+    return keep, added

@@ -12,12 +12,12 @@ follows dual ascent, mu += dual_step * mu_first * violation, rising while the pr
 budget and falling while below. Each SGD step is followed by group soft-thresholding, the
 proximal step of the penalty, so the norms of unneeded channels reach exactly zero.
 
-In a batch-normalized group (every producer feeds a BN, every reader is followed by one) the
-channel vector is the BNs' gamma and beta, and the group's overall scale is free: the next BN
-undoes it, so a plain penalty would shrink the whole group at no loss until it vanished at once.
-There the group is projected back onto its initial total norm after each step (``fix_bn_scale``),
-which costs nothing and leaves only the within-group competition. No group is pruned below
-``min_keep_frac`` of its channels.
+A group's overall scale carries no information the penalty should act on: behind a batch norm
+it is free (the next BN undoes it), and elsewhere the consumers' weights can absorb it (ReLU and
+pooling are positively homogeneous). A plain penalty would shrink whole groups uniformly, at no
+loss behind a BN, until they vanished at once. So after each step every group is projected back
+onto its initial total norm (``fixed_scale``): the penalty then only decides which channels of a
+group the loss needs least. No group is pruned below ``min_keep_frac`` of its channels.
 
 Then the ~0 channels are removed physically (snapped to within ``tolerance`` below the budget,
 see ``group_lasso_prune``) and the smaller model is fine-tuned.
@@ -50,12 +50,19 @@ class GroupLassoConfig:
     batch_size: int = 64
     lam: float = 1e-3  # base group-lasso strength (per channel norm)
     mu0: float = 3e-3  # initial multiplier
-    dual_lr: float = 1.5  # search phase: growth of log(mu) per epoch until the first channel dies
-    dual_step: float = 0.5  # then dual ascent mu += dual_step * mu_first * violation per epoch
+    dual: str = (
+        "search"  # search: log-scale search for mu's scale, then dual ascent | additive: dual ascent only
+    )
+    dual_lr: float = (
+        1.5  # search: growth of log(mu) per epoch until the first channel dies; additive: mu step
+    )
+    dual_step: float = 0.2  # search, after the first death: mu += dual_step * mu_first * violation per epoch
     include_consumers: bool = False  # also penalize the consumers' input slices
-    zero_tol: float = 0.05  # a channel is dead when its norm < zero_tol * its group's RMS channel norm
+    zero_tol: float = 0.1  # a channel is dead when its norm < zero_tol * its group's RMS channel norm
     min_keep_frac: float = 0.25  # every prunable group keeps at least this fraction of its channels
-    fix_bn_scale: bool = True  # keep the total norm of scale-free (batch-normalized) groups constant
+    fixed_scale: str = (
+        "all"  # keep each group's total norm constant: all | bn (scale-free groups only) | none
+    )
     tolerance: float = 0.05  # final FLOPs ratio within [budget * (1 - tolerance), budget]
     finetune_epochs: int = 5
     finetune_lr: float = 1e-3
@@ -149,7 +156,8 @@ def group_lasso_prune(
     floor = min_keep_counts(fm, cfg.min_keep_frac)
     norms0 = cp.norms()
     ref = {g: float(v.pow(2).mean().sqrt()) or 1.0 for g, v in norms0.items()}  # initial RMS channel norm
-    sphere = {g: float(norms0[g].pow(2).sum().sqrt()) for g in cp.scale_free} if cfg.fix_bn_scale else {}
+    fixed = cp.scale_free if cfg.fixed_scale == "bn" else (set(fm.gid) if cfg.fixed_scale == "all" else set())
+    sphere = {g: float(norms0[g].pow(2).sum().sqrt()) for g in fixed}
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -204,12 +212,15 @@ def group_lasso_prune(
             n_live = live_counts(norms)
             violation = (fm.ratio(n_live) - budget) / min(budget, 1 - budget + 1e-9)
             violation = max(-1.0, min(1.0, violation))
-            if mu_first is None and sum(n_live.values()) < n_start:
-                mu_first = mu  # the multiplier's scale is found: the first channel died
-            if mu_first is None:
-                mu = mu * math.exp(cfg.dual_lr / steps_per_epoch * violation)
+            if cfg.dual == "additive":
+                mu = max(0.0, mu + cfg.dual_lr / steps_per_epoch * violation)
             else:
-                mu = max(0.0, mu + cfg.dual_step * mu_first / steps_per_epoch * violation)
+                if mu_first is None and sum(n_live.values()) < n_start:
+                    mu_first = mu  # the multiplier's scale is found: the first channel died
+                if mu_first is None:
+                    mu = mu * math.exp(cfg.dual_lr / steps_per_epoch * violation)
+                else:
+                    mu = max(0.0, mu + cfg.dual_step * mu_first / steps_per_epoch * violation)
             cost = costs(n_live)
         n_live = live_counts(norms)
         penalty = sum(float(((cfg.lam + mu * cost[g]) * norms[g]).sum()) for g in norms)

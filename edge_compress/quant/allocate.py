@@ -53,7 +53,9 @@ def _fmt(v: float) -> str:
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.4g}"
 
 
-def allocation_units(options: Mapping[str, Sequence[int]], groups: Sequence[Sequence[str]] = ()) -> list[list[str]]:
+def allocation_units(
+    options: Mapping[str, Sequence[int]], groups: Sequence[Sequence[str]] = ()
+) -> list[list[str]]:
     """Precision groups (restricted to layers in ``options``) first, then the remaining layers alone."""
     seen: set[str] = set()
     units: list[list[str]] = []
@@ -84,7 +86,9 @@ def _describe(bits: Mapping[str, int]) -> str:
         counts[b] = counts.get(b, 0) + 1
     if len(counts) == 1:
         return f"every layer at int{next(iter(counts))}"
-    return " and ".join(f"{c} layer{'s' if c > 1 else ''} at int{b}" for b, c in sorted(counts.items(), reverse=True))
+    return " and ".join(
+        f"{c} layer{'s' if c > 1 else ''} at int{b}" for b, c in sorted(counts.items(), reverse=True)
+    )
 
 
 def min_usage(
@@ -93,7 +97,9 @@ def min_usage(
     """Smallest value of one constraint over all allocations (separable: per unit minimum) and its argmin."""
     total, choice = 0.0, {}
     for unit in allocation_units(options, groups):
-        best = min(unit_bits(unit, options), key=lambda b: (sum(constraint.coeffs.get((n, b), 0.0) for n in unit), b))
+        best = min(
+            unit_bits(unit, options), key=lambda b: (sum(constraint.coeffs.get((n, b), 0.0) for n in unit), b)
+        )
         total += sum(constraint.coeffs.get((n, best), 0.0) for n in unit)
         choice.update({n: best for n in unit})
     return total, choice
@@ -115,6 +121,24 @@ def allocate_bits(
     ``note`` (e.g. "depthwise_conv layers are int8-only on this profile") complete the message of
     the :class:`BudgetError` raised when a budget is below what any allocation reaches.
     """
+    return allocate_top_k(
+        options, cost, constraints, groups, k=1, profile=profile, note=note, time_limit_s=time_limit_s
+    )[0]
+
+
+def allocate_top_k(
+    options: Mapping[str, Sequence[int]],
+    cost: Mapping[tuple[str, int], float],
+    constraints: Sequence[Constraint] = (),
+    groups: Sequence[Sequence[str]] = (),
+    *,
+    k: int = 5,
+    profile: str = "",
+    note: str = "",
+    time_limit_s: float = 60.0,
+) -> list[Allocation]:
+    """The ``k`` best distinct allocations (fewer when fewer exist), best first: each solve adds a
+    no-good cut excluding the allocations already found."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
     t0 = time.perf_counter()
@@ -129,57 +153,69 @@ def allocate_bits(
                 f"budget {c.name}={_fmt(c.limit)} is below the smallest plan {where} allows "
                 f"({_fmt(low)}{c.unit} with {_describe(argmin)}{extra})."
             )
-    var: list[tuple[int, int]] = [(k, b) for k, bs in enumerate(choices) for b in bs]
+    var: list[tuple[int, int]] = [(u, b) for u, bs in enumerate(choices) for b in bs]
     n_var = len(var)
-    raw = np.array([sum(cost[(n, b)] for n in units[k]) for k, b in var], dtype=np.float64)
+    raw = np.array([sum(cost[(n, b)] for n in units[u]) for u, b in var], dtype=np.float64)
     if not np.all(np.isfinite(raw)):
         bad = next(var[i] for i in range(n_var) if not np.isfinite(raw[i]))
         raise UserError(f"layer {units[bad[0]][0]!r}: sensitivity at {bad[1]} bits is not finite.")
-    # conditioning: shift each unit's costs to start at 0 and scale the spread to ~1
-    shift = np.zeros(n_var)
-    for k in range(len(units)):
-        idx = [i for i, (kk, _) in enumerate(var) if kk == k]
-        shift[idx] = raw[idx].min()
-    c = raw - shift
+    # conditioning: shift each unit's costs to start at 0 and scale the spread to ~1; a tiny
+    # preference for more bits breaks exact ties deterministically
+    unit_of = np.array([u for u, _ in var])
+    c = raw.copy()
+    for u in range(len(units)):
+        c[unit_of == u] -= raw[unit_of == u].min()
     scale = float(c.max()) if c.max() > 0 else 1.0
-    c = c / scale
-    if not constraints:
-        best: dict[str, int] = {}
-        for k, u in enumerate(units):
-            idx = [i for i, (kk, _) in enumerate(var) if kk == k]
-            i = min(idx, key=lambda i: (c[i], -var[i][1]))
-            best.update({n: var[i][1] for n in u})
-    else:
-        a_eq = np.zeros((len(units), n_var))
-        for i, (k, _) in enumerate(var):
-            a_eq[k, i] = 1.0
-        a_ub = np.array([[sum(con.coeffs.get((n, b), 0.0) for n in units[k]) for k, b in var] for con in constraints])
+    c = c / scale - 1e-12 * np.array([b for _, b in var])
+    a_eq = np.zeros((len(units), n_var))
+    a_eq[unit_of, np.arange(n_var)] = 1.0
+    rows = [LinearConstraint(a_eq, 1, 1)]
+    if constraints:
+        a_ub = np.array(
+            [[sum(con.coeffs.get((n, b), 0.0) for n in units[u]) for u, b in var] for con in constraints]
+        )
         lims = np.array([con.limit for con in constraints], dtype=np.float64)
         norm = np.maximum(np.abs(a_ub).max(axis=1), 1e-300)
+        rows.append(LinearConstraint(a_ub / norm[:, None], -np.inf, lims / norm))
+    found: list[Allocation] = []
+    cuts: list[np.ndarray] = []
+    for _ in range(max(k, 1)):
+        extra_rows = [LinearConstraint(np.array(cuts), -np.inf, len(units) - 1)] if cuts else []
         res = milp(
             c,
             integrality=np.ones(n_var),
             bounds=Bounds(0, 1),
-            constraints=[LinearConstraint(a_eq, 1, 1), LinearConstraint(a_ub / norm[:, None], -np.inf, lims / norm)],
+            constraints=rows + extra_rows,
             options={"time_limit": time_limit_s, "mip_rel_gap": 1e-9},
         )
         if res.x is None:
+            if found:
+                break
             names = " and ".join(f"{con.name}={_fmt(con.limit)}" for con in constraints)
             raise BudgetError(
                 f"budgets {names} cannot be met together by any allocation of the allowed bit-widths "
                 f"(each alone is reachable); relax one of them."
             )
         x = np.round(res.x)
-        best = {}
+        cuts.append((x > 0.5).astype(np.float64))
+        best: dict[str, int] = {}
         for i in np.flatnonzero(x > 0.5):
-            k, b = var[i]
-            best.update({n: b for n in units[k]})
-    objective = float(sum(cost[(n, b)] for n, b in best.items()))
-    usage = {con.name: con.usage(best) for con in constraints}
-    for con in constraints:  # guard against solver tolerances
-        if usage[con.name] > con.limit * (1 + 1e-6) + 1e-6:
-            raise BudgetError(f"budget {con.name}={_fmt(con.limit)}: the solver returned {_fmt(usage[con.name])}{con.unit}.")
-    return Allocation(
-        {n: best[n] for n in options}, objective, usage, {con.name: con.limit for con in constraints},
-        time.perf_counter() - t0, units,
-    )
+            u, b = var[i]
+            best.update({n: b for n in units[u]})
+        usage = {con.name: con.usage(best) for con in constraints}
+        for con in constraints:  # guard against solver tolerances
+            if usage[con.name] > con.limit * (1 + 1e-6) + 1e-6:
+                raise BudgetError(
+                    f"budget {con.name}={_fmt(con.limit)}: the solver returned {_fmt(usage[con.name])}{con.unit}."
+                )
+        found.append(
+            Allocation(
+                {n: best[n] for n in options},
+                float(sum(cost[(n, b)] for n, b in best.items())),
+                usage,
+                {con.name: con.limit for con in constraints},
+                time.perf_counter() - t0,
+                units,
+            )
+        )
+    return found

@@ -52,7 +52,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         return model
     mods = dict(model.named_modules())
     for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(mods.get(node.target), (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if node.op != "call_module" or not isinstance(
+            mods.get(node.target), (nn.BatchNorm1d, nn.BatchNorm2d)
+        ):
             continue
         src = node.args[0]
         if not (isinstance(src, fx.Node) and src.op == "call_module"):
@@ -190,12 +192,16 @@ def _range(x: np.ndarray, method: str, bits: int) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def collect_inputs(model: nn.Module, layer_names: list[str], x: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
+def collect_inputs(
+    model: nn.Module, layer_names: list[str], x: np.ndarray, batch_size: int = 256
+) -> dict[str, np.ndarray]:
     """Flattened input activations of each named layer on calibration data."""
     mods = dict(model.named_modules())
     store: dict[str, list[np.ndarray]] = {n: [] for n in layer_names}
     hooks = [
-        mods[n].register_forward_pre_hook(lambda m, inp, n=n: store[n].append(inp[0].detach().reshape(-1).numpy()))
+        mods[n].register_forward_pre_hook(
+            lambda m, inp, n=n: store[n].append(inp[0].detach().reshape(-1).numpy())
+        )
         for n in layer_names
     ]
     try:
@@ -244,7 +250,9 @@ def compute_quant_spec(
     need = [n for n in names if plan.layers[n].act_bits is not None]
     if ranges is None:
         bits = max((plan.layers[n].act_bits or 8) for n in need) if need else 8
-        ranges = calibrate_activations(model, need, calib_x, plan.activation_calibration, bits) if need else {}
+        ranges = (
+            calibrate_activations(model, need, calib_x, plan.activation_calibration, bits) if need else {}
+        )
     spec: dict[str, LayerQuant] = {}
     for n in names:
         d = plan.layers[n]
@@ -260,7 +268,9 @@ def compute_quant_spec(
     return spec
 
 
-def simulate(model: nn.Module, spec: dict[str, LayerQuant], *, weights: bool = True, activations: bool = True) -> nn.Module:
+def simulate(
+    model: nn.Module, spec: dict[str, LayerQuant], *, weights: bool = True, activations: bool = True
+) -> nn.Module:
     """A copy of (BN-folded) ``model`` with weights replaced by their quantized values and each
     layer's input activation fake-quantized, exactly as an integer runtime would see them."""
     sim = copy.deepcopy(model).eval()
@@ -276,7 +286,9 @@ def simulate(model: nn.Module, spec: dict[str, LayerQuant], *, weights: bool = T
     return sim
 
 
-def quantize_plan(model: nn.Module, plan: CompressionPlan, calib_x: np.ndarray) -> tuple[nn.Module, dict[str, LayerQuant]]:
+def quantize_plan(
+    model: nn.Module, plan: CompressionPlan, calib_x: np.ndarray
+) -> tuple[nn.Module, dict[str, LayerQuant]]:
     """Fold BN, compute the plan's scales and return (simulated model, spec)."""
     folded = fold_batchnorm(model)
     spec = compute_quant_spec(folded, plan, calib_x)

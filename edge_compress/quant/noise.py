@@ -116,8 +116,11 @@ class AccuracyCurve:
     params: dict[str, float]
     fp32_acc: float
     margins: list[float] = field(default_factory=list)
-    fit_points: list[tuple[float, float]] = field(default_factory=list)  # (predicted sqnr_db, measured drop pp)
+    fit_points: list[tuple[float, float]] = field(
+        default_factory=list
+    )  # (predicted sqnr_db, measured drop pp)
     fit_mae_pp: float = float("nan")
+    plan_digests: list[str] = field(default_factory=list)  # plans the curve was fitted on
 
     def drop_pp(self, sqnr_db: float | np.ndarray) -> np.ndarray | float:
         s = np.asarray(sqnr_db, dtype=np.float64)
@@ -136,7 +139,13 @@ class AccuracyCurve:
 
     @classmethod
     def fit(
-        cls, kind: str, sqnr_db: np.ndarray, drop_pp: np.ndarray, fp32_acc: float, margins: np.ndarray, n_classes: int
+        cls,
+        kind: str,
+        sqnr_db: np.ndarray,
+        drop_pp: np.ndarray,
+        fp32_acc: float,
+        margins: np.ndarray,
+        n_classes: int,
     ) -> AccuracyCurve:
         s = np.asarray(sqnr_db, dtype=np.float64)
         d = np.asarray(drop_pp, dtype=np.float64)
@@ -166,15 +175,23 @@ class AccuracyCurve:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "kind": self.kind, "params": self.params, "fp32_acc": self.fp32_acc, "margins": self.margins,
-            "fit_points": self.fit_points, "fit_mae_pp": self.fit_mae_pp,
+            "kind": self.kind,
+            "params": self.params,
+            "fp32_acc": self.fp32_acc,
+            "margins": self.margins,
+            "fit_points": self.fit_points,
+            "fit_mae_pp": self.fit_mae_pp,
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> AccuracyCurve:
         return cls(
-            d["kind"], dict(d["params"]), float(d["fp32_acc"]), list(d.get("margins", [])),
-            [tuple(p) for p in d.get("fit_points", [])], float(d.get("fit_mae_pp", float("nan"))),
+            d["kind"],
+            dict(d["params"]),
+            float(d["fp32_acc"]),
+            list(d.get("margins", [])),
+            [tuple(p) for p in d.get("fit_points", [])],
+            float(d.get("fit_mae_pp", float("nan"))),
         )
 
 
@@ -319,7 +336,9 @@ class NoiseModel:
         )
 
     # ---------------------------------------------------------------- prediction
-    def layer_noise(self, name: str, weight_bits: int | None, act_bits: int | None = 8, step: bool = False) -> float:
+    def layer_noise(
+        self, name: str, weight_bits: int | None, act_bits: int | None = 8, step: bool = False
+    ) -> float:
         """Predicted output noise power due to one layer's weights at ``weight_bits``."""
         return self.layers[name].weight_noise(weight_bits, step)
 
@@ -374,13 +393,17 @@ class NoiseModel:
             if n not in self.layers:
                 raise UserError(f"plan names layer {n!r}, which the noise model does not know.")
             if d.keep_channels is not None or d.rank is not None:
-                raise UserError(f"layer {n!r}: the noise model predicts quantization only (the plan prunes or factorizes it).")
+                raise UserError(
+                    f"layer {n!r}: the noise model predicts quantization only (the plan prunes or factorizes it)."
+                )
         wb = {n: d.weight_bits for n, d in plan.layers.items()}
         ab = {n: d.act_bits for n, d in plan.layers.items()}
         return self.predict_bits(wb, ab)
 
     # ---------------------------------------------------------------- plans
-    def plan_for(self, bits: dict[str, int], act_bits: int | None = 8, method: str = "custom") -> CompressionPlan:
+    def plan_for(
+        self, bits: dict[str, int], act_bits: int | None = 8, method: str = "custom"
+    ) -> CompressionPlan:
         """A plan with these weight bits (other layers at their highest candidate)."""
         from edge_compress.plan import CompressionPlan, LayerDecision
 
@@ -389,7 +412,11 @@ class NoiseModel:
             for n, ln in self.layers.items()
         }
         return CompressionPlan(
-            self.model_name, self.profile_name, layers, method=method, groups=self.groups,
+            self.model_name,
+            self.profile_name,
+            layers,
+            method=method,
+            groups=self.groups,
             activation_calibration=self.act_calibration,
         )
 
@@ -432,7 +459,11 @@ class NoiseModel:
                 key = (n, d.weight_bits, d.per_channel, d.weight_clip)
                 if key not in cache:
                     w = mods[n].weight
-                    cache[key] = fq.weight_scales(w, d.weight_bits, d.per_channel, d.weight_clip).numpy().astype(np.float32)
+                    cache[key] = (
+                        fq.weight_scales(w, d.weight_bits, d.per_channel, d.weight_clip)
+                        .numpy()
+                        .astype(np.float32)
+                    )
                 ws = cache[key]
             act = fq.act_quant_from_range(*self.ranges[n], d.act_bits) if d.act_bits is not None else None
             spec[n] = fq.LayerQuant(n, d.weight_bits, ws, act, self.ranges.get(n))
@@ -446,7 +477,11 @@ class NoiseModel:
         y_q = _logits(self.simulate(plan), x)
         noise = float(((y_q - y_fp).double() ** 2).mean())
         sig = float((y_fp.double() ** 2).mean())
-        out = {"output_noise_power": noise, "signal_power": sig, "sqnr_db": _db(sig / noise) if noise > 0 else float("inf")}
+        out = {
+            "output_noise_power": noise,
+            "signal_power": sig,
+            "sqnr_db": _db(sig / noise) if noise > 0 else float("inf"),
+        }
         if y is not None:
             out["acc"] = float((y_q.argmax(1).numpy() == y).mean())
             out["fp32_acc"] = float((y_fp.argmax(1).numpy() == y).mean())
@@ -470,9 +505,18 @@ class NoiseModel:
             hi = {n: ln.bits[0] for n, ln in self.layers.items()}
             lo = {n: ln.bits[-1] for n, ln in self.layers.items()}
             plans = [self.plan_for(hi), self.plan_for(lo)]
-            plans += [self.plan_for(self.random_bits(rng)) for _ in range(n_random)]
+            seen = {p.digest() for p in plans}
+            for _ in range(50 * max(n_random, 1)):
+                if len(plans) >= n_random + 2:
+                    break
+                p = self.plan_for(self.random_bits(rng))
+                if p.digest() not in seen:
+                    seen.add(p.digest())
+                    plans.append(p)
         if self.folded_model is None:
-            raise UserError("this noise model was loaded without its model: build it to fit the accuracy curve.")
+            raise UserError(
+                "this noise model was loaded without its model: build it to fit the accuracy curve."
+            )
         y_fp = _logits(self.folded_model, eval_x).numpy()
         fp32_acc = float((y_fp.argmax(1) == eval_y).mean())
         margins = logit_margins(y_fp, eval_y)
@@ -485,6 +529,7 @@ class NoiseModel:
         finally:
             self.curve = saved
         self.curve = AccuracyCurve.fit(kind, np.array(s), np.array(d), fp32_acc, margins, y_fp.shape[1])
+        self.curve.plan_digests = [p.digest() for p in plans]
         return self.curve
 
     # ---------------------------------------------------------------- serialization
@@ -604,7 +649,9 @@ def _adjoint_gains(
             a_acc = {g: torch.zeros_like(probes[g]) for g in leads}
             for d in range(draws):
                 u = torch.randint(0, 2, y.shape, generator=gen).to(y.dtype) * 2 - 1
-                grads = torch.autograd.grad(y, params + [probes[g] for g in leads], u, retain_graph=d < draws - 1)
+                grads = torch.autograd.grad(
+                    y, params + [probes[g] for g in leads], u, retain_graph=d < draws - 1
+                )
                 for n, g in zip(names, grads[: len(names)], strict=True):
                     w_sq[n] += (g.detach().double() ** 2).reshape(g.shape[0], -1).sum(dim=1) / draws
                 for lead, g in zip(leads, grads[len(names) :], strict=True):

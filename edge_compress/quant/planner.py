@@ -34,9 +34,22 @@ METHODS = ("hessian", "noise", "uniform8", "uniform4")
 ENFORCED_BUDGETS = ("model_bytes", "bops")
 # Budget fields the quantization planner cannot evaluate without a cost model (pass extra_constraints).
 COST_MODEL_BUDGETS = (
-    "latency_p99_ms", "peak_memory_mb", "energy_per_inference_mj", "avg_power_w", "duty_cycle_hz", "flops_ratio",
+    "latency_p99_ms",
+    "peak_memory_mb",
+    "energy_per_inference_mj",
+    "avg_power_w",
+    "duty_cycle_hz",
+    "flops_ratio",
 )
-_NORM_MODULES = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d")
+_NORM_MODULES = (
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "LayerNorm",
+    "GroupNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,7 +135,8 @@ class Planner:
         seed: int = 0,
         weight_clip: str = "mse",
         act_calibration: str = "mse",
-        hutchinson_samples: int = 16,
+        hutchinson_samples: int = 8,
+        hessian_samples: int = 128,
         noise_draws: int = 8,
         noise_samples: int = 128,
         gain_method: str = "adjoint",
@@ -161,10 +175,20 @@ class Planner:
             unit_bits(u, self.options)  # UserError when a tied group has no common bit-width
         if noise_model is None:
             noise_model = NoiseModel.build(
-                self.folded, graph, self.calib_x, options=self.options,
-                act_bits=(self.act_bits,) if self.act_bits else (), weight_clip=weight_clip,
-                act_calibration=act_calibration, gain_method=gain_method, draws=noise_draws, max_samples=noise_samples, seed=seed,
-                folded=True, model_name=model_name, profile_name=profile.name,
+                self.folded,
+                graph,
+                self.calib_x,
+                options=self.options,
+                act_bits=(self.act_bits,) if self.act_bits else (),
+                weight_clip=weight_clip,
+                act_calibration=act_calibration,
+                gain_method=gain_method,
+                draws=noise_draws,
+                max_samples=noise_samples,
+                seed=seed,
+                folded=True,
+                model_name=model_name,
+                profile_name=profile.name,
             )
         self.noise_model = noise_model
         if eval_x is not None and eval_y is not None and noise_model.curve is None:
@@ -175,7 +199,12 @@ class Planner:
             from edge_compress.quant.sensitivity import hessian_sensitivity, hessian_traces
 
             self.traces = hessian_traces(
-                self.folded, list(self.options), self.calib_x, calib_y, n_samples=hutchinson_samples, seed=seed
+                self.folded,
+                list(self.options),
+                self.calib_x[:hessian_samples],
+                None if calib_y is None else np.asarray(calib_y)[:hessian_samples],
+                n_samples=hutchinson_samples,
+                seed=seed,
             )
             self.sens = hessian_sensitivity(self.folded, self.options, self.traces, weight_clip)
         else:
@@ -241,7 +270,9 @@ class Planner:
             if k in ENFORCED_BUDGETS:
                 resolved[k] = float(v)
             elif k in COST_MODEL_BUDGETS:
-                notes.append(f"budget {k}={v:g} is not enforced by the quantization planner (no cost model; pass it as an extra constraint)")
+                notes.append(
+                    f"budget {k}={v:g} is not enforced by the quantization planner (no cost model; pass it as an extra constraint)"
+                )
             else:
                 raise UserError(f"unknown budget {k!r}; quantization budgets: {', '.join(ENFORCED_BUDGETS)}.")
         lo, hi = self.bounds_bytes()
@@ -250,7 +281,9 @@ class Planner:
                 raise UserError(f"alpha must be between 0 (smallest plan) and 1 (all int8), got {alpha}.")
             by_alpha = math.floor(lo + alpha * (hi - lo))
             if "model_bytes" in resolved and resolved["model_bytes"] < by_alpha:
-                notes.append(f"model_bytes={resolved['model_bytes']:,.0f} is tighter than alpha={alpha:g} ({by_alpha:,} bytes)")
+                notes.append(
+                    f"model_bytes={resolved['model_bytes']:,.0f} is tighter than alpha={alpha:g} ({by_alpha:,} bytes)"
+                )
             else:
                 resolved["model_bytes"] = float(by_alpha)
         constraints = [self.constraint(k, v) for k, v in resolved.items()]
@@ -270,12 +303,20 @@ class Planner:
                         f"budget {c.name}={c.limit + fixed:,.0f} is below the uniform int{target} plan "
                         f"({used + fixed:,.0f}{c.unit}); use a mixed-precision method (hessian or noise)."
                     )
-            alloc = Allocation(bits, float(sum(self.sens[(n, b)] for n, b in bits.items())),
-                               {c.name: c.usage(bits) for c in constraints}, {c.name: c.limit for c in constraints})
+            alloc = Allocation(
+                bits,
+                float(sum(self.sens[(n, b)] for n, b in bits.items())),
+                {c.name: c.usage(bits) for c in constraints},
+                {c.name: c.limit for c in constraints},
+            )
         else:
             alloc = allocate_bits(
-                self.options, self.sens, constraints, self.graph.precision_groups,
-                profile=self.profile.name, note=self.restriction_note(),
+                self.options,
+                self.sens,
+                constraints,
+                self.graph.precision_groups,
+                profile=self.profile.name,
+                note=self.restriction_note(),
             )
         why = self._why(alloc, constraints)
         layers: dict[str, LayerDecision] = {}
@@ -300,8 +341,13 @@ class Planner:
             d.why = why.get(n, "")
             layers[n] = d
         plan = CompressionPlan(
-            self.model_name, self.profile.name, layers, method=self.method, budget=resolved,
-            activation_calibration=self.act_calibration, groups=[list(g) for g in self.graph.precision_groups],
+            self.model_name,
+            self.profile.name,
+            layers,
+            method=self.method,
+            budget=resolved,
+            activation_calibration=self.act_calibration,
+            groups=[list(g) for g in self.graph.precision_groups],
             notes=notes,
         )
         pred = self.noise_model.predict(plan)
@@ -350,7 +396,11 @@ class Planner:
         for k, u in enumerate(self.units):
             bs = unit_bits(u, self.options)
             b = alloc.bits[u[0]]
-            tied = f" (tied with {', '.join(x for x in u[1:])}: they share a grid at a residual add or concat)" if len(u) > 1 else ""
+            tied = (
+                f" (tied with {', '.join(x for x in u[1:])}: they share a grid at a residual add or concat)"
+                if len(u) > 1
+                else ""
+            )
             for n in u:
                 kind = self.info[n].kind
                 if len(bs) == 1:
@@ -406,11 +456,56 @@ def plan_model(
     let the plan predict its accuracy drop. ``calib_y``: labels for the Hessian loss (default: the
     model's own predictions). ``planner_options`` go to :class:`Planner` (e.g. hutchinson_samples).
     """
-    planner = Planner(
-        model, graph, profile, calib_x, calib_y=calib_y, eval_x=eval_x, eval_y=eval_y, method=method,
-        model_name=model_name, seed=seed, **planner_options,
+    key = _fingerprint(
+        model, graph, profile, calib_x, calib_y, eval_x, eval_y, method, model_name, seed, planner_options
     )
+    planner = _PLANNERS.get(key)
+    if planner is None:
+        planner = Planner(
+            model,
+            graph,
+            profile,
+            calib_x,
+            calib_y=calib_y,
+            eval_x=eval_x,
+            eval_y=eval_y,
+            method=method,
+            model_name=model_name,
+            seed=seed,
+            **planner_options,
+        )
+        _PLANNERS[key] = planner
+        while len(_PLANNERS) > _CACHE_SIZE:
+            _PLANNERS.pop(next(iter(_PLANNERS)))
     return planner.plan(budget, alpha=alpha, extra_constraints=extra_constraints)
+
+
+# plan_model keeps the analysis of the last few (model, data, profile, method) it saw, so a sweep over
+# budgets (e.g. several alphas) pays for sensitivities and the noise model once.
+_CACHE_SIZE = 4
+_PLANNERS: dict[str, Planner] = {}
+
+
+def _fingerprint(model: nn.Module, graph: ModelGraph, profile: DeviceProfile, *parts: Any) -> str:
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        if isinstance(v, torch.Tensor):
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    h.update(repr(graph.names).encode())
+    h.update(repr(graph.precision_groups).encode())
+    h.update(profile.model_dump_json().encode())
+    for p in parts:
+        if isinstance(p, np.ndarray):
+            h.update(repr((p.shape, str(p.dtype))).encode())
+            h.update(np.ascontiguousarray(p).tobytes())
+        else:
+            h.update(repr(p).encode())
+    return h.hexdigest()
 
 
 def predict(plan: CompressionPlan, noise_model: NoiseModel) -> dict[str, float]:
@@ -439,8 +534,16 @@ def pareto_sweep(
     """Allocations over a range of byte budgets (``alphas`` or explicit ``budgets_bytes``), each with
     its predicted accuracy drop and its measured (simulated) accuracy on ``test_x`` (default: eval)."""
     pl = planner or Planner(
-        model, graph, profile, calib_x, eval_x=eval_x, eval_y=eval_y, method=method, model_name=model_name,
-        seed=seed, **planner_options,
+        model,
+        graph,
+        profile,
+        calib_x,
+        eval_x=eval_x,
+        eval_y=eval_y,
+        method=method,
+        model_name=model_name,
+        seed=seed,
+        **planner_options,
     )
     mx, my = (test_x, test_y) if test_x is not None else (eval_x, eval_y)
     points: list[ParetoPoint] = []
@@ -452,7 +555,16 @@ def pareto_sweep(
     for a, bud in targets:
         p = pl.plan(bud, alpha=a)
         meas = pl.measure(p, mx, my)
-        points.append(ParetoPoint(a, p.budget.get("model_bytes", float("nan")), p.predicted["model_bytes"], dict(p.predicted), meas, p))
+        points.append(
+            ParetoPoint(
+                a,
+                p.budget.get("model_bytes", float("nan")),
+                p.predicted["model_bytes"],
+                dict(p.predicted),
+                meas,
+                p,
+            )
+        )
     return points
 
 
@@ -461,8 +573,15 @@ def layer_table(plan: CompressionPlan, graph: ModelGraph) -> list[dict[str, Any]
     rows = []
     for li in graph.layers:
         d = plan.layers[li.name]
-        rows.append({
-            "layer": li.name, "kind": li.kind, "weight_bits": d.weight_bits, "act_bits": d.act_bits,
-            "bytes": d.predicted.get("bytes"), "noise_power": d.predicted.get("noise_power"), "why": d.why,
-        })
+        rows.append(
+            {
+                "layer": li.name,
+                "kind": li.kind,
+                "weight_bits": d.weight_bits,
+                "act_bits": d.act_bits,
+                "bytes": d.predicted.get("bytes"),
+                "noise_power": d.predicted.get("noise_power"),
+                "why": d.why,
+            }
+        )
     return rows

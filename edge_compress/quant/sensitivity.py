@@ -12,6 +12,7 @@ Both are computed on the BN-folded model: that is what gets quantized.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -54,7 +55,11 @@ def hessian_traces(
     Uses ``n_samples`` Rademacher vectors per batch; batches are weighted by their size.
     """
     mods = dict(model.named_modules())
-    missing = [n for n in layer_names if n not in mods or not isinstance(getattr(mods[n], "weight", None), torch.Tensor)]
+    missing = [
+        n
+        for n in layer_names
+        if n not in mods or not isinstance(getattr(mods[n], "weight", None), torch.Tensor)
+    ]
     if missing:
         raise UserError(f"layer {missing[0]!r} has no weight tensor to compute a Hessian trace for.")
     model = model.eval()
@@ -64,7 +69,10 @@ def hessian_traces(
     if y is None:
         with torch.no_grad():
             y = np.concatenate(
-                [model(torch.from_numpy(np.ascontiguousarray(x[i : i + 512]))).argmax(1).numpy() for i in range(0, len(x), 512)]
+                [
+                    model(torch.from_numpy(np.ascontiguousarray(x[i : i + 512]))).argmax(1).numpy()
+                    for i in range(0, len(x), 512)
+                ]
             )
     vals: list[list[float]] = [[] for _ in layer_names]  # one estimate per (batch, Rademacher vector)
     wts: list[float] = []
@@ -104,14 +112,17 @@ def hessian_sensitivity(
 ) -> dict[tuple[str, int], float]:
     """HAWQ-V2 ``Omega_i(b) = Tr(H_i)/n_i * ||Q_b(W_i) - W_i||^2`` for every layer and candidate bits.
 
-    A negative trace estimate (possible on a non-convex loss) is clamped to 0: such a layer is
-    treated as insensitive.
+    Hutchinson estimates are noisy (the cross terms of a Rademacher probe); a layer whose estimate
+    is below one standard error (possibly negative) gets the standard error instead, so a noisy
+    estimate never makes a layer look free to quantize.
     """
     mods = dict(model.named_modules())
     out: dict[tuple[str, int], float] = {}
     for n, bits in options.items():
         w = mods[n].weight.detach()
-        factor = max(traces[n].mean, 0.0)
+        t = traces[n]
+        se = t.stderr if math.isfinite(t.stderr) else 0.0
+        factor = max(t.trace, se, 0.0) / max(t.n_params, 1)
         for b in bits:
             measured, _ = fq.weight_error(w, b, True, weight_clip)
             out[(n, b)] = factor * float(measured.sum())

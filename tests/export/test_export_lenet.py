@@ -63,7 +63,18 @@ def test_onnx_weight_scales_equal_the_simulation(art_int8, lenet):
 
 def test_manifest_keys_and_hashes(art_int8):
     m = load_artifact(art_int8.path).manifest  # verifies sizes and sha256 on load
-    for key in ("id", "created", "model", "profile", "files", "parity", "predicted", "fallbacks", "versions", "stages_s"):
+    for key in (
+        "id",
+        "created",
+        "model",
+        "profile",
+        "files",
+        "parity",
+        "predicted",
+        "fallbacks",
+        "versions",
+        "stages_s",
+    ):
         assert key in m, key
     for name, d in m["files"].items():
         assert set(d) == set(FILE_KEYS), d

@@ -40,7 +40,9 @@ def test_existing_onnx_is_quantized_with_a_mixed_plan(lenet_onnx, host, tmp_path
     rep = m["parity"]["lenet_float.qdq.onnx"]
     assert rep["agreement"] >= 0.99
     assert m["accuracy"]["runtime"]["lenet_float.qdq.onnx"] > 0.9
-    found = inspect_qdq(onnx.load(str(art.path / "lenet_float.qdq.onnx")), list(m["layers"]["lenet_float.qdq.onnx"]))
+    found = inspect_qdq(
+        onnx.load(str(art.path / "lenet_float.qdq.onnx")), list(m["layers"]["lenet_float.qdq.onnx"])
+    )
     assert {f["weight_dtype"] for f in found.values() if f["weight_bits"]} == {"int4", "uint8"}
     assert m["files"]["lenet_float.qdq.onnx"]["bytes"] < 0.8 * m["predicted"]["int8_bytes"]
 
@@ -59,7 +61,9 @@ def test_truncated_and_corrupt_onnx_fail_cleanly(lenet_onnx, tmp_path, capsys):
     garbage.write_bytes(b"\x00\xffnot a model" * 10)
     out = tmp_path / "out"
     for f in (trunc, garbage):
-        rc, err = _run(["compile", str(f), "--profile", "host", "--data", "digits", "--out", str(out)], capsys)
+        rc, err = _run(
+            ["compile", str(f), "--profile", "host", "--data", "digits", "--out", str(out)], capsys
+        )
         assert rc == 2
         assert err.startswith("error:") and len(err.splitlines()) == 1 and f.name in err, err
         assert "truncated or corrupt" in err
@@ -73,7 +77,9 @@ def test_onnx_with_missing_external_data(lenet_onnx, tmp_path, capsys):
     onnx.save(model, str(d / "m.onnx"), save_as_external_data=True, location="m.data", size_threshold=0)
     (d / "m.data").unlink()
     out = tmp_path / "out"
-    rc, err = _run(["compile", str(d / "m.onnx"), "--profile", "host", "--data", "digits", "--out", str(out)], capsys)
+    rc, err = _run(
+        ["compile", str(d / "m.onnx"), "--profile", "host", "--data", "digits", "--out", str(out)], capsys
+    )
     assert rc == 2 and len(err.splitlines()) == 1
     assert "external file 'm.data'" in err and "missing" in err
     assert _no_artifact(out)
@@ -84,7 +90,8 @@ def test_unsupported_op_names_op_node_and_option(tmp_path):
 
     g = helper.make_graph(
         [helper.make_node("FancyOp", ["x"], ["y"], name="fancy1", domain="acme.ops")],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("acme.ops", 1)])
@@ -108,7 +115,9 @@ def test_truncated_tflite_fails_cleanly(art_int8, tmp_path, capsys):
     notfl.write_text("hello world, not a flatbuffer")
     out = tmp_path / "out"
     for f in (bad, notfl):
-        rc, err = _run(["compile", str(f), "--profile", "host", "--data", "digits", "--out", str(out)], capsys)
+        rc, err = _run(
+            ["compile", str(f), "--profile", "host", "--data", "digits", "--out", str(out)], capsys
+        )
         assert rc == 2 and len(err.splitlines()) == 1 and f.name in err, err
     assert _no_artifact(out)
 

@@ -113,3 +113,9 @@ def test_cli_usage_error_is_one_line_exit_2(workdir: Path) -> None:
 def test_examples_are_valid(example: Path) -> None:
     s = load_suite(example, check_targets=False)
     assert s.cells()
+
+
+def test_unknown_compile_method_lists_the_known_ones(workdir: Path) -> None:
+    pytest.importorskip("edge_compress.compiler")
+    msg = _err(write_suite(workdir / "s.yaml", compile=[{"name": "x", "method": "magic"}]))
+    assert "'compile.0.method'" in msg and "magic" in msg and "hessian" in msg and "none" in msg

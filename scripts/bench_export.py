@@ -1,0 +1,322 @@
+"""Benchmark the exporters on the zoo: bytes, parity, runtime accuracy, latency vs fp32, compile time.
+
+    python scripts/bench_export.py [--models lenet5,conv1d,resnet,mobilenetv2] [--method hessian]
+
+For every model: a compile with the planner on the ``host`` profile (its default budgets: int8
+where nothing forces less), and a mixed int4/int8 compile (``alpha`` between all-int4 and all-int8).
+For every file, in its runtime (onnxruntime, LiteRT/XNNPACK), batch 1, one thread: the median
+latency of the exported model and of the fp32 export of the same (BN-folded) model, measured in
+interleaved rounds in the same process (ratio = median over rounds of int8 / fp32). Also the ONNX
+file with plain int8 weights (uint8 x int8 kernels: fast on AVX2, but they saturate) to show the
+trade-off the default (uint8 weights, exact) makes.
+
+Writes ``benchmarks/export.json``: ``models.<name>.<format>.{bytes, planned_bytes, agreement,
+sqnr_db, acc, sim_acc, latency_ratio_vs_fp32, latency_ms, fp32_latency_ms, compile_s, stages_s}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _ort_callable(path: Path, x: np.ndarray):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    feed = {name: x}
+    return lambda: sess.run(None, feed)
+
+
+def _tfl_callable(path: Path, x: np.ndarray):
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), num_threads=1)
+    it.allocate_tensors()
+    d = it.get_input_details()[0]
+    xin = x.astype(np.float32)
+    if d["dtype"] != np.float32:
+        s, zp = d["quantization"]
+        xin = np.clip(np.round(x / s) + zp, -128, 127).astype(d["dtype"])
+    idx = d["index"]
+
+    def run() -> None:
+        it.set_tensor(idx, xin)
+        it.invoke()
+
+    return run
+
+
+def latency_ratio(
+    make, fp32: Path, quant: Path, x: np.ndarray, rounds: int = 15, min_s: float = 0.05
+) -> dict[str, float]:
+    """Interleaved rounds (fp32 then int8, alternating order), each a timed batch of calls; the
+    per-round median latencies give a ratio per round; we report medians."""
+    a, b = make(fp32, x), make(quant, x)
+    for f in (a, b):
+        for _ in range(20):
+            f()
+    n = 1
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < min_s:
+        a()
+        n += 1
+    ra, rb, ratios = [], [], []
+    for r in range(rounds):
+        pair = [(a, ra), (b, rb)] if r % 2 == 0 else [(b, rb), (a, ra)]
+        for f, acc in pair:
+            ts = []
+            for _ in range(n):
+                t = time.perf_counter()
+                f()
+                ts.append(time.perf_counter() - t)
+            acc.append(statistics.median(ts))
+        ratios.append(rb[-1] / ra[-1])
+    return {
+        "fp32_latency_ms": 1e3 * statistics.median(ra),
+        "latency_ms": 1e3 * statistics.median(rb),
+        "latency_ratio_vs_fp32": statistics.median(ratios),
+        "rounds": rounds,
+        "calls_per_round": n,
+    }
+
+
+def file_row(art: Any, fmt: str, variant: str, fp32: Path, x1: np.ndarray) -> dict[str, Any]:
+    path = art.file(fmt, variant)
+    d = art.manifest["files"][path.name]
+    p = art.manifest["parity"][path.name]
+    make = _ort_callable if fmt == "onnx" else _tfl_callable
+    row = {
+        "file": path.name,
+        "variant": variant,
+        "bytes": d["bytes"],
+        "planned_bytes": d["planned_bytes"],
+        "bytes_ratio": d["bytes"] / d["planned_bytes"],
+        "agreement": p["agreement"],
+        "sqnr_db": p["sqnr_db"],
+        "acc": p["runtime_accuracy"],
+        "sim_acc": p["simulated_accuracy"],
+        "acc_minus_sim_pp": 100 * (p["runtime_accuracy"] - p["simulated_accuracy"]),
+        "fallbacks": [f for f in art.manifest["fallbacks"] if f["format"] == fmt and f["variant"] == variant],
+        "weight_bits": {n: v["weight_bits"] for n, v in art.manifest["layers"][path.name].items()},
+    }
+    row.update(latency_ratio(make, fp32, path, x1))
+    return row
+
+
+def bench_model(name: str, method: str, alpha: float, out_dir: Path) -> dict[str, Any]:
+    import torch
+
+    from edge_compress.artifact import tool_versions
+    from edge_compress.compiler import ExportOptions, compile_model, float_export
+    from edge_compress.modelspec import resolve_model
+    from edge_compress.plan import CompressionPlan
+    from edge_compress.profiles import load_profile
+    from edge_compress.quant.fakequant import fold_batchnorm
+
+    torch.set_num_threads(1)
+    host = load_profile("host")
+    spec = resolve_model(name)
+    versions = tool_versions()
+    folded = fold_batchnorm(spec.model)
+    fp_onnx = float_export(spec, folded, "onnx", versions)
+    fp_tfl = float_export(spec, folded, "tflite", versions)
+    x1 = np.ascontiguousarray(spec.dataset.x_test[:1])
+    from edge_compress.graph import extract_graph
+    from edge_compress.quant.planner import Planner
+
+    res: dict[str, Any] = {}
+    # one planner analysis (the expensive part: Hessian traces, noise model) serves both plans
+    t = time.perf_counter()
+    graph = extract_graph(spec.model, spec.example_input(2))
+    planner = Planner(
+        spec.model,
+        graph,
+        host,
+        spec.calibration(256),
+        eval_x=spec.dataset.x_val,
+        eval_y=spec.dataset.y_val,
+        method=method,
+        model_name=name,
+    )
+    plan0 = planner.plan(None)
+    plan_s = time.perf_counter() - t
+    t = time.perf_counter()
+    planm = planner.plan(None, alpha=alpha)
+    planm_s = time.perf_counter() - t
+    t = time.perf_counter()
+    art = compile_model(spec, host, plan=plan0, out_dir=out_dir, force=True, parity_gate=False)
+    wall = time.perf_counter() - t + plan_s
+    stages = {**art.stages_s, "plan": round(plan_s, 2)}
+    res["plan"] = {
+        "method": art.manifest["method"],
+        "weight_bits": {n: d.weight_bits for n, d in plan0.layers.items()},
+        "predicted_acc": art.manifest["accuracy"]["predicted"],
+        "fp32_acc": art.manifest["accuracy"]["fp32"],
+        "sim_acc": art.manifest["accuracy"]["simulated"],
+        "planned_bytes": art.manifest["planned_bytes"],
+    }
+    res["onnx"] = file_row(art, "onnx", "qdq", fp_onnx, x1)
+    res["tflite"] = file_row(art, "tflite", "int8", fp_tfl, x1)
+    res["tflite_int8_full"] = file_row(art, "tflite", "int8-full", fp_tfl, x1)
+    for key in ("onnx", "tflite", "tflite_int8_full"):
+        res[key]["compile_s"] = round(wall, 2)
+        res[key]["stages_s"] = stages
+    # the ONNX trade-off: int8 weights (uint8 x int8 kernels) on the same plan
+    plan = CompressionPlan.load(art.path / "plan.json")
+    for d in plan.layers.values():
+        d.fallback = None
+    art8 = compile_model(
+        spec,
+        host,
+        plan=plan,
+        out_dir=out_dir,
+        force=True,
+        parity_gate=False,
+        options=ExportOptions(formats=("onnx",), onnx_int8_weights="int8"),
+    )
+    res["onnx_int8_weights"] = file_row(art8, "onnx", "qdq", fp_onnx, x1)
+    # a mixed int4 / int8 plan
+    t = time.perf_counter()
+    artm = compile_model(
+        spec,
+        host,
+        plan=planm,
+        out_dir=out_dir,
+        force=True,
+        parity_gate=False,
+        options=ExportOptions(tflite_variants=("int8",)),
+    )
+    wall_m = time.perf_counter() - t + planm_s
+    res["mixed"] = {
+        "alpha": alpha,
+        "planned_bytes": artm.manifest["planned_bytes"],
+        "sim_acc": artm.manifest["accuracy"]["simulated"],
+        "onnx": file_row(artm, "onnx", "qdq", fp_onnx, x1),
+        "tflite": file_row(artm, "tflite", "int8", fp_tfl, x1),
+        "weight_bits": {n: d.weight_bits for n, d in planm.layers.items()},
+        "compile_s": round(wall_m, 2),
+        "stages_s": {**artm.stages_s, "plan": round(planm_s, 2)},
+        "note": "planned from the same planner analysis as the default plan (plan_s excludes the shared analysis)",
+    }
+    return res
+
+
+def summarize(models: dict[str, Any]) -> dict[str, Any]:
+    rows = []
+    for name, r in models.items():
+        for key in ("onnx", "tflite", "tflite_int8_full", "onnx_int8_weights"):
+            if key in r:
+                rows.append((name, key, r[key]))
+        for key in ("onnx", "tflite"):
+            rows.append((name, f"mixed.{key}", r["mixed"][key]))
+    checks = {
+        "agreement_ge_0.99": all(x["agreement"] >= 0.99 for n, k, x in rows if k != "onnx_int8_weights"),
+        "acc_within_0.3pp": all(
+            abs(x["acc_minus_sim_pp"]) <= 0.3 for n, k, x in rows if k != "onnx_int8_weights"
+        ),
+        "bytes_within_10pct": all(abs(x["bytes_ratio"] - 1) <= 0.10 for n, k, x in rows),
+        "int8_not_5pct_slower": all(
+            x["latency_ratio_vs_fp32"] <= 1.05 for n, k, x in rows if not k.startswith("mixed")
+        ),
+        "resnet_le_0.8x_some_runtime": min(
+            (x["latency_ratio_vs_fp32"] for n, k, x in rows if n == "resnet"), default=float("inf")
+        )
+        <= 0.8,
+    }
+    return {
+        "checks": checks,
+        "table": [
+            {
+                "model": n,
+                "file": k,
+                **{
+                    f: x[f]
+                    for f in (
+                        "bytes",
+                        "planned_bytes",
+                        "bytes_ratio",
+                        "agreement",
+                        "sqnr_db",
+                        "acc",
+                        "sim_acc",
+                        "latency_ratio_vs_fp32",
+                        "latency_ms",
+                        "fp32_latency_ms",
+                    )
+                },
+            }
+            for n, k, x in rows
+        ],
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="lenet5,conv1d,resnet,mobilenetv2")
+    ap.add_argument("--method", default="hessian")
+    ap.add_argument("--alpha", type=float, default=0.5)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "export.json"))
+    args = ap.parse_args()
+    from edge_compress.artifact import tool_versions
+
+    result: dict[str, Any] = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "load_avg_start": os.getloadavg(),
+        },
+        "versions": tool_versions(),
+        "method": args.method,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "models": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
+        for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+            t = time.perf_counter()
+            result["models"][name] = bench_model(name, args.method, args.alpha, Path(tmp))
+            r = result["models"][name]
+            print(
+                f"{name}: "
+                + ", ".join(
+                    f"{k} agree {r[k]['agreement']:.4f} acc {r[k]['acc']:.4f} bytes {r[k]['bytes']}/{r[k]['planned_bytes']} "
+                    f"lat x{r[k]['latency_ratio_vs_fp32']:.2f}"
+                    for k in ("onnx", "tflite", "onnx_int8_weights")
+                )
+                + f" ({time.perf_counter() - t:.0f}s)",
+                flush=True,
+            )
+    result["machine"]["load_avg_end"] = os.getloadavg()
+    result["summary"] = summarize(result["models"])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from edge_compress.compiler import _sanitize
+
+    out.write_text(json.dumps(_sanitize(result), indent=2, sort_keys=True) + "\n")
+    print(json.dumps(result["summary"]["checks"], indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
