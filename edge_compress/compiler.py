@@ -59,7 +59,10 @@ class ExportOptions:
 
     formats: tuple[str, ...] = FORMATS
     tflite_variants: tuple[str, ...] = ("int8", "int8-full")
-    onnx_int8_weights: str = "uint8"  # uint8 (zero point 128, exact on AVX2) | int8
+    # int8 weight storage in ONNX: uint8 (zero point 128: exact everywhere, no faster than float on AVX2 without
+    # VNNI) | int8 (fast uint8 x int8 kernels; they saturate on AVX2 without VNNI) | int7 (fast and exact: the
+    # 8-bit layers get a 7-bit grid, recorded as fallbacks)
+    onnx_int8_weights: str = "uint8"
     # first-layer convs with a smaller reduction (cin x kernel area) run float on their weight grid,
     # in ONNX and in the TFLite int8 variant (0: never); the name is kept for existing callers
     onnx_float_compute_k: int = 32
@@ -67,6 +70,17 @@ class ExportOptions:
 
     def to_json(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def default_int8_weights(profile: DeviceProfile) -> str:
+    """How ONNX stores int8 weights for this device: ``uint8`` (zero point 128) on x86 without VNNI,
+    where onnxruntime's uint8 x int8 kernels saturate 16-bit sums (exact, but no faster than float);
+    plain ``int8`` elsewhere (ARM widens to 32 bits; VNNI accumulates in 32 bits): exact and fast."""
+    cpu = profile.compute.cpu.lower()
+    x86 = any(k in cpu for k in ("x86", "amd64", "intel", "xeon", "epyc", "ryzen"))
+    if x86 and ("no avx-512 vnni" in cpu or "no vnni" in cpu or "vnni" not in cpu):
+        return "uint8"
+    return "int8"
 
 
 @dataclass
@@ -295,7 +309,7 @@ def compile_model(
         raise UserError(f"--format {','.join(formats) or '(empty)'}: use onnx, tflite or both.")
     if not 0.0 <= parity_threshold <= 1.0:
         raise UserError(f"--parity-threshold must be between 0 and 1, got {parity_threshold}.")
-    opts = options or ExportOptions()
+    opts = options or ExportOptions(onnx_int8_weights=default_int8_weights(profile))
     opts = ExportOptions(**{**asdict(opts), "formats": formats})
     if keep_float and spec.kind != "onnx":
         raise UserError("--keep-float names nodes of an existing .onnx model; it does not apply here.")

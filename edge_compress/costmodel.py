@@ -1,24 +1,26 @@
 """Predict latency, energy and peak memory of a (model graph, plan) on a device before it runs.
 
 The unit of prediction is a *fused kernel*: one Conv / Linear layer with what a runtime fuses
-into it (bias, ReLU, the Q/DQ pairs around it, the element-wise tail up to the next layer).
-Each kernel gets a roofline estimate from the device profile::
+into it (bias, ReLU, the Q/DQ pairs around it, the element-wise tail up to the next layer: pools,
+residual adds), plus one ``io`` kernel for the model's input / output conversions.
 
-    t = max(MACs / peak_MAC/s[precision] , bytes moved / memory bandwidth) + launch overhead
+* Uncalibrated target (``calibrated: false``): a roofline from the device profile per kernel,
+  ``max(MACs / peak MAC/s[precision, threads], bytes moved / memory bandwidth) + launch``.
+* Calibrated target: a per-device linear model on roofline terms, one non-negative coefficient
+  vector per kernel class (``kind/precision``), fitted by NNLS on relative error from the target's
+  measurements: (a) per-operator timings from onnxruntime's profiler, attributed to kernels
+  (:mod:`edge_compress.costmodel_ort`), and (b) whole-model timings (any runner). See
+  :mod:`edge_compress.costmodel_fit` for the terms; the coefficients are JSON and live per target
+  with every observation they were fitted on (:mod:`edge_compress.costmodel_store`), so a refit
+  after new measurements uses all of them.
 
-(the peak is scaled to the threads used). A device calibrated from real measurements replaces
-the roofline by a per-device regression on the same roofline terms, one set of non-negative
-coefficients per kernel class (kind x precision), fitted by non-negative least squares on
-relative error (see :mod:`edge_compress.costmodel_fit`) from (a) per-operator timings parsed
-from onnxruntime's profiler (:mod:`edge_compress.costmodel_ort`) and (b) whole-model timings.
-Coefficients are JSON and live per target (:mod:`edge_compress.costmodel_store`); every new
-measurement is kept, and a refit uses all of them.
+Energy per inference = (idle_w + (active_w - idle_w) x cores_used / cores) x latency, labelled an
+estimate unless scaled by measured energy. Peak memory = runtime base + weight bytes + the largest
+live activation pair (the base is fitted from measured peak RSS when there is one). The p99 is the
+median times the target's measured p99 / median ratio.
 
-Energy per inference = (idle_w + (active_w - idle_w) x cores_used / cores) x latency: an estimate
-from the profile's power model unless fitted from measured energy. Peak memory = runtime base +
-weight bytes + the largest live activation pair (an estimate unless the base was fitted from
-measured peak RSS). An uncalibrated target predicts from the profile and says
-``calibrated: false``.
+``latency_constraint`` / ``energy_constraint`` turn predictions into linear constraints of the
+bit-allocation ILP (``plan_model(..., extra_constraints=[...])``).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ UNCALIBRATED_REL_ERROR = 0.5  # a roofline is often off by 2x: the optimistic bo
 KINDS = ("conv", "depthwise_conv", "linear", "io")  # io: the model's input / output conversions
 PRECISIONS = ("fp32", "int8", "int4", "int16", "wonly")
 # When a class has no fitted coefficients, borrow the nearest one.
-_PRECISION_FALLBACK = {"int4": "int8", "wonly": "int4", "int16": "int8", "int8": "fp32"}
+_PRECISION_FALLBACK = {"int4": "int8", "wonly": "int4", "int16": "int8", "int8": "fp32", "fp32nchwc": "fp32"}
 
 
 def layer_precision(d: LayerDecision | None) -> str:
@@ -553,15 +555,18 @@ def layer_costs_by_bits(
     from edge_compress.plan import CompressionPlan
 
     all_bits = sorted({b for bs in options.values() for b in bs})
+    first = graph.layers[0].name if graph.layers else ""
     coeffs: dict[tuple[str, int], float] = {}
     for b in all_bits:
         plan = CompressionPlan.uniform(graph, "", cm.profile.name, b, act_bits)
         for k in kernels_of(graph, plan):
-            if k.layer in options and b in options[k.layer]:
-                coeffs[(k.layer, b)] = coeffs.get((k.layer, b), 0.0) + cm.kernel_ms(k)
+            layer = first if k.kind == "io" else k.layer  # the input conversion follows the first layer
+            if layer in options and b in options[layer]:
+                coeffs[(layer, b)] = coeffs.get((layer, b), 0.0) + cm.kernel_ms(k)
     fixed = cm.base_ms
     for k in kernels_of(graph, None):
-        if k.kind == "io" or k.layer not in options:
+        layer = first if k.kind == "io" else k.layer
+        if layer not in options:
             fixed += cm.kernel_ms(k)
     return coeffs, fixed
 

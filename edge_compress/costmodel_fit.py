@@ -62,6 +62,10 @@ BASE_GUESS_MS = 0.02
 
 
 def kernel_class(k: Kernel) -> str:
+    """``kind/precision``; float 2-D convolutions whose output channels fill 8-lane blocks are their
+    own class (onnxruntime runs them in its blocked NCHWc layout, a different kernel family)."""
+    if k.precision == "fp32" and k.kind in ("conv", "depthwise_conv") and k.dims == 2 and k.cout % 8 == 0:
+        return f"{k.kind}/fp32nchwc"
     return f"{k.kind}/{k.precision}"
 
 

@@ -423,3 +423,59 @@ def time_paired(
 
     ref_all = np.concatenate([np.asarray(p.reference_ms) for p in out.values()]) if out else np.array([1.0])
     return out, float(np.median(ref_all))
+
+
+def _empty_model(path: str) -> str:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "empty", [x], [y])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def calibrate_here(
+    cm: Any,
+    items: list[tuple[str | os.PathLike[str], list[Kernel], str]],
+    *,
+    rounds: int = 40,
+    per_round: int = 8,
+    profile_runs: int = 30,
+    fit: bool = True,
+) -> dict[str, Any]:
+    """Calibrate ``cm`` (a local target) from ONNX files: (path, kernels, label) per model.
+
+    Every file is timed with the paired, interleaved protocol (the first file as the reference)
+    and profiled per operator; the empty-model latency sets the per-call overhead; each becomes
+    an observation (whole-model latency + per-kernel times), then the model is refitted on all
+    its observations. Returns the fit statistics. For a remote target, feed ``CostModel.observe``
+    with runner measurements instead (whole-model timings only).
+    """
+    with tempfile.TemporaryDirectory(prefix="ec-calib-") as tmp:
+        empty = _empty_model(os.path.join(tmp, "empty.onnx"))
+        paths = [str(p) for p, _, _ in items]
+        timings, ref_med = time_paired(paths + [empty], paths[0], rounds=rounds, per_round=per_round)
+    cm.fit_info["call_overhead_ms"] = timings[empty].ratio_median() * ref_med
+    import numpy as np
+
+    for path, kernels, label in items:
+        pt = timings[str(path)]
+        lat = pt.ratio_median() * ref_med
+        kms: dict[str, float] = {}
+        try:
+            kms, _, _ = attribute_to_kernels(
+                profile_onnx(path, runs=profile_runs, threads=cm.threads), kernels
+            )
+        except ValueError:
+            pass  # the operators could not be matched to layers: whole-model timing only
+        cm.observe(
+            kernels,
+            latency_ms=lat,
+            p99_ms=float(np.percentile(pt.samples_ms, 99)),
+            kernel_ms=kms,
+            label=label,
+            source=f"calibrate:{cm.target}",
+        )
+    return cm.fit() if fit else {}

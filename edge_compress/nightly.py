@@ -289,7 +289,8 @@ def prepare_artifact(
         model_file=str(directory / name),
         bytes=int(desc.get("bytes") or (directory / name).stat().st_size),
         manifest=manifest,
-        plan_digest=str(manifest.get("plan_digest") or (_sha256(plan)[:16] if plan.is_file() else "")) or None,
+        plan_digest=str(manifest.get("plan_digest") or (_sha256(plan)[:16] if plan.is_file() else ""))
+        or None,
         profile=manifest.get("profile") if isinstance(manifest.get("profile"), str) else profile,
         cached=cached,
     )
@@ -720,7 +721,7 @@ def judge(
                 m.latency_ms,
                 threshold_pct=float(th[metric]),
                 alpha=alpha,
-                noise_pct=rg.robust_spread_pct(hist.get(metric) or []),
+                history=hist.get(metric) or [],
                 noise_k=k,
                 trigger=trig,
                 baseline_throttled=b.get("throttled"),

@@ -154,30 +154,65 @@ def bootstrap_ratio_ci(
 
 
 def _decide(
-    mv: MetricVerdict, p_up: float | None, p_down: float | None, alpha: float, trigger: float
+    mv: MetricVerdict,
+    p_up: float | None,
+    p_down: float | None,
+    alpha: float,
+    trigger: float,
+    center_effect: float | None = None,
 ) -> MetricVerdict:
+    """Verdict from the effect, its one-sided p-values and the thresholds.
+
+    ``center_effect``: the candidate against the centre (median) of the cell's accepted history,
+    percent. A single baseline run can be unusually fast or slow on a noisy device, so with a
+    history a historical verdict must hold against both, and either can make a metric suspect.
+    """
     eff = mv.effect_pct
     if eff is None:
         return mv
     thr = mv.effective_threshold_pct
     sig_up = p_up is not None and p_up < alpha
     sig_down = p_down is not None and p_down < alpha
-    # looks regressed: the point estimate alone decides, because a noisy device may hide a real
-    # slowdown from the historical test; the paired re-measure then supplies the significance
-    mv.suspect = eff > trigger * mv.threshold_pct
-    if sig_up and eff > thr:
+    up_center = center_effect is None or center_effect > thr
+    down_center = center_effect is None or center_effect < -thr
+    # looks regressed: the point estimate alone decides (a noisy device may hide a real slowdown
+    # from the historical test), against the baseline run or the history; on a device whose
+    # run-to-run noise had to widen the threshold, the historical evidence cannot rule a
+    # regression out at all. The paired re-measure then supplies the evidence.
+    mv.suspect = (
+        eff > trigger * mv.threshold_pct
+        or (center_effect is not None and center_effect > trigger * mv.threshold_pct)
+        or thr > mv.threshold_pct
+    )
+    if center_effect is not None:
+        mv.note = _join(mv.note, f"{center_effect:+.1f}% against the history median")
+    if sig_up and eff > thr and up_center:
         mv.verdict = "regression"
-    elif sig_down and eff < -thr:
+    elif sig_down and eff < -thr and down_center:
         mv.verdict = "improvement"
-    elif (p_up is None) and eff > thr:
+    elif (p_up is None) and eff > thr and up_center:
         mv.verdict = "inconclusive"
-        mv.note = (mv.note + "; " if mv.note else "") + "above the threshold but significance is untestable"
+        mv.note = _join(mv.note, "above the threshold but significance is untestable")
     else:
         mv.verdict = "ok"
         if eff > thr and not sig_up:
-            mv.note = (mv.note + "; " if mv.note else "") + "above the threshold but not significant"
+            mv.note = _join(mv.note, "above the threshold but not significant")
+        elif eff > thr and not up_center:
+            mv.note = _join(mv.note, "above the threshold against the baseline run only, not the history")
     mv.p_value = p_up if (eff >= 0 or p_down is None) else p_down
     return mv
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a else b
+
+
+def history_center_effect(value: float | None, history: Any) -> float | None:
+    """``value`` against the median of ``history`` (>= 3 positive values), percent; else None."""
+    h = [x for x in (history or []) if x is not None and x > 0]
+    if value is None or len(h) < MIN_HISTORY:
+        return None
+    return 100.0 * (value / float(np.median(h)) - 1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,13 +231,21 @@ def compare_latency(
     trigger: float = 0.5,
     baseline_throttled: Any = None,
     candidate_throttled: Any = None,
+    history: list[float] | None = None,
     seed: int = 0,
 ) -> MetricVerdict:
-    """Compare raw latency samples (ms) of two runs on ``metric`` (latency_median | latency_p99)."""
+    """Compare raw latency samples (ms) of two runs on ``metric`` (latency_median | latency_p99).
+
+    ``history``: the metric's values in the cell's accepted runs (newest first); with >= 3 of
+    them, the run-to-run spread widens the threshold (unless ``noise_pct`` is given) and the
+    candidate is also compared with their median.
+    """
     from scipy.stats import mannwhitneyu
 
     base, nb_ex = clean(baseline, baseline_throttled)
     cand, nc_ex = clean(candidate, candidate_throttled)
+    if noise_pct is None and history:
+        noise_pct = robust_spread_pct(history)
     thr_eff = max(threshold_pct, noise_k * noise_pct) if noise_pct is not None else threshold_pct
     mv = MetricVerdict(
         metric,
@@ -236,7 +279,7 @@ def compare_latency(
         p_down = max(float(mannwhitneyu(cand, base, alternative="less").pvalue), pb_down)
     else:  # the tail: Mann-Whitney tests location, so the bootstrap decides alone
         p_up, p_down = pb_up, pb_down
-    return _decide(mv, p_up, p_down, alpha, trigger)
+    return _decide(mv, p_up, p_down, alpha, trigger, history_center_effect(c, history))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,7 +411,7 @@ def compare_scalar(
         n = len(lh)
         tstat = (math.log(candidate) - float(lh.mean())) / (sd * math.sqrt(1 + 1 / n))
         p_up, p_down = float(st.t.sf(tstat, n - 1)), float(st.t.cdf(tstat, n - 1))
-    return _decide(mv, p_up, p_down, alpha, trigger)
+    return _decide(mv, p_up, p_down, alpha, trigger, history_center_effect(candidate, hist))
 
 
 def compare_accuracy(

@@ -268,7 +268,11 @@ class SelectionResult:
             "budgets": self.budgets,
             "measurements": self.measurements,
             "candidates_total": len(self.candidates),
-            "cost_model": {"calibrated": self.calibrated, "rel_error": self.rel_error},
+            "cost_model": {
+                "calibrated": self.calibrated,
+                "rel_error": self.rel_error,
+                "refitted_with_measurements": self.measurements,
+            },
             "candidates": [row(c) for c in sorted(self.candidates, key=lambda c: -c.accuracy)],
             "rejections": self.rejections(),
             "trace": self.trace,
@@ -336,47 +340,53 @@ def select(
     for c in candidates:  # a fresh start: numbers from an earlier call are not this target's
         c.measured, c.measurement, c.correction = None, None, 1.0
         c.predicted = predict_costs(c, cm, budgets)
+    calibrated_at_start = cm.calibrated
     loop = _Loop(candidates, budgets, cm, measure, refit, progress)
     if measure is not None:
         while max_measurements is None or loop.n < max_measurements:
-            ok = [c for c in candidates if c.measured is not None and not violations(c.measured, budgets)]
-            best = max((c.accuracy for c in ok), default=-math.inf)
-            pool = [
-                c
-                for c in candidates
-                if c.measured is None
-                and c.id not in loop.failed
-                and c.accuracy > best
-                and _possibly_feasible(c, budgets, cm)
-            ]
-            if not pool:
+            nxt = _next_to_measure(candidates, budgets, cm, loop)
+            if nxt is None:
                 break
-            loop.measure(max(pool, key=lambda c: (c.accuracy, -_worst_ratio(c.costs, budgets))))
+            loop.measure(nxt)
         else:
             loop.notes.append(
                 f"stopped at --max-measurements {max_measurements}; unmeasured candidates may be better."
             )
-    usable = [c for c in candidates if c.id not in loop.failed]
     basis = "measured" if measure is not None else "predicted"
+    usable = [c for c in candidates if c.id not in loop.failed]
     feasible = [c for c in usable if c.costs.basis == basis and not violations(c.costs, budgets)]
-    if (
-        not feasible
-        and measure is not None
-        and usable
-        and (max_measurements is None or loop.n < max_measurements)
-    ):
-        # nothing can meet the budgets: measure the closest candidate so the error states a measured number
-        closest = min(usable, key=lambda c: _worst_ratio(c.costs, budgets))
-        if closest.measured is None:
-            loop.measure(closest)
     res = SelectionResult(
-        None, basis, candidates, budgets, loop.n, cm.calibrated, cm.rel_error, loop.trace, loop.notes
+        None, basis, candidates, budgets, loop.n, calibrated_at_start, cm.rel_error, loop.trace, loop.notes
     )
     if not feasible:
-        usable = [c for c in candidates if c.id not in loop.failed]
         raise BudgetError(_no_feasible_message(usable or candidates, budgets, basis))
     res.chosen = max(feasible, key=lambda c: (c.accuracy, -c.costs.latency_ms))
     return res
+
+
+CLOSEST_MAX_OVER = 1.5  # keep checking the closest candidates while their optimistic cost is within this
+
+
+def _next_to_measure(
+    cands: list[Candidate], budgets: dict[str, float], cm: CostModel, loop: _Loop
+) -> Candidate | None:
+    """The most accurate unmeasured candidate that could still beat the best measured feasible one;
+    when nothing measured is feasible and nothing is predicted to be, the closest one (predictions
+    can be wrong both ways: checked while it is within ``CLOSEST_MAX_OVER`` of the budgets, and
+    always once, so an impossible budget is reported with a measured number)."""
+    ok = [c for c in cands if c.measured is not None and not violations(c.measured, budgets)]
+    best = max((c.accuracy for c in ok), default=-math.inf)
+    open_ = [c for c in cands if c.measured is None and c.id not in loop.failed]
+    pool = [c for c in open_ if c.accuracy > best and _possibly_feasible(c, budgets, cm)]
+    if pool:
+        return max(pool, key=lambda c: (c.accuracy, -_worst_ratio(c.costs, budgets)))
+    if ok or not open_:
+        return None
+    closest = min(open_, key=lambda c: _worst_ratio(c.costs, budgets))
+    optimistic_over = _worst_ratio(closest.costs, budgets) / (1 + 2 * cm.rel_error)
+    if loop.n == 0 or optimistic_over <= CLOSEST_MAX_OVER:
+        return closest
+    return None
 
 
 class _Loop:
@@ -611,11 +621,16 @@ def generate_candidates(
     mixed_on_variants: bool = False,
     finetune_epochs: int = 3,
     planner_options: dict[str, Any] | None = None,
+    use_project_exporter: bool = True,
     calib_n: int = 256,
     notes: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[Candidate]:
-    """Every (model variant x plan) candidate with its simulated accuracy and kernels."""
+    """Every (model variant x plan) candidate with its simulated accuracy and kernels.
+
+    ``use_project_exporter`` must match how candidates will be exported (see :func:`runner_measure`):
+    it decides which layers run in float.
+    """
     from edge_compress.costmodel import kernels_of
     from edge_compress.costmodel_export import float_compute_layers, project_exporter_available
     from edge_compress.graph import extract_graph
@@ -631,7 +646,9 @@ def generate_candidates(
         graph = extract_graph(zm.model, zm.example_input())
         calib = zm.calibration(calib_n)
         for v in _variants(zm, graph, prune_ratios, ranks, notes, finetune_epochs):
-            fc = float_compute_layers(v.graph) if project_exporter_available() else set()
+            # the project exporter runs tiny-reduction convolutions in float: their kernels are float
+            project = use_project_exporter and project_exporter_available()
+            fc = float_compute_layers(v.graph) if project else set()
             mixed = alphas if (mixed_on_variants or not v.label) else ()
             for tech, plan in _plans(v, zm, profile, mixed, calib, notes, planner_options):
                 if plan is None:

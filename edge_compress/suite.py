@@ -99,7 +99,9 @@ class CompileSettings(_Strict):
 
     name: str = Field(default="default", pattern=_NAME)
     method: str = Field(
-        default="hessian", min_length=1, description="compiler method (edge-compress compile --method), or 'none'"
+        default="hessian",
+        min_length=1,
+        description="compiler method (edge-compress compile --method), or 'none'",
     )
     formats: tuple[Literal["onnx", "tflite"], ...] = Field(default=("onnx",), min_length=1)
     parity_threshold: float | None = Field(default=None, gt=0)

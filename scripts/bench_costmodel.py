@@ -430,7 +430,9 @@ def prepare_zoo(name: str, workdir: str, gen_kw: dict[str, Any], project_export:
     torch.set_num_threads(1)
     t0 = time.monotonic()
     notes: list[str] = []
-    cands = generate_candidates(name, load_profile("host"), notes=notes, **gen_kw)
+    cands = generate_candidates(
+        name, load_profile("host"), notes=notes, use_project_exporter=project_export, **gen_kw
+    )
     t_gen = time.monotonic() - t0
     t0 = time.monotonic()
     rows = []
@@ -496,6 +498,7 @@ def bench_select(
     feasible = [c for c in cands if truth[c.id][0] <= budget]
     best = max(feasible, key=lambda c: c.accuracy)
     cm = copy.deepcopy(device_cm)
+    initial = {c.id: cm.predict_from_kernels(c.kernels).latency_ms for c in cands}
     res = select(
         cands, {"latency_median_ms": budget}, cm, lambda c: replay_measurement(paths[c.id], *truth[c.id])
     )
@@ -531,6 +534,7 @@ def bench_select(
                 "id": c.id,
                 "accuracy_pct": c.accuracy,
                 "measured_ms": truth[c.id][0],
+                "predicted_ms_initial": initial[c.id],
                 "predicted_ms_when_measured": first_pred.get(c.id),
                 "predicted_ms_final": None if c.predicted is None else c.predicted.latency_ms,
             }
@@ -562,10 +566,18 @@ def main() -> int:
         help="export candidates with edge_compress.export.onnx (the product path; ~10-20 s per file here)",
     )
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument(
+        "--dataset",
+        type=Path,
+        default=None,
+        help="keep the measured random-model dataset here, or reuse it when the directory exists",
+    )
     args = ap.parse_args()
     import tempfile
 
     from edge_compress.profiles import load_profile
+
+    global CALL_OVERHEAD_MS
 
     n = args.models or (60 if args.quick else 150)
     rounds = args.rounds or (25 if args.quick else 50)
@@ -597,7 +609,8 @@ def main() -> int:
         "prune_ratios": (0.5,),
         "ranks": (0.6,),
         "finetune_epochs": 1,
-        "calib_n": 128,
+        "calib_n": 64,
+        "planner_options": PLANNER_FAST,
     }
     if args.quick:
         gen_kw = {
@@ -614,15 +627,39 @@ def main() -> int:
         (work / "zoo").mkdir()
         log(f"[0/3] preparing zoo candidates for {', '.join(zoo)} in a worker process")
         futures = [pool.submit(prepare_zoo, z, str(work / "zoo"), gen_kw, args.project_export) for z in zoo]
-        log(f"[1/3] exporting {n} random architectures x plans")
-        t0 = time.monotonic()
-        recs = make_dataset(n, work, args.seed, log)
-        t_export = time.monotonic() - t0
-        log("[2/3] timing (paired, interleaved) and profiling them")
-        minfo = measure_dataset(recs, rounds, 8, log)
+        if args.dataset is not None and args.dataset.exists():  # iterate on the predictor / selection
+            saved = json.loads((args.dataset / "dataset.json").read_text())
+            recs, minfo, t_export = saved["recs"], saved["measurement"], saved["export_seconds"]
+            CALL_OVERHEAD_MS = minfo["call_overhead_ms"]
+            for r in recs:
+                r["path"] = str(args.dataset / Path(r["path"]).name)
+            log(f"[1-2/3] reusing the measured dataset in {args.dataset} (not a fresh run)")
+            out["settings"]["reused_dataset"] = str(args.dataset)
+        else:
+            log(f"[1/3] exporting {n} random architectures x plans")
+            t0 = time.monotonic()
+            recs = make_dataset(n, work, args.seed, log)
+            t_export = time.monotonic() - t0
+            log("[2/3] timing (paired, interleaved) and profiling them")
+            minfo = measure_dataset(recs, rounds, 8, log)
+            if args.dataset is not None:
+                import shutil
+
+                args.dataset.mkdir(parents=True)
+                for r in recs:
+                    shutil.copy(r["path"], args.dataset)
+                doc = {"recs": recs, "measurement": minfo, "export_seconds": t_export}
+                (args.dataset / "dataset.json").write_text(json.dumps(doc))
         ev = evaluate_predictor(recs, profile, 0.7, args.seed)
         ev.pop("model")
         errors = ev.pop("errors")
+        splits = [evaluate_predictor(recs, profile, 0.7, args.seed + k) for k in range(1, 6)]
+        ev["other_splits"] = {
+            "within10_pct": [x["within10_pct"] for x in splits],
+            "mape_pct": [x["mape_pct"] for x in splits],
+            "baseline_within10_pct": [x["baseline_within10_pct"] for x in splits],
+            "baseline_mape_pct": [x["baseline_mape_pct"] for x in splits],
+        }
         from collections import Counter
 
         out["predictor"] = {
@@ -640,6 +677,7 @@ def main() -> int:
                 )
             },
             "roofline_uncalibrated": ev["roofline_uncalibrated"],
+            "five_other_70_30_splits": ev["other_splits"],
             "measurement_noise_pct": ev["measurement_noise_pct"],
             "fit": ev["fit"],
             "dataset": {

@@ -191,6 +191,19 @@ def cell_summary(res: Any) -> list[dict[str, Any]]:
     return out
 
 
+DETECTION_RULE = (
+    "cell verdict 'regression' on a timing metric: latency_median, latency_p99, or energy (here an "
+    "estimate from the profile's power model x the measured loop time); bytes is disabled (1000 %)"
+)
+
+
+def is_detected(cell: dict[str, Any]) -> bool:
+    """The slowdown was flagged: a regression verdict on a timing metric (see DETECTION_RULE)."""
+    return cell["verdict"] == "regression" and bool(
+        {"latency_median", "latency_p99", "energy"} & set(cell["regressed_metrics"])
+    )
+
+
 def paired_noise(store: Any, run_ids: list[int], rounds: int, alpha: float, looks: int = 2) -> dict[str, Any]:
     """Per-round noise of the paired comparison of identical artifacts (sd of the log ratio of
     round medians), and the slowdown it lets ``rounds`` paired rounds detect with 95 % power."""
@@ -347,7 +360,7 @@ def main() -> int:
                     shutil.copy(work / "base.onnx", model)
                 for c in cell_summary(r):
                     total += 1
-                    detected += c["median_verdict"] == "regression"
+                    detected += is_detected(c)
                 runs.append({"run": r.run_id, "exit_code": r.exit_code, "cells": cell_summary(r)})
             row = {
                 "nominal_pct": pct,
@@ -362,6 +375,7 @@ def main() -> int:
             print(f"  {pct}% (measured {info['measured_pct']}%): {detected}/{total} detected", flush=True)
         reliable = [s["nominal_pct"] for s in sizes if s["rate"] == 1.0]
         result["detection"] = {
+            "rule": DETECTION_RULE,
             "threshold_pct": args.threshold,
             "alpha": 0.01,
             "reps_per_size": reps,
@@ -402,6 +416,10 @@ def main() -> int:
         "false_positive_runs_target": 0,
         "detected_slowdown_pct": det,
         "detected_slowdown_pct_target": 5,
+        "paired_round_noise_sd_pct": result["false_positives"]["paired_noise"].get("sd_log_ratio_pct"),
+        "detectable_pct_at_max_rounds": result["false_positives"]["paired_noise"].get(
+            "detectable_pct_at_rounds"
+        ),
         "store_bytes_per_1k": result["store"]["store_bytes_per_1k"],
         "cold_run_s": cache["cold_run_s"],
         "cached_rerun_s": cache["cached_rerun_s"],

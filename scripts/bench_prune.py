@@ -46,11 +46,16 @@ from edge_compress.prune.l1 import l1_prune  # noqa: E402
 from edge_compress.zoo import load_zoo  # noqa: E402
 
 # Group-lasso settings per model (tuned on the validation split; see the issue's report).
-GL = {
-    "resnet": dict(epochs=5, lr=0.02, dual_lr=0.015, finetune_epochs=3),
-    "mobilenetv2": dict(epochs=6, lr=0.02, dual_lr=0.015, finetune_epochs=3),
+# Group-lasso settings: the library defaults (at most 8 penalized epochs, stopping at the budget,
+# then 3 fine-tune epochs; L1 gets the same 3). Tuned on the validation split, see the issue report.
+# Both methods round kept channel counts to multiples of 8 (onnxruntime's AVX2 convolution blocks):
+# unaligned counts (45 instead of 48) measured no faster than the unpruned model here.
+ALIGN = 8
+GL: dict[str, dict[str, Any]] = {
+    "resnet": {"channel_multiple": ALIGN},
+    "mobilenetv2": {"channel_multiple": ALIGN},
 }
-QUICK_GL = dict(epochs=3, finetune_epochs=2)
+QUICK_GL = dict(epochs=5, finetune_epochs=2)
 
 
 def log(msg: str) -> None:
@@ -82,8 +87,8 @@ def latency_ratios(
     xn = x.numpy()
     with tempfile.TemporaryDirectory() as d:
         sessions = {"base": _ort_session(base, x, Path(d) / "base.onnx")}
-        for k, m in others.items():
-            sessions[k] = _ort_session(m, x, Path(d) / f"{k}.onnx")
+        for i, (k, m) in enumerate(others.items()):
+            sessions[k] = _ort_session(m, x, Path(d) / f"model{i}.onnx")
         for s in sessions.values():  # warm up
             for _ in range(20):
                 s.run(None, {"x": xn})
@@ -153,6 +158,7 @@ def bench_prune(models: list[str], budgets: list[float], quick: bool, repeats: i
                 finetune_epochs=cfg.finetune_epochs,
                 finetune_lr=cfg.finetune_lr,
                 seed=cfg.seed,
+                channel_multiple=cfg.channel_multiple,
             )
             row["l1"] = {
                 "acc": z.evaluate(l1.model),
@@ -305,9 +311,9 @@ def bench_width(quick: bool, out: dict) -> None:
         )
     else:
         res = width_study(
-            ["lenet5", "conv1d", "mobilenetv2"],
+            ["lenet5", "conv1d"],
             (0.5, 1.0, 1.5, 2.0),
-            epochs={"lenet5": 15, "conv1d": 30, "mobilenetv2": 4},
+            epochs={"lenet5": 8, "conv1d": 15},
             progress=log,
         )
     out["width_study"] = res
@@ -365,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda: bench_svd(
                 ["lenet5"] if args.quick else ["lenet5", "resnet"],
                 [0.8, 0.5, 0.3] if args.quick else [0.9, 0.7, 0.5, 0.35, 0.25],
-                1 if args.quick else 2,
+                1,
                 out,
             ),
         ),
@@ -378,24 +384,31 @@ def main(argv: list[str] | None = None) -> int:
         ("lasso", lambda: bench_lasso(args.quick, out)),
         ("width", lambda: bench_width(args.quick, out)),
     ]
+
+    def save() -> None:
+        out["timings_s"] = {**timings, "total_this_run": time.time() - t_all}
+        out["summary"] = summary(out)
+        out["meta"] = meta
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(out, indent=1, default=float) + "\n")
+
+    meta = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "quick": args.quick,
+        "load_avg_start": os.getloadavg(),
+    }
     for name, fn in plan:
         if name in sections:
             t = time.time()
             log(f"== {name}")
             fn()
             timings[name] = time.time() - t
-    out["timings_s"] = {**timings, "total_this_run": time.time() - t_all}
-    out["summary"] = summary(out)
-    out["meta"] = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "quick": args.quick,
-        "load_avg": os.getloadavg(),
-    }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(out, indent=1, default=float) + "\n")
+            save()  # after every section, so a long run leaves its results behind
+    meta["load_avg_end"] = os.getloadavg()
+    save()
     log(f"wrote {out_path} in {time.time() - t_all:.0f}s")
     return 0
 

@@ -106,8 +106,9 @@ def select_cmd(
         workdir = Path(tempfile.mkdtemp(prefix="edge-compress-select-"))
         measure = runner_measure(runner, workdir, prof.name, min_duration_s=min_duration, notes=notes)
     if not cm.calibrated:
+        who = f"target {target!r}" if target else "the profile (no target)"
         notes.append(
-            f"cost model of {target or 'no target'} is not calibrated: predictions come from the profile roofline."
+            f"the cost model of {who} is not calibrated: predictions come from the profile roofline."
         )
     res = select(cands, budgets, cm, measure, max_measurements=max_measurements, progress=say)
     res.notes = notes + res.notes
@@ -125,28 +126,49 @@ def select_cmd(
     _print(res, plot)
 
 
+def _short(budget: str) -> str:
+    return {
+        "latency_p99_ms": "p99",
+        "latency_median_ms": "median",
+        "energy_per_inference_mj": "energy",
+        "peak_memory_mb": "memory",
+        "model_bytes": "bytes",
+        "avg_power_w": "power",
+    }.get(budget, budget)
+
+
 def _print(res: Any, plot: Path | None) -> None:
     from rich.table import Table
 
-    label = "measured" if res.basis == "measured" else "PREDICTED (no target given)"
+    from edge_compress.selection import violations
+
+    label = "measured on the target" if res.basis == "measured" else "PREDICTED: no target given"
     t = Table(
-        title=f"candidates ({label}; {res.measurements} on-target measurements of {len(res.candidates)})"
+        title=f"candidates ({label}; {res.measurements} on-target measurements of {len(res.candidates)})",
+        caption="basis: m = measured, p = predicted; * = on the accuracy / median-latency Pareto front",
     )
-    for col in ("candidate", "acc %", "median", "p99", "energy", "bytes", "basis", "pareto", "status"):
-        t.add_column(col)
+    t.add_column("candidate", no_wrap=True)
+    for col in ("acc %", "median ms", "p99 ms", "mJ", "KB", "", ""):
+        t.add_column(col, justify="right" if col else "left", no_wrap=True)
+    t.add_column("status")
     front = {c.id for c in res.pareto("latency_ms")}
-    rej = {r["id"]: r["reason"] for r in res.rejections()}
     for c in sorted(res.candidates, key=lambda c: -c.accuracy):
         k = c.costs
-        status = "[green]CHOSEN[/]" if c is res.chosen else rej.get(c.id, "")
+        v = violations(k, res.budgets)
+        if c is res.chosen:
+            status = "[green]CHOSEN[/]"
+        elif v:
+            status = "over " + ", ".join(f"{_short(b)} {x['over_pct']:+.0f}%" for b, x in v.items())
+        else:
+            status = "ok, less accurate" if res.chosen is not None else "ok"
         t.add_row(
             c.id,
             f"{c.accuracy:.2f}",
-            _fmt(k.latency_ms, " ms"),
-            _fmt(k.latency_p99_ms, " ms"),
-            _fmt(k.energy_mj, " mJ"),
-            _fmt(k.model_bytes, "B"),
-            k.basis,
+            f"{k.latency_ms:.3g}",
+            f"{k.latency_p99_ms:.3g}",
+            f"{k.energy_mj:.3g}",
+            f"{k.model_bytes / 1e3:.1f}",
+            k.basis[0],
             "*" if c.id in front else "",
             status,
         )

@@ -53,6 +53,11 @@ LATENCY_REASON = (
     "float ones for so small a reduction (onnxruntime uint8 convolution, XNNPACK int8 depthwise); "
     "ONNX stores its grid values as float32 (a few hundred bytes) to avoid a DequantizeLinear per run"
 )
+INT8_WEIGHTS = ("uint8", "int8", "int7")
+INT7_REASON = (
+    "int8 weights restricted to 7 bits (reduce range) so that onnxruntime's fast uint8 x int8 kernels cannot "
+    "saturate their 16-bit sums on x86 without VNNI; the file is exact with the 7-bit grid"
+)
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 _SAME_GRID = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity"}
@@ -192,6 +197,23 @@ def _act_override(aq: ActQuant) -> dict[str, Any]:
     raise ValueError(aq.bits)
 
 
+def _reduce_range(init: Any, ref: OnnxLayer, d: Any, lq: LayerQuant) -> tuple[LayerQuant, np.ndarray]:
+    """The 7-bit grid (spec entry, grid weights) of a layer planned at 8 bits, from its float weights
+    (``int8_weights="int7"``); the activation grid is unchanged."""
+    import dataclasses
+
+    import torch
+    from onnx import numpy_helper
+
+    from edge_compress.export.base import fake_quant_weight
+    from edge_compress.quant.fakequant import weight_scales
+
+    arr = numpy_helper.to_array(init).astype(np.float32)
+    w = torch.from_numpy(np.ascontiguousarray(arr.T if ref.transposed else arr))
+    scale = weight_scales(w, 7, d.per_channel, d.weight_clip).numpy().astype(np.float32)
+    return dataclasses.replace(lq, weight_bits=7, weight_scale=scale), fake_quant_weight(w, scale, 7)
+
+
 def _weight_qtype(bits: int, int8_weights: str) -> tuple[Any, np.dtype, int, int]:
     """(QuantType, zero-point dtype, zero point, container bits) storing a symmetric ``bits`` grid exactly."""
     from onnxruntime.quantization import QuantType
@@ -199,7 +221,7 @@ def _weight_qtype(bits: int, int8_weights: str) -> tuple[Any, np.dtype, int, int
     if bits <= 4:
         return QuantType.QInt4, np.dtype(np.int8), 0, 4
     if bits <= 8:
-        if int8_weights == "uint8":
+        if int8_weights == "uint8" and bits == 8:
             return QuantType.QUInt8, np.dtype(np.uint8), 128, 8
         return QuantType.QInt8, np.dtype(np.int8), 0, 8
     return QuantType.QInt16, np.dtype(np.int16), 0, 16
@@ -328,9 +350,12 @@ def export_onnx(
     from onnx import numpy_helper
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    if int8_weights not in ("uint8", "int8"):
-        raise UserError(f"int8 weight storage must be uint8 or int8, got {int8_weights!r}.")
+    if int8_weights not in INT8_WEIGHTS:
+        raise UserError(
+            f"int8 weight storage must be one of {', '.join(INT8_WEIGHTS)}, got {int8_weights!r}."
+        )
     model = onnx.load(str(float_path))
+    spec = dict(spec)  # int7 storage replaces entries
     layers = map_onnx_layers(model, list(plan.layers), weight_names=weight_names)
     g = model.graph
     inits = {i.name: i for i in g.initializer}
@@ -345,6 +370,15 @@ def export_onnx(
         d = plan.layers[name]
         if lq.weight_bits is None or name in float_compute:
             exclude.append(ref.node)
+        if lq.weight_bits == 8 and int8_weights == "int7" and name not in float_compute:
+            lq, grid7 = _reduce_range(inits[ref.weight], ref, d, lq)
+            spec[name] = lq
+            grid_weights = {**grid_weights, name: grid7}
+            fallbacks.append(
+                Fallback(
+                    name, "onnx", "qdq", bits_label(8, d.act_bits), bits_label(7, d.act_bits), INT7_REASON
+                )
+            )
         if lq.weight_bits is not None:
             w = grid_weights[name]
             arr = w.T if ref.transposed else w
@@ -594,10 +628,11 @@ def _defer_first_quantize(q: onnx.ModelProto, layers: dict[str, OnnxLayer], floa
 
 
 def clean_qdq(model: onnx.ModelProto, keep_names: dict[str, str] | None = None) -> None:
-    """In place: float model outputs, no debug metadata, short names, no zero int32 zero points.
+    """In place: float model outputs, no debug metadata, short names, raw tensor data, no zero int32 zero points.
 
     Nodes in ``keep_names`` (node -> layer) are renamed to their layer: the file maps back to the plan.
     """
+    import onnx
     from onnx import numpy_helper
 
     g = model.graph
@@ -626,6 +661,12 @@ def clean_qdq(model: onnx.ModelProto, keep_names: dict[str, str] | None = None) 
     for i in list(g.initializer):
         if i.name not in used:
             g.initializer.remove(i)
+    for i in g.initializer:  # typed fields (varint int32_data for uint8 zero points ...) -> compact raw bytes
+        if not i.raw_data and i.data_type not in (onnx.TensorProto.STRING,):
+            arr = numpy_helper.to_array(i)
+            if i.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+                continue
+            i.CopyFrom(numpy_helper.from_array(arr, i.name))
     del g.value_info[:]
     del model.metadata_props[:]
     for v in list(g.input) + list(g.output):

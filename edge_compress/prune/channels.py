@@ -82,12 +82,6 @@ def group_parts(
     return parts
 
 
-def live_rms(norms: torch.Tensor) -> float:
-    """RMS of the nonzero channel norms (0 when all are zero)."""
-    nz = norms[norms > 0]
-    return float(nz.pow(2).mean().sqrt()) if nz.numel() else 0.0
-
-
 def scale_free(g: ChannelGroup, bn_of: dict[str, str]) -> bool:
     """True when rescaling the whole group leaves the network's function unchanged (up to BN eps and
     activation clipping): every producer feeds one of the group's batch norms and every layer reading

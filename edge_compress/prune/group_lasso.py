@@ -39,32 +39,31 @@ from edge_compress.errors import UserError
 from edge_compress.graph import ModelGraph, extract_graph
 from edge_compress.prune.apply import PruneResult, apply_pruning
 from edge_compress.prune.channels import ChannelParams
-from edge_compress.prune.cost import FlopsModel, min_keep_counts, snap_to_budget
+from edge_compress.prune.cost import FlopsModel, align_keep, min_keep_counts, snap_to_budget
 
 
 @dataclass(frozen=True)
 class GroupLassoConfig:
-    epochs: int = 10  # sparsification epochs (penalized training)
+    epochs: int = 8  # at most this many sparsification epochs (penalized training)
     lr: float = 0.02  # SGD learning rate of the penalized phase (constant)
     momentum: float = 0.9
     batch_size: int = 64
     lam: float = 1e-3  # base group-lasso strength (per channel norm)
-    mu0: float = 3e-3  # initial multiplier
-    dual: str = (
-        "search"  # search: log-scale search for mu's scale, then dual ascent | additive: dual ascent only
-    )
-    dual_lr: float = (
-        1.5  # search: growth of log(mu) per epoch until the first channel dies; additive: mu step
-    )
-    dual_step: float = 0.2  # search, after the first death: mu += dual_step * mu_first * violation per epoch
+    mu0: float = 0.01  # initial multiplier
+    # search: log-scale search for mu's scale, then dual ascent | additive: dual ascent only
+    dual: str = "search"
+    # search: growth of log(mu) per epoch until the first channel dies | additive: step of mu per epoch
+    dual_lr: float = 1.0
+    dual_step: float = 1.0  # search, after the first death: mu += dual_step * mu_first * violation per epoch
     include_consumers: bool = False  # also penalize the consumers' input slices
-    zero_tol: float = 0.1  # a channel is dead when its norm < zero_tol * its group's RMS channel norm
+    zero_tol: float = 0.1  # a channel is dead when its norm < zero_tol * its group's initial RMS channel norm
+    stop_at_budget: bool = True  # end the penalized phase at the first epoch within tolerance of the budget
     min_keep_frac: float = 0.25  # every prunable group keeps at least this fraction of its channels
-    fixed_scale: str = (
-        "all"  # keep each group's total norm constant: all | bn (scale-free groups only) | none
-    )
+    # keep each group's total norm constant: all | bn (batch-normalized groups only) | none
+    fixed_scale: str = "all"
     tolerance: float = 0.05  # final FLOPs ratio within [budget * (1 - tolerance), budget]
-    finetune_epochs: int = 5
+    channel_multiple: int = 1  # round kept channel counts to multiples of this (8: onnxruntime AVX2 blocks)
+    finetune_epochs: int = 3
     finetune_lr: float = 1e-3
     seed: int = 0
 
@@ -239,6 +238,8 @@ def group_lasso_prune(
         snapshots.append((norms, cp.state()))
         if progress is not None:
             progress(row)
+        if cfg.stop_at_budget and row["flops_ratio"] <= budget * (1 + cfg.tolerance):
+            break  # the budget is reached: stop before the channels still shrinking overshoot it
     work.eval()
 
     # ---- snap the live set to the budget: [budget * (1 - tolerance), budget]
@@ -267,6 +268,16 @@ def group_lasso_prune(
         tolerance=cfg.tolerance,
         min_keep=floor,
     )
+    if cfg.channel_multiple > 1:
+        keep, align_note = align_keep(
+            fm,
+            keep,
+            {g: rel(g, norms[g]).numpy() for g in norms},
+            budget,
+            cfg.channel_multiple,
+            cfg.tolerance,
+        )
+        note = "; ".join(x for x in (note, align_note) if x)
     for g in keep:
         for c in np.flatnonzero(keep[g] & ~alive[g]):
             cp.restore(g, int(c), snapshots[int(last_alive[g][c])][1])

@@ -15,7 +15,7 @@ from torch import nn
 
 from edge_compress.graph import ModelGraph, extract_graph
 from edge_compress.prune.apply import PruneResult, apply_pruning
-from edge_compress.prune.cost import FlopsModel, greedy_select, min_keep_counts, snap_to_budget
+from edge_compress.prune.cost import FlopsModel, align_keep, greedy_select, min_keep_counts, snap_to_budget
 
 
 def l1_scores(model: nn.Module, graph: ModelGraph, fm: FlopsModel | None = None) -> dict[int, np.ndarray]:
@@ -40,6 +40,7 @@ def l1_keep(
     cost_power: float = 0.0,
     tolerance: float = 0.05,
     min_keep_frac: float = 0.25,
+    channel_multiple: int = 1,
 ) -> dict[int, np.ndarray]:
     """Kept channel indices per group meeting ``flops_budget`` (ratio of the original MACs).
 
@@ -59,6 +60,7 @@ def l1_keep(
     keep, _ = snap_to_budget(
         fm, keep, scores, scores, flops_budget, tolerance, cost_power=cost_power, min_keep=floor
     )
+    keep, _ = align_keep(fm, keep, scores, flops_budget, channel_multiple, tolerance)
     return {g: np.flatnonzero(k) for g, k in keep.items()}
 
 
@@ -74,6 +76,7 @@ def l1_prune(
     seed: int = 0,
     cost_power: float = 0.0,
     min_keep_frac: float = 0.25,
+    channel_multiple: int = 1,
 ) -> PruneResult:
     """One-shot L1 pruning to ``flops_budget``; fine-tuned when training data is given."""
     from edge_compress.prune.group_lasso import finetune
@@ -85,7 +88,14 @@ def l1_prune(
             raise UserError("l1 pruning needs the model graph or training data to build one from.")
         graph = extract_graph(model, torch.from_numpy(np.ascontiguousarray(np.asarray(x_train)[:1])))
     fm = FlopsModel.from_graph(graph, model)
-    keep = l1_keep(model, graph, flops_budget, cost_power=cost_power, min_keep_frac=min_keep_frac)
+    keep = l1_keep(
+        model,
+        graph,
+        flops_budget,
+        cost_power=cost_power,
+        min_keep_frac=min_keep_frac,
+        channel_multiple=channel_multiple,
+    )
     result = apply_pruning(model, graph, keep, method="l1")
     result.budget = float(flops_budget)
     result.skipped = {**fm.skipped, **result.skipped}

@@ -75,12 +75,22 @@ class LayerNoise:
     a_gain: float = 0.0  # output noise power per unit input-noise variance (group lead only)
     a_out: dict[int, float] = field(default_factory=dict)  # predicted output noise power (group lead only)
     a_out_step: dict[int, float] = field(default_factory=dict)
+    w_out_real: dict[int, float] = field(
+        default_factory=dict
+    )  # measured: this layer's weights alone quantized
+    a_out_real: dict[int, float] = field(default_factory=dict)  # measured: this group's input alone quantized
 
-    def weight_noise(self, bits: int | None, step: bool = False) -> float:
-        """Predicted output noise power of this layer's weights at ``bits`` (0 for float)."""
+    def weight_noise(self, bits: int | None, step: bool = False, variant: str | None = None) -> float:
+        """Output noise power of this layer's weights at ``bits`` (0 for float).
+
+        ``variant``: ``realized`` (measured with the actual quantized weights; the default when
+        built with it), ``energy`` (gain x measured error energy) or ``step`` (gain x n step^2/12).
+        """
         if bits is None:
             return 0.0
-        out = self.w_out_step if step else self.w_out
+        if variant is None:
+            variant = "step" if step else ("realized" if self.w_out_real else "energy")
+        out = {"step": self.w_out_step, "energy": self.w_out, "realized": self.w_out_real}[variant]
         if bits not in out:
             raise UserError(
                 f"layer {self.name!r}: the noise model has no {bits}-bit weight terms (has {sorted(out)})."
@@ -147,31 +157,50 @@ class AccuracyCurve:
         margins: np.ndarray,
         n_classes: int,
     ) -> AccuracyCurve:
+        """Least-squares fit of one curve; ``kind="auto"`` fits both and keeps the one with the
+        smaller leave-one-out error over the fitting plans (``params["loo_mae_pp"]``)."""
         s = np.asarray(sqnr_db, dtype=np.float64)
         d = np.asarray(drop_pp, dtype=np.float64)
-        if kind == "margin":
-            best = None
-            for kappa in np.logspace(-4, 4, 321):
-                c = cls("margin", {"kappa": float(kappa)}, fp32_acc, list(map(float, margins)))
-                err = float(np.mean((np.atleast_1d(c.drop_pp(s)) - d) ** 2))
-                if best is None or err < best[0]:
-                    best = (err, c)
-            curve = best[1]
-        elif kind == "logistic":
-            top = 100.0 * max(fp32_acc - 1.0 / n_classes, 1e-3)
-            best = None
-            for mid in np.linspace(min(s.min(), 0.0) - 5, s.max() + 5, 121):
-                for width in np.logspace(-1, 1.3, 40):
-                    c = cls("logistic", {"top": top, "mid": float(mid), "width": float(width)}, fp32_acc)
-                    err = float(np.mean((np.atleast_1d(c.drop_pp(s)) - d) ** 2))
-                    if best is None or err < best[0]:
-                        best = (err, c)
-            curve = best[1]
-        else:
-            raise UserError(f"unknown accuracy curve {kind!r} (use margin or logistic).")
+        kinds = ("margin", "logistic") if kind == "auto" else (kind,)
+        best: tuple[float, AccuracyCurve] | None = None
+        for k in kinds:
+            curve = cls._fit_one(k, s, d, fp32_acc, margins, n_classes)
+            loo = []
+            if len(s) >= 3:
+                for i in range(len(s)):
+                    keep = np.arange(len(s)) != i
+                    c = cls._fit_one(k, s[keep], d[keep], fp32_acc, margins, n_classes)
+                    loo.append(abs(float(c.drop_pp(s[i])) - d[i]))
+            curve.params["loo_mae_pp"] = float(np.mean(loo)) if loo else float("nan")
+            score = curve.params["loo_mae_pp"] if loo else 0.0
+            if best is None or score < best[0]:
+                best = (score, curve)
+        assert best is not None
+        curve = best[1]
         curve.fit_points = [(float(a), float(b)) for a, b in zip(s, d, strict=True)]
         curve.fit_mae_pp = float(np.mean(np.abs(np.atleast_1d(curve.drop_pp(s)) - d)))
         return curve
+
+    @classmethod
+    def _fit_one(
+        cls, kind: str, s: np.ndarray, d: np.ndarray, fp32_acc: float, margins: np.ndarray, n_classes: int
+    ) -> AccuracyCurve:
+        if kind == "margin":
+            r = np.asarray(margins, dtype=np.float64)
+            kappas = np.logspace(-4, 4, 161)
+            std = np.sqrt(kappas[:, None] / np.power(10.0, s[None, :] / 10.0))  # (K, P)
+            acc = _phi(r[None, None, :] / np.maximum(std[:, :, None], 1e-30)).mean(axis=2)
+            err = ((100.0 * (fp32_acc - acc) - d[None, :]) ** 2).mean(axis=1)
+            return cls("margin", {"kappa": float(kappas[int(np.argmin(err))])}, fp32_acc, list(map(float, r)))
+        if kind == "logistic":
+            top = 100.0 * max(fp32_acc - 1.0 / n_classes, 1e-3)
+            mids = np.linspace(min(s.min(), 0.0) - 5, s.max() + 5, 121)
+            widths = np.logspace(-1, 1.3, 40)
+            z = np.clip((s[None, None, :] - mids[:, None, None]) / widths[None, :, None], -60, 60)
+            err = ((top / (1.0 + np.exp(z)) - d[None, None, :]) ** 2).mean(axis=2)
+            i, j = np.unravel_index(int(np.argmin(err)), err.shape)
+            return cls("logistic", {"top": top, "mid": float(mids[i]), "width": float(widths[j])}, fp32_acc)
+        raise UserError(f"unknown accuracy curve {kind!r} (use auto, margin or logistic).")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -230,6 +259,7 @@ class NoiseModel:
         curve: AccuracyCurve | None = None,
         model_name: str = "",
         profile_name: str = "",
+        mode: str | None = None,
     ) -> None:
         self.layers = layers
         self.signal_power = float(signal_power)
@@ -242,6 +272,10 @@ class NoiseModel:
         self.curve = curve
         self.model_name = model_name
         self.profile_name = profile_name
+        realized = all(ln.w_out_real for ln in layers.values()) if layers else False
+        self.mode = mode or ("realized" if realized else "energy")
+        if self.mode not in ("realized", "energy", "step"):
+            raise UserError(f"unknown noise prediction {self.mode!r} (use realized, energy or step).")
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -256,6 +290,7 @@ class NoiseModel:
         weight_clip: str = "mse",
         act_calibration: str = "mse",
         gain_method: str = "adjoint",
+        realized: bool = True,
         draws: int = 8,
         max_samples: int = 128,
         seed: int = 0,
@@ -273,7 +308,11 @@ class NoiseModel:
         weight channel (or an input element) is that channel's squared Jacobian norm, i.e. its
         noise gain; one backward pass per draw serves every layer and every channel at once, so
         the gains are per channel (exact for any per-channel step profile) and each input element
-        is weighted by its own quantization error. ``options``: candidate weight bits per layer
+        is weighted by its own quantization error. ``realized`` also measures each layer's own output
+        noise with its actual quantized weights (and each input quantizer alone): one forward pass
+        per layer and bit-width; predictions then use these terms (``mode="realized"``), which
+        capture where the error of a small layer lands and its own nonlinearity; the Gaussian
+        terms stay available as the ``energy`` and ``step`` variants. ``options``: candidate weight bits per layer
         (default 8 and 4). ``folded``: BatchNorms are already folded into the convolutions.
         """
         if gain_method not in ("adjoint", "inject"):
@@ -322,6 +361,8 @@ class NoiseModel:
             _adjoint_gains(net, graph, layers, errors, share, ranges, act_bits, x, draws, gen)
         else:
             _inject_gains(net, graph, layers, errors, share, quants, act_bits, xt, y0, draws, gen)
+        if realized:
+            _realized_terms(net, graph, layers, share, ranges, act_bits, weight_clip, xt, y0)
         return cls(
             layers,
             signal,
@@ -350,7 +391,8 @@ class NoiseModel:
         self, weight_bits: dict[str, int | None], act_bits: dict[str, int | None] | int | None = 8
     ) -> dict[str, float]:
         """Prediction for bit-widths given directly (layer -> weight bits; missing layers are float)."""
-        pw = pws = pa = pas = 0.0
+        w = {"energy": 0.0, "step": 0.0, "realized": 0.0}
+        a = {"energy": 0.0, "step": 0.0, "realized": 0.0}
         for n, ln in self.layers.items():
             b = weight_bits.get(n)
             if b is not None:
@@ -358,8 +400,9 @@ class NoiseModel:
                     raise UserError(
                         f"layer {n!r}: the noise model was built without {b}-bit weights ({sorted(ln.w_out)})."
                     )
-                pw += ln.w_out[b]
-                pws += ln.w_out_step[b]
+                w["energy"] += ln.w_out[b]
+                w["step"] += ln.w_out_step[b]
+                w["realized"] += ln.w_out_real.get(b, ln.w_out[b])
         # input quantizers: one (coherent) term per shared-input group, at the finest bits of the group
         by_group: dict[int, list[LayerNoise]] = {}
         for ln in self.layers.values():
@@ -371,18 +414,26 @@ class NoiseModel:
             if not bits or not lead.a_out:
                 continue
             ab = max(bits)
-            pa += _nearest(lead.a_out, ab)
-            pas += _nearest(lead.a_out_step, ab)
-        total, total_step = pw + pa, pws + pas
+            a["energy"] += _nearest(lead.a_out, ab)
+            a["step"] += _nearest(lead.a_out_step, ab)
+            a["realized"] += _nearest(lead.a_out_real or lead.a_out, ab)
+        mode = self.mode
+        total = {k: w[k] + a[k] for k in w}
         out = {
-            "output_noise_power": total,
-            "output_noise_power_step": total_step,
-            "weight_noise_power": pw,
-            "act_noise_power": pa,
+            "output_noise_power": total[mode],
+            "output_noise_power_energy": total["energy"],
+            "output_noise_power_step": total["step"],
+            "output_noise_power_realized": total["realized"],
+            "weight_noise_power": w[mode],
+            "act_noise_power": a[mode],
             "signal_power": self.signal_power,
-            "sqnr_db": _db(self.signal_power / total) if total > 0 else float("inf"),
-            "sqnr_db_step": _db(self.signal_power / total_step) if total_step > 0 else float("inf"),
         }
+        for k, v in (
+            ("sqnr_db", total[mode]),
+            ("sqnr_db_energy", total["energy"]),
+            ("sqnr_db_step", total["step"]),
+        ):
+            out[k] = _db(self.signal_power / v) if v > 0 else float("inf")
         if self.curve is not None:
             out["acc_drop_pp"] = float(self.curve.drop_pp(out["sqnr_db"]))
         return out
@@ -496,7 +547,7 @@ class NoiseModel:
         *,
         n_random: int = 6,
         seed: int = 0,
-        kind: str = "margin",
+        kind: str = "auto",
     ) -> AccuracyCurve:
         """Fit ``acc_drop = f(predicted SQNR)`` on measured plans (uniform highest / lowest bits and
         ``n_random`` random mixed plans when ``plans`` is None); sets and returns ``self.curve``."""
@@ -547,6 +598,7 @@ class NoiseModel:
             "act_calibration": self.act_calibration,
             "model": self.model_name,
             "profile": self.profile_name,
+            "mode": self.mode,
             "curve": self.curve.to_json() if self.curve else None,
             "layers": [{k: enc(v) for k, v in asdict(ln).items()} for ln in self.layers.values()],
         }
@@ -569,6 +621,7 @@ class NoiseModel:
             curve=curve,
             model_name=d.get("model", ""),
             profile_name=d.get("profile", ""),
+            mode=d.get("mode"),
         )
 
 
@@ -733,6 +786,53 @@ def _inject_gains(
         for ab in act_bits:
             lead.a_out[ab] = lead.a_gain * lead.a_err[ab]
             lead.a_out_step[ab] = lead.a_gain * lead.a_err_step[ab]
+
+
+@torch.no_grad()
+def _realized_terms(
+    net: nn.Module,
+    graph: ModelGraph,
+    layers: dict[str, LayerNoise],
+    share: list[list[str]],
+    ranges: dict[str, tuple[float, float]],
+    act_bits: tuple[int, ...],
+    weight_clip: str,
+    xt: torch.Tensor,
+    y0: torch.Tensor,
+) -> None:
+    """Output noise power of each layer quantized alone (weights), and of each input quantizer alone."""
+    mods = dict(net.named_modules())
+
+    def power() -> float:
+        return float(((net(xt).float() - y0).double() ** 2).mean())
+
+    for li in graph.layers:
+        m, ln = mods[li.name], layers[li.name]
+        w0 = m.weight.detach().clone()
+        try:
+            for b in ln.bits:
+                m.weight.copy_(fq.quantize_weight(w0, b, True, weight_clip)[0])
+                ln.w_out_real[b] = power()
+        finally:
+            m.weight.copy_(w0)
+    if not act_bits:
+        return
+    for members in share:
+        lead = layers[members[0]]
+        for ab in act_bits:
+            hooks = []
+            for n in members:
+                aq = fq.act_quant_from_range(*ranges[n], ab)
+                hooks.append(
+                    mods[n].register_forward_pre_hook(
+                        lambda mod, inp, aq=aq: (aq.fake(inp[0]),) + tuple(inp[1:])
+                    )
+                )
+            try:
+                lead.a_out_real[ab] = power()
+            finally:
+                for h in hooks:
+                    h.remove()
 
 
 def _act_gain(

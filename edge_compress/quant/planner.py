@@ -141,7 +141,7 @@ class Planner:
         noise_samples: int = 128,
         gain_method: str = "adjoint",
         fit_plans: int = 8,
-        curve: str = "margin",
+        curve: str = "auto",
         noise_model: NoiseModel | None = None,
     ) -> None:
         from edge_compress.quant.fakequant import fold_batchnorm

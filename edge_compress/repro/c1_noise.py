@@ -43,6 +43,12 @@ def _act_half(aq):
     return ActQuant(aq.bits + 1, aq.scale / 2, 2 * aq.zero_point, 2 * aq.qmin, 2 * aq.qmax + 1)
 
 
+def _cross(ratios: list[float], level: float = 2.0) -> float:
+    """Largest clipping ratio r at which measured / model exceeds ``level`` (0 when it never does)."""
+    over = [r for r, v in zip(CLIP_RATIOS, ratios, strict=True) if v > level]
+    return max(over) if over else 0.0
+
+
 def run(ctx: Context) -> ClaimResult:
     import torch
 
@@ -170,8 +176,16 @@ def run(ctx: Context) -> ClaimResult:
     for b, col in ((8, "C0"), (2, "C3")):
         step = float(wc.abs().max()) / (2 ** (b - 1) - 1)
         e = ((_round(wc, step) - wc) / step).flatten().numpy()
-        a.hist(e, bins=41, range=(-0.75, 0.75), density=True, histtype="step", lw=1.5, color=col,
-               label=f"{b}-bit step ({big} weights)")
+        a.hist(
+            e,
+            bins=41,
+            range=(-0.75, 0.75),
+            density=True,
+            histtype="step",
+            lw=1.5,
+            color=col,
+            label=f"{b}-bit step ({big} weights)",
+        )
     a.plot([-0.5, -0.5, 0.5, 0.5], [0, 1, 1, 0], "k--", lw=1, label="uniform model")
     a.set_xlabel("rounding error / step")
     a.set_ylabel("density")
@@ -254,9 +268,10 @@ def run(ctx: Context) -> ClaimResult:
         f"{max(v[i8] for v in w_ratio.values()):.2f} of the model at 8 bits: on real tensors step^2/12 is an "
         f"upper bound, not an equality. It breaks at coarse steps (2 bits: measured/model {w_meas_tot[i2] / w_mod_tot[i2]:.2f} for weights, "
         f"error-value corr {st[2]['w_corr_error_value']:+.2f}) and under clipping, where the clipped outliers "
-        f"dominate: at r = 0.8 the 8-bit error is already {clip_w[8][CLIP_RATIOS.index(0.8)]:.0f}x step^2/12 on "
-        f"{big}'s weights ({100 * clipped_frac_w[8][CLIP_RATIOS.index(0.8)]:.2f}% of them clipped) and "
-        f"{clip_a[8][CLIP_RATIOS.index(0.8)]:.0f}x on its input activations."
+        f"dominate: the measured error exceeds twice the model once the range is cut below r = "
+        f"{_cross(clip_w[8]):.2f} x max|w| for {big}'s 8-bit weights ({_cross(clip_w[4]):.2f} at 4 bits) and below r = "
+        f"{_cross(clip_a[8]):.2f} x max for its 8-bit input activations; at r = {CLIP_RATIOS[0]:g} it is "
+        f"{clip_w[8][0]:.0f}x (weights) and {clip_a[8][0]:.0f}x (activations)."
     )
     return ClaimResult(
         1,

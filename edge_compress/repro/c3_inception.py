@@ -44,9 +44,9 @@ def run(ctx: Context) -> ClaimResult:
     from edge_compress.quant import fakequant as fq
     from edge_compress.quant.allocate import Constraint, allocate_bits
     from edge_compress.quant.noise import NoiseModel
-    from edge_compress.zoo.train import predict
     from edge_compress.quant.sensitivity import hessian_sensitivity, hessian_traces
     from edge_compress.zoo import load_zoo
+    from edge_compress.zoo.train import predict
 
     torch_setup()
     torch.manual_seed(ctx.seed)
@@ -61,12 +61,22 @@ def run(ctx: Context) -> ClaimResult:
     hv = ctx.pick(8, 32)
     traces = hessian_traces(folded, names, calib_x, calib_y, n_samples=hv, batch_size=128, seed=ctx.seed)
     omega = hessian_sensitivity(folded, {n: OPTS for n in names}, traces)
-    nm = NoiseModel.build(folded, g, z.calibration(256), options={n: OPTS for n in names}, folded=True,
-                          draws=ctx.pick(4, 8), max_samples=ctx.pick(64, 128), seed=ctx.seed, model_name="inception")
+    nm = NoiseModel.build(
+        folded,
+        g,
+        z.calibration(256),
+        options={n: OPTS for n in names},
+        folded=True,
+        draws=ctx.pick(4, 8),
+        max_samples=ctx.pick(64, 128),
+        seed=ctx.seed,
+        model_name="inception",
+    )
 
     # held-out digits (validation + test: neither trains nor calibrates anything here)
     ex = ctx.pick(ds.x_test, np.concatenate([ds.x_val, ds.x_test]))
     ey = ctx.pick(ds.y_test, np.concatenate([ds.y_val, ds.y_test]))
+
     def _logits(model, x):
         return torch.from_numpy(predict(model, x))
 
@@ -78,8 +88,13 @@ def run(ctx: Context) -> ClaimResult:
         yq = _logits(nm.simulate(nm.plan_for(bits)), ex)
         top = yq.argmax(1).numpy()
         noise = float(((yq - y_fp).double() ** 2).mean())
-        return {"noise": noise, "sqnr_db": 10 * np.log10(sig / noise), "agree": float((top == top_fp).mean()),
-                "acc": float((top == ey).mean()), "_ok": top == top_fp}
+        return {
+            "noise": noise,
+            "sqnr_db": 10 * np.log10(sig / noise),
+            "agree": float((top == top_fp).mean()),
+            "acc": float((top == ey).mean()),
+            "_ok": top == top_fp,
+        }
 
     coeffs = {(n, b): nm.plan_for({n: b}).layer_bytes(info[n]) for n in names for b in OPTS}
 
@@ -101,20 +116,31 @@ def run(ctx: Context) -> ClaimResult:
     for n in names:
         m = measure({**all8, n: 4})
         drop, se = paired(m)
-        per_layer.append({
-            "layer": n, "role": _role(n), "params": info[n].weight_params,
-            "bytes_saved": coeffs[(n, 8)] - coeffs[(n, 4)],
-            "trace_mean": traces[n].mean, "trace_mean_se": traces[n].stderr / max(traces[n].n_params, 1),
-            "omega4": omega[(n, 4)] - omega[(n, 8)],
-            "noise_pred": nm.sensitivity(n, 4) - nm.sensitivity(n, 8),
-            "noise_meas": m["noise"] - base["noise"],
-            "agree_drop_pp": drop, "agree_drop_se_pp": se, "acc_drop_pp": 100 * (base["acc"] - m["acc"]),
-        })
+        per_layer.append(
+            {
+                "layer": n,
+                "role": _role(n),
+                "params": info[n].weight_params,
+                "bytes_saved": coeffs[(n, 8)] - coeffs[(n, 4)],
+                "trace_mean": traces[n].mean,
+                "trace_mean_se": traces[n].stderr / max(traces[n].n_params, 1),
+                "omega4": omega[(n, 4)] - omega[(n, 8)],
+                "noise_pred": nm.sensitivity(n, 4) - nm.sensitivity(n, 8),
+                "noise_meas": m["noise"] - base["noise"],
+                "agree_drop_pp": drop,
+                "agree_drop_se_pp": se,
+                "acc_drop_pp": 100 * (base["acc"] - m["acc"]),
+            }
+        )
 
     # ---- allocations at equal bytes
     def ilp(cost: dict[tuple[str, int], float], budget: float, tied: bool = False) -> dict[str, int]:
-        return allocate_bits({n: OPTS for n in names}, cost, [Constraint("model_bytes", coeffs, budget)],
-                             g.precision_groups if tied else ()).bits
+        return allocate_bits(
+            {n: OPTS for n in names},
+            cost,
+            [Constraint("model_bytes", coeffs, budget)],
+            g.precision_groups if tied else (),
+        ).bits
 
     noise_cost = {(n, b): nm.sensitivity(n, b) for n in names for b in OPTS}
     rule = {n: 4 if _role(n).startswith("1x1") else 8 for n in names}
@@ -137,17 +163,36 @@ def run(ctx: Context) -> ClaimResult:
     uniform_rows = []
     for ub in ctx.pick((6,), (5, 6, 7)):
         bu = {n: ub for n in names}
-        nm_u = NoiseModel.build(folded, g, z.calibration(64), options={n: (ub,) for n in names}, act_bits=(8,),
-                                folded=True, draws=1, max_samples=8, seed=ctx.seed) if ub not in OPTS else nm
+        nm_u = (
+            NoiseModel.build(
+                folded,
+                g,
+                z.calibration(64),
+                options={n: (ub,) for n in names},
+                act_bits=(8,),
+                folded=True,
+                draws=1,
+                max_samples=8,
+                seed=ctx.seed,
+            )
+            if ub not in OPTS
+            else nm
+        )
         b = float(sum(nm_u.plan_for({n: ub}).layer_bytes(info[n]) for n in names))
         yq = _logits(nm_u.simulate(nm_u.plan_for(bu)), ex)
         noise = float(((yq - y_fp).double() ** 2).mean())
-        u = {"noise": noise, "sqnr_db": 10 * np.log10(sig / noise),
-             "agree": float((yq.argmax(1).numpy() == top_fp).mean()), "acc": float((yq.argmax(1).numpy() == ey).mean())}
+        u = {
+            "noise": noise,
+            "sqnr_db": 10 * np.log10(sig / noise),
+            "agree": float((yq.argmax(1).numpy() == top_fp).mean()),
+            "acc": float((yq.argmax(1).numpy() == ey).mean()),
+        }
         hp = ilp(omega, b)
         mh = measure(hp)
         mh.pop("_ok")
-        uniform_rows.append({"bits": ub, "bytes": b, "uniform": u, "hessian_ilp": {"bits": hp, "bytes": nbytes(hp), **mh}})
+        uniform_rows.append(
+            {"bits": ub, "bytes": b, "uniform": u, "hessian_ilp": {"bits": hp, "bytes": nbytes(hp), **mh}}
+        )
     all4 = measure({n: 4 for n in names})
     all4.pop("_ok")
 
@@ -169,40 +214,95 @@ def run(ctx: Context) -> ClaimResult:
     roles = ["1x1 bottleneck", "1x1 branch", "spatial 3x3/5x5", "stem", "classifier"]
     col = {r: f"C{i}" for i, r in enumerate(roles)}
     xs = np.arange(len(per_layer))
-    a.bar(xs - 0.2, [max(r["noise_meas"], 1e-9) / sig for r in per_layer], 0.4, color=[col[r["role"]] for r in per_layer],
-          label="measured")
-    a.bar(xs + 0.2, [max(r["omega4"], 1e-12) for r in per_layer], 0.4, color=[col[r["role"]] for r in per_layer],
-          alpha=0.45, hatch="//", label="Hessian Ω(4)-Ω(8)")
+    floor = 1e-4
+    meas = np.array([r["noise_meas"] for r in per_layer])
+    hess = np.array([r["omega4"] for r in per_layer])
+    meas_rel = np.maximum(meas / max(meas.max(), 1e-30), floor)
+    hess_rel = np.maximum(hess / max(hess.max(), 1e-30), floor)
+    colors = [col[r["role"]] for r in per_layer]
+    a.bar(xs - 0.2, meas_rel, 0.4, color=colors)
+    a.bar(xs + 0.2, hess_rel, 0.4, color=colors, alpha=0.45, hatch="//")
+    for x_, v in zip(xs, meas, strict=True):
+        if v <= 0:
+            a.annotate("≤0", (x_ - 0.2, floor), fontsize=6, ha="center", va="bottom")
     a.set_yscale("log")
+    a.set_ylim(floor / 2, 2)
     a.set_xticks(xs, [r["layer"] for r in per_layer], rotation=70, fontsize=7)
-    a.set_ylabel("cost of this layer at int4")
-    a.set_title("(a) one layer at int4 (others int8)\nsolid: measured logit noise / signal; hatched: Hessian Ω")
-    for r in roles:
-        a.bar([0], [0], color=col[r], label=r)
-    a.legend(fontsize=6, ncol=2)
+    a.set_ylabel("cost at int4 ÷ the largest layer's")
+    a.set_title(
+        "(a) one layer at int4 (others int8): solid = measured logit\nnoise increase, hatched = Hessian Ω(4)-Ω(8)"
+    )
+    from matplotlib.patches import Patch
+
+    a.legend(handles=[Patch(color=col[r], label=r) for r in roles], fontsize=6, ncol=2)
     a = ax[0][1]
     for r in per_layer:
         a.plot(r["bytes_saved"], r["agree_drop_pp"], "o", color=col[r["role"]], ms=7)
-        a.annotate(r["layer"], (r["bytes_saved"], r["agree_drop_pp"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        a.annotate(
+            r["layer"],
+            (r["bytes_saved"], r["agree_drop_pp"]),
+            fontsize=6,
+            xytext=(3, 2),
+            textcoords="offset points",
+        )
     a.axhline(0, color="k", lw=0.8)
     a.set_xscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    a.xaxis.set_minor_formatter(NullFormatter())
     a.set_xlabel("bytes saved by int4 instead of int8")
     a.set_ylabel("top-1 agreement lost vs int8 (pp)")
     a.set_title(f"(b) what int4 costs per layer ({len(ex)} held-out digits)")
     a = ax[0][2]
-    a.plot([r["bytes"] / 1000 for r in rand], [r["sqnr_db"] for r in rand], ".", color="0.6", label="random {4,8} plans")
-    marks = {"seed rule": ("*", "C3"), "inverse rule": ("X", "C4"), "Hessian ILP": ("o", "C0"), "noise-model ILP": ("s", "C2"),
-             "Hessian ILP, concat-tied": ("D", "C1")}
+    a.plot(
+        [r["bytes"] / 1000 for r in rand],
+        [r["sqnr_db"] for r in rand],
+        ".",
+        color="0.6",
+        label="random {4,8} plans",
+    )
+    marks = {
+        "seed rule": ("*", "C3"),
+        "inverse rule": ("X", "C4"),
+        "Hessian ILP": ("o", "C0"),
+        "noise-model ILP": ("s", "C2"),
+        "Hessian ILP, concat-tied": ("D", "C1"),
+    }
     for row in comparisons:
         for name, p in row["plans"].items():
-            key = next(k for k in marks if name.startswith(k))
+            key = max((k for k in marks if name.startswith(k)), key=len)
             mk, c = marks[key]
             lab = key if row is comparisons[0] or key == "inverse rule" else None
-            a.plot(p["bytes"] / 1000, p["sqnr_db"], mk, color=c, ms=9, label=lab, mfc="none" if "tied" in name else c)
-    a.plot([r["bytes"] / 1000 for r in uniform_rows], [r["uniform"]["sqnr_db"] for r in uniform_rows], "k^", ms=8, label="uniform int5-7")
-    a.plot([r["bytes"] / 1000 for r in uniform_rows], [r["hessian_ilp"]["sqnr_db"] for r in uniform_rows], "o", color="C0", ms=9)
-    a.plot([nbytes({n: 8 for n in names}) / 1000, nbytes({n: 4 for n in names}) / 1000], [base["sqnr_db"], all4["sqnr_db"]], "kv", ms=8,
-           label="uniform int8 / int4")
+            a.plot(
+                p["bytes"] / 1000,
+                p["sqnr_db"],
+                mk,
+                color=c,
+                ms=9,
+                label=lab,
+                mfc="none" if "tied" in name else c,
+            )
+    a.plot(
+        [r["bytes"] / 1000 for r in uniform_rows],
+        [r["uniform"]["sqnr_db"] for r in uniform_rows],
+        "k^",
+        ms=8,
+        label="uniform int5-7",
+    )
+    a.plot(
+        [r["bytes"] / 1000 for r in uniform_rows],
+        [r["hessian_ilp"]["sqnr_db"] for r in uniform_rows],
+        "o",
+        color="C0",
+        ms=9,
+    )
+    a.plot(
+        [nbytes({n: 8 for n in names}) / 1000, nbytes({n: 4 for n in names}) / 1000],
+        [base["sqnr_db"], all4["sqnr_db"]],
+        "kv",
+        ms=8,
+        label="uniform int8 / int4",
+    )
     a.set_xlabel("model bytes (kB)")
     a.set_ylabel("measured logit SQNR (dB)")
     a.set_title("(c) allocations at equal bytes")
@@ -213,7 +313,10 @@ def run(ctx: Context) -> ClaimResult:
     for r in per_layer:
         by_role.setdefault(r["role"], []).append(r)
     tol = 1.0  # a layer needs int8 when int4 loses > 1 pp of agreement and > 2 paired s.e.
-    tolerant = {r["layer"]: not (r["agree_drop_pp"] > tol and r["agree_drop_pp"] > 2 * r["agree_drop_se_pp"]) for r in per_layer}
+    tolerant = {
+        r["layer"]: not (r["agree_drop_pp"] > tol and r["agree_drop_pp"] > 2 * r["agree_drop_se_pp"])
+        for r in per_layer
+    }
     bottlenecks = [r["layer"] for r in by_role.get("1x1 bottleneck", [])]
     spatial = [r["layer"] for r in by_role.get("spatial 3x3/5x5", [])]
     b_ok = all(tolerant[n] for n in bottlenecks)
@@ -223,20 +326,34 @@ def run(ctx: Context) -> ClaimResult:
     from scipy.stats import spearmanr
 
     rho_h = float(spearmanr([r["omega4"] for r in per_layer], [r["noise_meas"] for r in per_layer]).statistic)
-    rho_n = float(spearmanr([r["noise_pred"] for r in per_layer], [r["noise_meas"] for r in per_layer]).statistic)
+    rho_n = float(
+        spearmanr([r["noise_pred"] for r in per_layer], [r["noise_meas"] for r in per_layer]).statistic
+    )
     c0 = comparisons[0]["plans"]
     rule_p, hes_p, noi_p = c0[next(iter(c0))], c0["Hessian ILP"], c0["noise-model ILP"]
     rand_sqnr = [r["sqnr_db"] for r in rand]
     rule_pct = float(np.mean([s <= rule_p["sqnr_db"] for s in rand_sqnr])) if rand else float("nan")
-    mixed_beats_uniform = all(r["hessian_ilp"]["sqnr_db"] >= r["uniform"]["sqnr_db"] - 0.5 for r in uniform_rows)
+    mixed_beats_uniform = all(
+        r["hessian_ilp"]["sqnr_db"] >= r["uniform"]["sqnr_db"] - 0.5 for r in uniform_rows
+    )
     numbers = {
-        "fp32_acc_test": z.evaluate(), "fp32_acc_heldout": float((top_fp == ey).mean()), "heldout_samples": len(ex),
-        "calibration_samples": n_cal, "hutchinson_vectors_per_batch": hv,
-        "int8_baseline": base, "int4_all": all4,
-        "per_layer": per_layer, "comparisons": comparisons, "uniform_vs_ilp": uniform_rows, "random_plans": rand,
-        "bottlenecks_tolerate_int4": b_ok, "spatial_needing_int8": s_need8, "spatial_layers": spatial,
+        "fp32_acc_test": z.evaluate(),
+        "fp32_acc_heldout": float((top_fp == ey).mean()),
+        "heldout_samples": len(ex),
+        "calibration_samples": n_cal,
+        "hutchinson_vectors_per_batch": hv,
+        "int8_baseline": base,
+        "int4_all": all4,
+        "per_layer": per_layer,
+        "comparisons": comparisons,
+        "uniform_vs_ilp": uniform_rows,
+        "random_plans": rand,
+        "bottlenecks_tolerate_int4": b_ok,
+        "spatial_needing_int8": s_need8,
+        "spatial_layers": spatial,
         "measured_sensitivity_order": rank_meas,
-        "spearman_hessian_vs_measured": rho_h, "spearman_noise_vs_measured": rho_n,
+        "spearman_hessian_vs_measured": rho_h,
+        "spearman_noise_vs_measured": rho_n,
         "rule_sqnr_percentile_among_random": rule_pct,
         "negative_trace_layers": [r["layer"] for r in per_layer if r["trace_mean"] < 0],
         "hessian_ilp_minus_rule_sqnr_db": hes_p["sqnr_db"] - rule_p["sqnr_db"],
@@ -251,11 +368,15 @@ def run(ctx: Context) -> ClaimResult:
         verdict = FAILS
     spatial_ok = [n for n in spatial if n not in s_need8]
     spatial_costs = ", ".join(
-        f"{r['layer']} {r['agree_drop_pp']:+.1f} ± {r['agree_drop_se_pp']:.1f} pp" for r in by_role.get("spatial 3x3/5x5", [])
+        f"{r['layer']} {r['agree_drop_pp']:+.1f} ± {r['agree_drop_se_pp']:.1f} pp"
+        for r in by_role.get("spatial 3x3/5x5", [])
     )
     reason = (
         f"**1x1 bottlenecks tolerate int4: {'yes' if b_ok else 'no'}**: alone at int4 each costs "
-        + ", ".join(f"{r['layer']} {r['agree_drop_pp']:+.1f} ± {r['agree_drop_se_pp']:.1f} pp" for r in by_role.get("1x1 bottleneck", []))
+        + ", ".join(
+            f"{r['layer']} {r['agree_drop_pp']:+.1f} ± {r['agree_drop_se_pp']:.1f} pp"
+            for r in by_role.get("1x1 bottleneck", [])
+        )
         + f" of top-1 agreement with the float model ({len(ex)} held-out digits; 1 digit = {100 / len(ex):.2f} pp; a "
         "layer needs int8 when int4 loses > 1 pp and > 2 paired s.e.). "
         f"**Spatial convolutions needing int8: {', '.join(s_need8) or 'none'}**; "
@@ -297,7 +418,9 @@ def run(ctx: Context) -> ClaimResult:
         figs,
         [
             {
-                "layer": r["layer"], "role": r["role"], "weights": r["params"],
+                "layer": r["layer"],
+                "role": r["role"],
+                "weights": r["params"],
                 "Tr(H)/n (± s.e.)": f"{r['trace_mean']:.2e} ± {r['trace_mean_se']:.1e}",
                 "Ω(4)-Ω(8)": f"{r['omega4']:.2e}",
                 "meas. noise/signal": f"{r['noise_meas'] / sig:.1e}",

@@ -50,6 +50,8 @@ class ClaimResult:
     notes: list[str] = field(default_factory=list)  # library gaps, caveats
     wall_s: float = 0.0
     cpu_s: float = 0.0
+    quick: bool = False
+    date: str = ""
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -58,15 +60,40 @@ class ClaimResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "title": self.title,
+            "seed_quote": self.seed_quote,
             "claim": self.claim,
+            "method": self.method,
             "verdict": self.verdict,
             "verdict_reason": self.verdict_reason,
             "numbers": jsonable(self.numbers),
             "figures": self.figures,
+            "table": jsonable(self.table),
             "notes": self.notes,
             "wall_s": round(self.wall_s, 2),
             "cpu_s": round(self.cpu_s, 2),
+            "quick": self.quick,
+            "date": self.date,
         }
+
+    @classmethod
+    def from_json(cls, number: int, d: dict[str, Any]) -> ClaimResult:
+        return cls(
+            number,
+            d["title"],
+            d.get("seed_quote", ""),
+            d["claim"],
+            d.get("method", ""),
+            d["verdict"],
+            d["verdict_reason"],
+            d.get("numbers", {}),
+            list(d.get("figures", [])),
+            list(d.get("table", [])),
+            list(d.get("notes", [])),
+            float(d.get("wall_s", 0.0)),
+            float(d.get("cpu_s", 0.0)),
+            bool(d.get("quick", False)),
+            d.get("date", ""),
+        )
 
 
 def jsonable(v: Any) -> Any:

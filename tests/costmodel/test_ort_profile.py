@@ -105,3 +105,17 @@ def test_timing_helpers(tiny) -> None:
     paired, ref_med = time_paired([int8], fp32, rounds=2, per_round=3)
     pt = paired[str(int8)]
     assert len(pt.samples_ms) == len(pt.reference_ms) == 6 and ref_med > 0 and pt.ratio_median() > 0
+
+
+def test_calibrate_here(tiny, host) -> None:
+    from edge_compress.costmodel import CostModel
+    from edge_compress.costmodel_ort import calibrate_here
+
+    graph, plan, fp32, int8 = tiny
+    cm = CostModel(host, target="local")
+    items = [(fp32, kernels_of(graph), "tiny-fp32"), (int8, kernels_of(graph, plan), "tiny-int8")]
+    info = calibrate_here(cm, items, rounds=2, per_round=3, profile_runs=5)
+    assert cm.calibrated and info["model_rows"] == 2 and info["kernel_rows"] >= 6
+    assert cm.fit_info["call_overhead_ms"] > 0
+    assert {o["label"] for o in cm.observations} == {"tiny-fp32", "tiny-int8"}
+    assert cm.predict(graph, plan).calibrated and cm.predict(graph, plan).latency_ms > 0

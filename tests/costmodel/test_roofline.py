@@ -97,3 +97,40 @@ def test_uncalibrated_prediction(host) -> None:
     biggest = max((k.in_elems + k.out_elems) * 4 for k in ks)
     assert p.peak_memory_bytes == pytest.approx(40e6 + sum(k.weight_bytes for k in ks) + biggest)
     assert p.memory_basis.startswith("estimate")
+
+
+def test_latency_constraint_matches_predictions(host) -> None:
+    """The ILP constraint's usage of an allocation + its fixed part = the model's predicted latency."""
+    from edge_compress.costmodel import energy_constraint, latency_constraint
+
+    g = extract_graph(_Net(), torch.zeros(1, 3, 8, 8))
+    cm = CostModel(host)
+    options = {li.name: (4, 8) for li in g.layers}
+    c = latency_constraint(cm, g, 1.0, options)
+    assert c.name == "latency_ms" and set(c.coeffs) == {(n, b) for n in options for b in (4, 8)}
+    fixed = 1.0 - c.limit
+    for bits in (4, 8):
+        plan = CompressionPlan.uniform(g, "net", "host", bits, 8)
+        assert c.usage({n: bits for n in options}) + fixed == pytest.approx(cm.predict(g, plan).latency_ms)
+    e = energy_constraint(cm, g, 5.0, options)
+    plan8 = CompressionPlan.uniform(g, "net", "host", 8, 8)
+    assert e.usage({n: 8 for n in options}) + (5.0 - e.limit) == pytest.approx(cm.predict(g, plan8).energy_mj)
+
+
+def test_latency_constraint_in_the_planner(host) -> None:
+    """The cost model's latency budget plugs into the bit-allocation ILP as an extra constraint."""
+    from edge_compress.costmodel import latency_constraint
+    from edge_compress.quant.planner import Planner
+    from edge_compress.zoo import load_zoo
+
+    zm = load_zoo("lenet5")
+    g = extract_graph(zm.model, zm.example_input())
+    cm = CostModel(host)
+    pl = Planner(zm.model, g, host, zm.calibration(32), method="noise", noise_draws=1, noise_samples=16)
+    lo = cm.predict(g, CompressionPlan.uniform(g, "lenet5", "host", 8, 8)).latency_ms
+    hi = cm.predict(g, CompressionPlan.uniform(g, "lenet5", "host", 4, 8)).latency_ms
+    limit = (lo + hi) / 2  # between all-int8 and all-int4 under the roofline
+    tight = lo if lo < hi else hi
+    c = latency_constraint(cm, g, max(limit, tight), pl.options)
+    plan = pl.plan(None, alpha=1.0, extra_constraints=[c])
+    assert cm.predict(g, plan).latency_ms <= max(limit, tight) * (1 + 1e-9)

@@ -13,8 +13,8 @@ from edge_compress.errors import BudgetError, UserError
 from edge_compress.selection import (
     Candidate,
     generate_candidates,
-    parse_select_budget,
     pareto_plot,
+    parse_select_budget,
     runner_measure,
     select,
     violations,
@@ -26,7 +26,9 @@ from runners.base import LatencyStats, Measurement
 def lenet_candidates(host):
     """lenet5 as float, uniform int8 and uniform int4 (planner, pruning, factorization off: fast)."""
     notes: list[str] = []
-    cands = generate_candidates("lenet5", host, alphas=(), prune_ratios=(), ranks=(), notes=notes)
+    cands = generate_candidates(
+        "lenet5", host, alphas=(), prune_ratios=(), ranks=(), notes=notes, use_project_exporter=False
+    )
     assert [c.technique for c in cands] == ["fp32", "w8a8", "w4a8"]
     return cands
 
@@ -42,7 +44,13 @@ def test_local_runner_picks_most_accurate_feasible(lenet_candidates, host, tmp_p
 
     notes: list[str] = []
     measure = runner_measure(
-        LocalRunner(), tmp_path, host.name, min_count=20, min_duration_s=0.1, warmup=3, notes=notes,
+        LocalRunner(),
+        tmp_path,
+        host.name,
+        min_count=20,
+        min_duration_s=0.1,
+        warmup=3,
+        notes=notes,
         use_project_exporter=False,
     )
     res = select(cands, budgets, CostModel(host, target="local"), measure)
@@ -75,8 +83,17 @@ def _k(name: str, macs: int) -> Kernel:
 
 
 def _fake(latency: float) -> Measurement:
-    st = LatencyStats(200, latency, latency, latency * 1.05, latency * 1.2, 0.01, latency * 0.9, latency * 2,
-                      (latency, latency))
+    st = LatencyStats(
+        200,
+        latency,
+        latency,
+        latency * 1.05,
+        latency * 1.2,
+        0.01,
+        latency * 0.9,
+        latency * 2,
+        (latency, latency),
+    )
     return Measurement("fake", "fake.onnx", True, stats=st, extra={"injected": True})
 
 
@@ -137,7 +154,12 @@ def test_impossible_budget_names_binding_budget_and_closest(synthetic) -> None:
 
 def test_budget_parsing_and_violations(host) -> None:
     b = parse_select_budget("latency_median=2ms,latency_p99=15ms,energy=5mJ,bytes=60KB")
-    assert b == {"latency_median_ms": 2.0, "latency_p99_ms": 15.0, "energy_per_inference_mj": 5.0, "model_bytes": 60000}
+    assert b == {
+        "latency_median_ms": 2.0,
+        "latency_p99_ms": 15.0,
+        "energy_per_inference_mj": 5.0,
+        "model_bytes": 60000,
+    }
     from edge_compress.selection import Costs
 
     c = Costs("measured", 3.0, 16.5, 4.0, "estimate", 5e6, 50_000)

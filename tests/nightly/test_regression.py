@@ -135,3 +135,23 @@ def test_budget_violations_are_separate_from_regressions() -> None:
     assert rg.cell_verdict_name([reg], violations, has_baseline=True) == "regression"
     assert rg.cell_verdict_name([], [], has_baseline=False) == "no_baseline"
     assert rg.cell_verdict_name([], violations, has_baseline=False) == "budget_violation"
+
+
+def test_an_unusually_slow_baseline_run_does_not_hide_a_slowdown() -> None:
+    """History says the cell runs at ~2.0 ms; the baseline run happened to be slow (2.6 ms).
+    A candidate at 2.3 ms looks faster than that run, but is +15 % against the history."""
+    history = [2.6, 2.0, 2.02, 1.98, 2.01, 1.99]
+    base, cand = lat(400, base=2.6), lat(400, base=2.3, seed=1)
+    v = rg.compare_latency("latency_median", base, cand, threshold_pct=5.0, history=history)
+    assert v.effect_pct < -5
+    assert v.verdict == "ok"  # not an improvement: the history disagrees
+    assert v.suspect  # and worth a paired re-measure against the baseline artifact
+    assert "against the history median" in v.note
+
+
+def test_noisy_history_always_asks_for_paired_evidence() -> None:
+    history = [2.0, 2.3, 1.8, 2.2, 1.9, 2.4, 1.7]  # about 10 % run-to-run spread
+    v = rg.compare_latency(
+        "latency_median", lat(300), lat(300, shift=0.97, seed=1), threshold_pct=5.0, history=history
+    )
+    assert v.effective_threshold_pct > 5.0 and v.suspect and v.verdict == "ok"
