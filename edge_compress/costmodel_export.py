@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from edge_compress.plan import CompressionPlan
 
 PROJECT = "edge_compress.export.onnx (export_float_onnx + export_onnx, compiler defaults)"
-FALLBACK = "fallback: torch.onnx.export + onnxruntime quantize_static (edge_compress.export.onnx missing)"
+FALLBACK = "fallback: torch.onnx.export (TorchScript) + onnxruntime quantize_static"
 
 
 def project_exporter_available() -> bool:
@@ -60,7 +60,8 @@ def export_candidate(
     if use_project and project_exporter_available():
         _project(model, plan, calib_x, path)
         return path, PROJECT
-    return _fallback(model, plan, calib_x, path), FALLBACK
+    why = "asked for" if not use_project else "edge_compress.export.onnx is missing"
+    return _fallback(model, plan, calib_x, path), f"{FALLBACK} ({why})"
 
 
 def _project(model: nn.Module, plan: CompressionPlan | None, calib_x: np.ndarray, path: Path) -> None:

@@ -51,6 +51,7 @@ TERMS = (
     "launch",
 )
 IO_TERMS = ("in", "out", "launch")
+BASIC_TERMS = ("compute", "compute_pad", "weights", "in", "out", "pixels", "launch")
 # What a coefficient shrinks toward when its class has few observations: the roofline (sum form),
 # with the correction terms off.
 PRIOR = {t: 0.0 for t in TERMS} | {"compute": 1.0, "weights": 1.0, "in": 1.0, "out": 1.0, "launch": 1.0}
@@ -59,6 +60,8 @@ KERNEL_ROW_WEIGHT = 0.3  # a profiled kernel row vs one whole-model row
 # Per-call overhead of the runtime (an empty model's latency) when turning profiled shares into
 # milliseconds; ``fit_info["call_overhead_ms"]`` overrides it once measured on the target.
 BASE_GUESS_MS = 0.02
+FORM: str | None = None  # force a form (experiments); None: the richest the data supports
+MIN_ROWS_PER_COEFF = 1.0  # (weighted) observation rows per coefficient before the full term set is fitted
 
 
 def kernel_class(k: Kernel) -> str:
@@ -123,11 +126,13 @@ def _coeffs_for(cm: CostModel, cls: str) -> dict[str, float] | None:
 
 
 def kernel_time_ms(cm: CostModel, k: Kernel) -> float:
+    from edge_compress.costmodel import roofline_ms
+
     th = _coeffs_for(cm, kernel_class(k))
     if th is None:  # a kind never measured on this target: the roofline
-        from edge_compress.costmodel import roofline_ms
-
         return roofline_ms(k, cm.profile, cm.threads)
+    if "roofline" in th:  # fitted on few observations: a scaled roofline
+        return th["roofline"] * roofline_ms(k, cm.profile, cm.threads)
     t = kernel_terms(k, cm.profile, cm.threads)
     return float(sum(th.get(j, 0.0) * v for j, v in t.items()))
 
@@ -138,11 +143,18 @@ def kernel_time_ms(cm: CostModel, k: Kernel) -> float:
 class _Design:
     """Column layout: one block of terms per kernel class (``io`` classes have fewer), then the base."""
 
-    def __init__(self, classes: list[str]) -> None:
-        self.classes = classes
+    def __init__(self, classes: list[str], form: str = "full") -> None:
+        self.classes, self.form = classes, form
+        self.simple = form == "simple"
         self.cols: list[tuple[str, str]] = []
         for c in classes:
-            self.cols += [(c, t) for t in (IO_TERMS if c.startswith("io/") else TERMS)]
+            if form == "simple":
+                terms: tuple[str, ...] = ("roofline",)
+            elif c.startswith("io/"):
+                terms = IO_TERMS
+            else:
+                terms = BASIC_TERMS if form == "basic" else TERMS
+            self.cols += [(c, t) for t in terms]
         self.index = {c: i for i, c in enumerate(self.cols)}
         self.n = len(self.cols) + 1
 
@@ -150,14 +162,21 @@ class _Design:
         r = np.zeros(self.n)
         for k in kernels:
             c = kernel_class(k)
+            if self.simple:
+                from edge_compress.costmodel import roofline_ms
+
+                r[self.index[(c, "roofline")]] += roofline_ms(k, profile, threads)
+                continue
             for name, v in kernel_terms(k, profile, threads).items():
-                r[self.index[(c, name)]] += v
+                j = self.index.get((c, name))
+                if j is not None:
+                    r[j] += v
         if base:
             r[-1] = DEFAULT_BASE_MS
         return r
 
     def prior(self) -> np.ndarray:
-        return np.array([PRIOR.get(t, 0.0) for _, t in self.cols] + [1.0])
+        return np.array([1.0 if t == "roofline" else PRIOR.get(t, 0.0) for _, t in self.cols] + [1.0])
 
 
 def _rows(
@@ -218,9 +237,16 @@ def fit_costmodel(
     classes = sorted({kernel_class(Kernel.from_json(k)) for o in obs for k in o["kernels"]})
     if not classes or not any(o.get("latency_ms") or o.get("kernel_ms") for o in obs):
         return {"observations": 0}
-    design = _Design(classes)
+    # Model complexity follows the data: the richest form (full terms, basic terms, one scale on the
+    # roofline per class) with at least MIN_ROWS_PER_COEFF weighted rows per coefficient (a handful
+    # of measurements of a new target must not fit a hundred coefficients).
     base = float(cm.fit_info.get("call_overhead_ms") or BASE_GUESS_MS)
-    A, y, w = _rows(cm, obs, design, base)
+    forced = FORM
+    for form in ("full", "basic", "simple"):
+        design = _Design(classes, form)
+        A, y, w = _rows(cm, obs, design, base)
+        if forced == form or (forced is None and float(w.sum()) >= MIN_ROWS_PER_COEFF * design.n):
+            break
     theta = _solve(A, y, w, design, ridge)
     cm.coeffs = {}
     for (c, t), i in design.index.items():
@@ -259,6 +285,11 @@ def fit_costmodel(
     cm.memory_base_bytes = float(np.median(bases)) if bases else cm.memory_base_bytes
     cm.energy_scale = float(np.median(scales)) if scales else None
     cm.fit_info = {
+        "form": {
+            "simple": "scaled roofline per class (few observations)",
+            "basic": "basic roofline terms per class",
+            "full": "roofline terms per class",
+        }[design.form],
         "call_overhead_ms": base,
         "observations": len(obs),
         "model_rows": int(len(model_obs)),

@@ -293,8 +293,9 @@ def pareto_front(cands: list[Candidate], metric: str) -> list[Candidate]:
 def _apply_corrections(cands: list[Candidate], shrink: float = 0.5) -> None:
     """Measured/predicted ratios of measured candidates carried to similar unmeasured siblings.
 
-    Siblings are candidates of the same source model; each measured one counts in proportion to
-    how similar its kernel-class time shares are (cosine), shrunk toward 1 with few of them.
+    Siblings are candidates of the same source model; each measured one counts more the more
+    similar its kernel-class time shares are (cosine; a quarter of the weight regardless, for the
+    error all siblings share: call overhead, input conversion), shrunk toward 1 with few of them.
     """
     measured = [c for c in cands if c.measured is not None and c.prediction is not None]
     for c in cands:
@@ -311,10 +312,10 @@ def _apply_corrections(cands: list[Candidate], shrink: float = 0.5) -> None:
             keys = set(mine) | set(theirs)
             dot = sum(mine.get(k, 0) * theirs.get(k, 0) for k in keys)
             norm = math.sqrt(sum(v * v for v in mine.values()) * sum(v * v for v in theirs.values())) or 1.0
-            w = max(0.0, dot / norm) ** 4
+            w = 0.25 + 0.75 * max(0.0, dot / norm) ** 4  # part of any error is shared by all siblings
             num += w * math.log(m.measured.latency_ms / m.prediction.latency_ms)  # type: ignore[union-attr]
             den += w
-        c.correction = math.exp(num / den * den / (den + shrink)) if den > 0 else 1.0
+        c.correction = math.exp(num / (den + shrink)) if den > 0 else 1.0
 
 
 def select(
@@ -331,6 +332,8 @@ def select(
 
     ``measure`` runs a candidate on the target and returns the runner's Measurement (failures are
     recorded and the candidate excluded). Without it, numbers are predictions and labelled so.
+    The candidates' ``predicted`` / ``measured`` fields are (re)set by this call; ``cm`` is refitted
+    in place with every measurement (save it with ``costmodel_store.save_costmodel``).
 
     Raises:
         BudgetError: no candidate meets the budgets; names the binding budget and the closest one.
@@ -705,8 +708,8 @@ def runner_measure(
         path = wd / (c.id.replace("/", "__").replace("@", "_w") + ".onnx")
         if not path.exists():
             _, how = export_candidate(model, plan, c.calib_x, path, use_project=use_project_exporter)
-            if how == FALLBACK and notes is not None and FALLBACK not in notes:
-                notes.append(FALLBACK)
+            if how.startswith(FALLBACK) and notes is not None and how not in notes:
+                notes.append(f"exported with the {how}")
         req = RunRequest(
             str(path),
             threads=threads,
@@ -725,56 +728,57 @@ def runner_measure(
 # reporting
 
 
-def pareto_plot(res: SelectionResult, path: Any, metric: str = "latency_ms") -> Any:
-    """Accuracy vs ``metric`` scatter with the Pareto front, the budget and the choice, as a PNG."""
+def pareto_plot(res: SelectionResult, path: Any) -> Any:
+    """Accuracy vs median latency / energy / model bytes, with each Pareto front, the budgets and
+    the choice, as one PNG; measured and predicted points are marked differently."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = {
-        "latency_ms": "median latency (ms)",
-        "latency_p99_ms": "p99 latency (ms)",
-        "energy_mj": "energy / inference (mJ)",
-        "model_bytes": "model bytes",
-    }
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for basis, marker in (("measured", "o"), ("predicted", "x")):
-        cs = [c for c in res.candidates if c.costs.basis == basis]
-        ax.scatter(
-            [c.costs.metric(metric) for c in cs],
-            [c.accuracy for c in cs],
-            marker=marker,
-            label=f"{basis} ({len(cs)})",
-            alpha=0.8,
+    panels = [
+        ("latency_ms", "median latency (ms)"),
+        ("energy_mj", "energy / inference (mJ)"),
+        ("model_bytes", "model bytes"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
+    for ax, (metric, label) in zip(axes, panels, strict=True):
+        for basis, marker in (("measured", "o"), ("predicted", "x")):
+            cs = [c for c in res.candidates if c.costs.basis == basis]
+            ax.scatter(
+                [c.costs.metric(metric) for c in cs],
+                [c.accuracy for c in cs],
+                marker=marker,
+                label=f"{basis} ({len(cs)})",
+                alpha=0.8,
+            )
+        front = res.pareto(metric)
+        ax.step(
+            [c.costs.metric(metric) for c in front],
+            [c.accuracy for c in front],
+            where="post",
+            color="k",
+            lw=1,
+            label="Pareto front",
         )
-    front = res.pareto(metric)
-    ax.step(
-        [c.costs.metric(metric) for c in front],
-        [c.accuracy for c in front],
-        where="post",
-        color="k",
-        lw=1,
-        label="Pareto front",
-    )
-    for b, limit in res.budgets.items():
-        if b in BUDGET_METRICS and BUDGET_METRICS[b][0] == metric:
-            ax.axvline(limit / BUDGET_METRICS[b][2], color="r", ls="--", label=f"budget {b}")
-    if res.chosen is not None:
-        ax.scatter(
-            [res.chosen.costs.metric(metric)],
-            [res.chosen.accuracy],
-            s=160,
-            facecolors="none",
-            edgecolors="g",
-            lw=2,
-            label=f"chosen: {res.chosen.id}",
-        )
-    ax.set_xlabel(labels.get(metric, metric))
-    ax.set_ylabel("accuracy (%, simulated)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+        for b, limit in res.budgets.items():
+            if b in BUDGET_METRICS and BUDGET_METRICS[b][0] == metric:
+                ax.axvline(limit / BUDGET_METRICS[b][2], color="r", ls="--", label=f"budget {b}")
+        if res.chosen is not None:
+            ax.scatter(
+                [res.chosen.costs.metric(metric)],
+                [res.chosen.accuracy],
+                s=160,
+                facecolors="none",
+                edgecolors="g",
+                lw=2,
+                label=f"chosen: {res.chosen.id}",
+            )
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (%, simulated)")
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -116,7 +116,7 @@ def select_cmd(
         path = save_costmodel(cm)
         res.notes.append(f"refined cost model saved to {path}")
     if plot is not None:
-        pareto_plot(res, plot, "latency_ms")
+        pareto_plot(res, plot)
     if as_json:
         out = res.to_json()
         if plot is not None:

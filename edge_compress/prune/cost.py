@@ -362,6 +362,20 @@ def align_keep(
             order = np.argsort(-scores[g], kind="stable")
         mask[order[:target]] = True
         out[g] = mask
+    while fm.ratio(n(out)) > budget:  # rounding a group up to one chunk overshot: drop the weakest chunks
+        marg = fm.marginal(n(out))
+        best, best_p = None, np.inf
+        for g in aligned:
+            kept = np.flatnonzero(out[g])
+            if len(kept) <= multiple:
+                continue
+            chunk = kept[np.argsort(scores[g][kept], kind="stable")[:multiple]]
+            p = float(scores[g][chunk].sum()) / max(marg[g] * multiple, 1e-12)
+            if p < best_p:
+                best, best_p, best_chunk = g, p, chunk
+        if best is None:
+            break
+        out[best][best_chunk] = False
     while True:
         cur = fm.macs(n(out))
         marg = fm.marginal(n(out))
