@@ -244,9 +244,10 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     from edge_compress.graph import extract_graph
     from edge_compress.profiles import load_profile
-    from edge_compress.quant.noise import AccuracyCurve
+    from edge_compress.quant.accuracy import AccuracyCurve, logit_margins
     from edge_compress.quant.planner import Planner
     from edge_compress.zoo import load_zoo
+    from edge_compress.zoo.train import predict
 
     res: dict[str, Any] = {}
     t_model, c_model = time.perf_counter(), time.process_time()
@@ -301,6 +302,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     res["mixed_acc"], res["mixed_bytes"], res["mixed_budget_bytes"] = {}, {}, {}
     res["mixed_pred_drop_pp"], res["mixed_bits"] = {}, {}
     res["mixed_acc_noise_method"], res["mixed_bytes_noise_method"] = {}, {}
+    res["mixed_acc_ilp_only"] = {}
     plans = {}
     for a in ALPHAS:
         p = pl.plan({}, alpha=a)
@@ -312,6 +314,9 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         res["mixed_budget_bytes"][k] = p.budget["model_bytes"]
         res["mixed_pred_drop_pp"][k] = p.predicted.get("acc_drop_pp")
         res["mixed_bits"][k] = {n: d.weight_bits for n, d in p.layers.items()}
+        pl.refine_top_k = 1  # the ILP optimum alone, without the simulated choice among the top 5
+        res["mixed_acc_ilp_only"][k] = pl.measure(pl.plan({}, alpha=a), xt, yt)["acc"]
+        pl.refine_top_k = 5
         pn = pl_noise.plan({}, alpha=a)
         res["mixed_acc_noise_method"][k] = pl.measure(pn, xt, yt)["acc"]
         res["mixed_bytes_noise_method"][k] = pn.predicted["model_bytes"]
@@ -333,34 +338,59 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
             continue
         seen.add(d)
         evals.append(p)
-    pred_p, pred_ps, meas_p, pred_d, meas_d = [], [], [], [], []
+    pred_p, pred_ps, pred_pe, meas_p, pred_d, meas_d = [], [], [], [], [], []
     for p in evals:
         pr = nm.predict(p)
         ms = nm.measure(p, xt, yt)
         pred_p.append(pr["output_noise_power"])
         pred_ps.append(pr["output_noise_power_step"])
+        pred_pe.append(pr["output_noise_power_energy"])
         meas_p.append(ms["output_noise_power"])
         pred_d.append(pr["acc_drop_pp"])
         meas_d.append(ms["acc_drop_pp"])
+    # where step^2/12 breaks: measured ||Q(W)-W||^2 over n step^2/12, per layer
+    for b in (8, 4):
+        r = [ln.w_energy[b] / ln.w_energy_step[b] for ln in nm.layers.values() if b in ln.w_energy]
+        res[f"weight_err_over_step2_12_{b}bit"] = {
+            "median": float(np.median(r)),
+            "min": float(np.min(r)),
+            "max": float(np.max(r)),
+        }
     res["noise_plans"] = len(evals)
     res["noise_plans_distinct"] = len({p.digest() for p in evals})
     res["noise_spearman_sqnr"] = spearman(pred_p, meas_p)
     res["noise_spearman_sqnr_step"] = spearman(pred_ps, meas_p)
-    res["noise_spearman_acc"] = spearman(pred_d, meas_d)
-    res["noise_mae_pp"] = float(np.mean(np.abs(np.array(pred_d) - np.array(meas_d))))
     res["noise_meas_over_pred_median"] = float(np.median(np.array(meas_p) / np.array(pred_p)))
     res["noise_meas_over_pred_step_median"] = float(np.median(np.array(meas_p) / np.array(pred_ps)))
+    res["noise_spearman_sqnr_energy"] = spearman(pred_pe, meas_p)
     res["noise_meas_over_pred_uniform8"] = m8["output_noise_power"] / nm.predict(u8)["output_noise_power"]
     res["noise_meas_over_pred_uniform4"] = m4["output_noise_power"] / nm.predict(u4)["output_noise_power"]
-    sq = np.array([s for s, _ in curve.fit_points])
-    dr = np.array([d for _, d in curve.fit_points])
-    logistic = AccuracyCurve.fit("logistic", sq, dr, curve.fp32_acc, np.array(curve.margins), 10)
-    pred_sq = [10 * np.log10(nm.signal_power / v) for v in pred_p]
-    res["noise_mae_pp_logistic"] = float(
-        np.mean(np.abs(np.atleast_1d(logistic.drop_pp(np.array(pred_sq))) - np.array(meas_d)))
-    )
+    # accuracy drop: (a) the protocol of the issue, a curve fitted on 8 plans disjoint from the
+    # evaluated ones, measured on the same (test) split; (b) the planner's own curve, fitted on the
+    # validation split (what plan_model reports), which adds any validation/test shift.
+    fit_plans = [nm.plan_for({n: 8 for n in nm.layers}), nm.plan_for({n: 4 for n in nm.layers})]
+    rng_fit, fit_digests = np.random.default_rng(0), {p.digest() for p in evals}
+    for _ in range(400):
+        if len(fit_plans) >= 8:
+            break
+        p = nm.plan_for(nm.random_bits(rng_fit))
+        if p.digest() not in fit_digests:
+            fit_digests.add(p.digest())
+            fit_plans.append(p)
+    fit_sq = np.array([nm.predict(p)["sqnr_db"] for p in fit_plans])
+    fit_dr = np.array([nm.measure(p, xt, yt)["acc_drop_pp"] for p in fit_plans])
+    y_fp = nm.measure(u8, xt, yt)
+    margins = logit_margins(predict(nm.folded_model, xt), yt)
+    test_curve = AccuracyCurve.fit("auto", fit_sq, fit_dr, y_fp["fp32_acc"], margins, ds.num_classes)
+    pred_sq = np.array([10 * np.log10(nm.signal_power / v) for v in pred_p])
+    pred_t = np.atleast_1d(test_curve.drop_pp(pred_sq))
+    res["noise_mae_pp"] = float(np.mean(np.abs(pred_t - np.array(meas_d))))
+    res["noise_spearman_acc"] = spearman(list(pred_t), meas_d)
+    res["noise_mae_curve"] = {"kind": test_curve.kind, **test_curve.params, "fit_plans": len(fit_plans)}
+    res["noise_mae_pp_valfit"] = float(np.mean(np.abs(np.array(pred_d) - np.array(meas_d))))
+    res["noise_spearman_acc_valfit"] = spearman(pred_d, meas_d)
     res["noise_mae_pp_zero_predictor"] = float(np.mean(np.abs(np.array(meas_d))))
-    res["acc_curve"] = {
+    res["acc_curve_valfit"] = {
         "kind": curve.kind,
         **curve.params,
         "fit_plans": len(curve.fit_points),
@@ -374,7 +404,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     ours = plans[0.5]
     budget = ours.budget["model_bytes"]
     ours_m = pl.measure(ours, xt, yt)
-    wins_noise = wins_acc = identical = 0
+    wins_noise = wins_acc = wins_either = identical = 0
     rbytes = []
     rng = np.random.default_rng(99)
     for _ in range(args.equal_plans):
@@ -385,8 +415,10 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         rbytes.append(p.model_bytes(graph))
         wins_noise += ours_m["output_noise_power"] <= m["output_noise_power"]
         wins_acc += ours_m["acc"] >= m["acc"]
+        wins_either += ours_m["acc"] >= m["acc"] or ours_m["output_noise_power"] <= m["output_noise_power"]
     res["beats_random_frac"] = wins_noise / args.equal_plans
     res["beats_random_frac_acc"] = wins_acc / args.equal_plans
+    res["beats_random_frac_either"] = wins_either / args.equal_plans
     res["random_identical_to_ours"] = identical
     res["random_mean_bytes"] = float(np.mean(rbytes))
 
@@ -497,6 +529,7 @@ def main() -> int:
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # ai-edge-quantizer's calibration progress bars
     import torch
 
     torch.set_num_threads(args.threads)

@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from edge_compress.repro import run_claim
-    from edge_compress.repro.common import Context, Timer
+    from edge_compress.repro.common import Context, Timer, failed
     from edge_compress.repro.report import build_json, machine, now_iso, render_markdown
 
     torch.set_num_threads(1)
@@ -79,35 +80,53 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg": list(os.getloadavg()),
         "torch": torch.__version__,
     }
+    out = Path(args.json)
+    rel = os.path.relpath(fig_dir, docs.parent)
+    previous: dict = {}
+    if out.exists():  # claims not (yet) rerun keep their previous results
+        try:
+            previous = json.loads(out.read_text(encoding="utf-8")).get("claims", {})
+        except (OSError, ValueError):
+            previous = {}
+
+    def write(results: list, wall: float, cpu: float) -> None:
+        from edge_compress.repro.common import ClaimResult
+
+        done = {r.number for r in results}
+        allr = results + [ClaimResult.from_json(int(k), v) for k, v in previous.items() if int(k) not in done]
+        allr.sort(key=lambda r: r.number)
+        meta["wall_s"], meta["cpu_s"] = wall, cpu
+        docs.parent.mkdir(parents=True, exist_ok=True)
+        docs.write_text(render_markdown(allr, meta, rel) + "\n", encoding="utf-8")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(
+            json.dumps(build_json(allr, meta), indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+
     results = []
+    errors = 0
     with Timer() as total:
         for n in only:
             print(f"[{time.strftime('%H:%M:%S')}] claim {n} ...", flush=True)
             with Timer() as t:
-                r = run_claim(n, ctx)
+                try:
+                    r = run_claim(n, ctx)
+                except Exception as e:  # noqa: BLE001 - one broken experiment must not lose the others
+                    r = failed(n, e)
+                    errors += 1
+                    traceback.print_exc()
             r.wall_s, r.cpu_s, r.quick, r.date = t.wall, t.cpu, args.quick, now_iso()
             results.append(r)
             print(
                 f"[{time.strftime('%H:%M:%S')}] claim {n}: {r.verdict} ({t.wall:.0f} s wall, {t.cpu:.0f} s CPU)",
                 flush=True,
             )
-    meta["wall_s"], meta["cpu_s"] = total.wall, total.cpu
-    out = Path(args.json)
-    if args.only and out.exists():  # keep the other claims' results from the previous run
-        from edge_compress.repro.common import ClaimResult
-
-        done = {r.number for r in results}
-        old = json.loads(out.read_text(encoding="utf-8")).get("claims", {})
-        results += [ClaimResult.from_json(int(k), v) for k, v in old.items() if int(k) not in done]
-        results.sort(key=lambda r: r.number)
-    rel = os.path.relpath(fig_dir, docs.parent)
-    docs.parent.mkdir(parents=True, exist_ok=True)
-    docs.write_text(render_markdown(results, meta, rel) + "\n", encoding="utf-8")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(build_json(results, meta), indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+            write(results, time.perf_counter() - total.w0, time.process_time() - total.c0)
+    write(results, total.wall, total.cpu)
     print(f"wrote {docs}, {out} and {len(results)} figure set(s) in {fig_dir} ({total.wall:.0f} s)")
+    if errors:
+        print(f"error: {errors} experiment(s) failed; see their sections in {docs}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -203,6 +203,25 @@ def test_claim_result_round_trips_and_only_keeps_other_claims(tmp_path, monkeypa
         ClaimResult(1, "t", "q", "c", "m", "maybe", "r")
 
 
+def test_a_failing_experiment_is_reported_and_the_others_still_run(tmp_path, monkeypatch, capsys):
+    from edge_compress import repro
+    from edge_compress.repro.common import ERROR, ClaimResult, Context
+
+    def flaky(n: int, ctx: Context) -> ClaimResult:
+        if n == 2:
+            raise ImportError("cannot import name 'x' from 'edge_compress.prune.cost'")
+        return ClaimResult(n, f"t{n}", "q", "c", "m", "holds", "r", {}, [], [])
+
+    monkeypatch.setattr(repro, "run_claim", flaky)
+    js_path = tmp_path / "r.json"
+    assert _script().main(["--only", "1,2,3", "--docs", str(tmp_path / "r.md"), "--json", str(js_path)]) == 1
+    js = json.loads(js_path.read_text())
+    assert js["verdicts"] == {"1": "holds", "2": ERROR, "3": "holds"}
+    assert "ImportError" in js["claims"]["2"]["verdict_reason"]
+    assert "--only 2" in (tmp_path / "r.md").read_text()
+    assert "experiment(s) failed" in capsys.readouterr().err
+
+
 def test_widened_lenet_computes_the_same_function():
     from edge_compress.repro.c4_redundancy import widen_lenet
     from edge_compress.zoo import build_model

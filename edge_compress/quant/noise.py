@@ -2,23 +2,24 @@
 without building the quantized model.
 
 Model (the seed design): every quantizer adds independent zero-mean noise, of variance
-``step^2 / 12`` for uniform rounding. Its effect on the logits is linear for small noise, so
+``step^2 / 12`` for uniform rounding; its effect on the logits is linear for small noise, so the
+output noise power of a plan is a sum of per-layer terms:
 
-    P_out(plan) = sum_i g_w[i] * E_w[i](b_i)  +  sum_j g_a[j] * e_a[j](a_j)
+    P_out(plan) = sum_i P_w[i](b_i) + sum_groups P_a[g](a_g)
 
-- ``E_w[i](b)``: squared error energy of layer i's weights at b bits, either the model's
-  ``sum_c n_c step_c^2 / 12`` ("step") or the measured ``||Q_b(W) - W||^2`` of the actual
-  quantizer ("measured", the default: at 4 bits clipping makes the error larger than step^2/12);
-- ``g_w[i]``: output noise power per unit of weight-noise energy, measured by injecting Gaussian
-  noise with the per-channel variance profile of the b-bit quantizer (scaled down to the 8-bit
-  level so the network stays linear) and averaging a few draws;
-- ``e_a[j]``: error power per element of the input quantizer of layer j on calibration data,
-  ``g_a[j]``: output noise power per unit of input noise variance. Layers reading the same tensor
-  get the same (identical, hence coherent) input error, so they are injected together.
+with three variants of the weight terms, all reported:
 
-Accuracy: a monotone curve ``acc_drop = f(SQNR)`` fitted on a handful of measured plans
-(:class:`AccuracyCurve`); the default is a margin model (a sample's decision flips when the noise
-on its logit margin exceeds the margin, the noise scale being the one fitted parameter).
+- ``step``: ``gain_i x sum_c n_c step_c^2 / 12`` (the pure seed model);
+- ``energy``: ``gain_i x ||Q_b(W_i) - W_i||^2`` with the measured error of the actual quantizer
+  (at 4 bits clipping makes it larger than step^2/12, peaked weight distributions smaller);
+- ``realized`` (the default prediction): the measured output noise of layer i quantized alone,
+  which also captures where a small layer's error lands and the layer's own nonlinearity.
+
+Gains are per output channel (``gains.adjoint_gains``: backward passes with random output probes,
+the linear-regime expectation of injecting Gaussian noise) or by injection (``gains.inject_gains``);
+input-quantizer terms weigh every element by its own quantization error, and layers reading the
+same tensor share one coherent term. Accuracy: a monotone curve of the predicted SQNR fitted on a
+handful of measured plans (:mod:`edge_compress.quant.accuracy`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from torch import nn
 
 from edge_compress.errors import UserError
 from edge_compress.quant import fakequant as fq
+from edge_compress.quant.accuracy import AccuracyCurve, logit_margins
+from edge_compress.quant.gains import adjoint_gains, inject_gains, realized_terms, shared_inputs
 
 if TYPE_CHECKING:
     from edge_compress.graph import ModelGraph
@@ -100,139 +103,6 @@ class LayerNoise:
 
 def _nearest(d: dict[int, float], bits: int) -> float:
     return d[min(d, key=lambda b: abs(b - bits))]
-
-
-# --------------------------------------------------------------------------------------------
-# accuracy curve
-
-
-def _phi(z: np.ndarray) -> np.ndarray:
-    from scipy.special import ndtr
-
-    return ndtr(z)
-
-
-@dataclass
-class AccuracyCurve:
-    """Monotone map from predicted SQNR (dB) to accuracy drop (percentage points).
-
-    ``margin``: each evaluation sample's margin ``r = (z_true - max_other z) / rms(z)``; noise at a
-    given SQNR puts a Gaussian of std ``sqrt(kappa / SQNR)`` on ``r``, so the predicted accuracy is
-    ``mean Phi(r / std)`` and the drop is the fp32 accuracy minus that; ``kappa`` is fitted.
-    ``logistic``: ``drop = top / (1 + exp((sqnr_db - mid) / width))`` with ``top`` the drop to chance.
-    """
-
-    kind: str
-    params: dict[str, float]
-    fp32_acc: float
-    margins: list[float] = field(default_factory=list)
-    fit_points: list[tuple[float, float]] = field(
-        default_factory=list
-    )  # (predicted sqnr_db, measured drop pp)
-    fit_mae_pp: float = float("nan")
-    plan_digests: list[str] = field(default_factory=list)  # plans the curve was fitted on
-
-    def drop_pp(self, sqnr_db: float | np.ndarray) -> np.ndarray | float:
-        s = np.asarray(sqnr_db, dtype=np.float64)
-        if self.kind == "margin":
-            r = np.asarray(self.margins)
-            std = np.sqrt(self.params["kappa"] / np.power(10.0, s / 10.0))
-            acc = _phi(r[None, :] / np.maximum(std.reshape(-1, 1), 1e-30)).mean(axis=1)
-            out = 100.0 * (self.fp32_acc - acc)
-        elif self.kind == "logistic":
-            z = np.clip((s - self.params["mid"]) / self.params["width"], -60, 60)
-            out = self.params["top"] / (1.0 + np.exp(z))
-        else:
-            raise UserError(f"unknown accuracy curve {self.kind!r} (use margin or logistic).")
-        out = np.asarray(out).reshape(s.shape)
-        return float(out) if out.ndim == 0 else out
-
-    @classmethod
-    def fit(
-        cls,
-        kind: str,
-        sqnr_db: np.ndarray,
-        drop_pp: np.ndarray,
-        fp32_acc: float,
-        margins: np.ndarray,
-        n_classes: int,
-    ) -> AccuracyCurve:
-        """Least-squares fit of one curve; ``kind="auto"`` fits both and keeps the one with the
-        smaller leave-one-out error over the fitting plans (``params["loo_mae_pp"]``)."""
-        s = np.asarray(sqnr_db, dtype=np.float64)
-        d = np.asarray(drop_pp, dtype=np.float64)
-        kinds = ("margin", "logistic") if kind == "auto" else (kind,)
-        best: tuple[float, AccuracyCurve] | None = None
-        for k in kinds:
-            curve = cls._fit_one(k, s, d, fp32_acc, margins, n_classes)
-            loo = []
-            if len(s) >= 3:
-                for i in range(len(s)):
-                    keep = np.arange(len(s)) != i
-                    c = cls._fit_one(k, s[keep], d[keep], fp32_acc, margins, n_classes)
-                    loo.append(abs(float(c.drop_pp(s[i])) - d[i]))
-            curve.params["loo_mae_pp"] = float(np.mean(loo)) if loo else float("nan")
-            score = curve.params["loo_mae_pp"] if loo else 0.0
-            if best is None or score < best[0]:
-                best = (score, curve)
-        assert best is not None
-        curve = best[1]
-        curve.fit_points = [(float(a), float(b)) for a, b in zip(s, d, strict=True)]
-        curve.fit_mae_pp = float(np.mean(np.abs(np.atleast_1d(curve.drop_pp(s)) - d)))
-        return curve
-
-    @classmethod
-    def _fit_one(
-        cls, kind: str, s: np.ndarray, d: np.ndarray, fp32_acc: float, margins: np.ndarray, n_classes: int
-    ) -> AccuracyCurve:
-        if kind == "margin":
-            r = np.asarray(margins, dtype=np.float64)
-            kappas = np.logspace(-4, 4, 161)
-            std = np.sqrt(kappas[:, None] / np.power(10.0, s[None, :] / 10.0))  # (K, P)
-            acc = _phi(r[None, None, :] / np.maximum(std[:, :, None], 1e-30)).mean(axis=2)
-            err = ((100.0 * (fp32_acc - acc) - d[None, :]) ** 2).mean(axis=1)
-            return cls("margin", {"kappa": float(kappas[int(np.argmin(err))])}, fp32_acc, list(map(float, r)))
-        if kind == "logistic":
-            top = 100.0 * max(fp32_acc - 1.0 / n_classes, 1e-3)
-            mids = np.linspace(min(s.min(), 0.0) - 5, s.max() + 5, 121)
-            widths = np.logspace(-1, 1.3, 40)
-            z = np.clip((s[None, None, :] - mids[:, None, None]) / widths[None, :, None], -60, 60)
-            err = ((top / (1.0 + np.exp(z)) - d[None, None, :]) ** 2).mean(axis=2)
-            i, j = np.unravel_index(int(np.argmin(err)), err.shape)
-            return cls("logistic", {"top": top, "mid": float(mids[i]), "width": float(widths[j])}, fp32_acc)
-        raise UserError(f"unknown accuracy curve {kind!r} (use auto, margin or logistic).")
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "params": self.params,
-            "fp32_acc": self.fp32_acc,
-            "margins": self.margins,
-            "fit_points": self.fit_points,
-            "fit_mae_pp": self.fit_mae_pp,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> AccuracyCurve:
-        return cls(
-            d["kind"],
-            dict(d["params"]),
-            float(d["fp32_acc"]),
-            list(d.get("margins", [])),
-            [tuple(p) for p in d.get("fit_points", [])],
-            float(d.get("fit_mae_pp", float("nan"))),
-        )
-
-
-def logit_margins(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(z_true - max_other z) / rms(z) per sample: negative for misclassified samples."""
-    z = np.asarray(logits, dtype=np.float64)
-    idx = np.arange(len(z))
-    true = z[idx, y]
-    other = z.copy()
-    other[idx, y] = -np.inf
-    rms = np.sqrt((z**2).mean(axis=1)) + 1e-12
-    return (true - other.max(axis=1)) / rms
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,16 +223,16 @@ class NoiseModel:
                     layers[n].a_err[ab], layers[n].a_err_step[ab] = fq.act_error(acts[n], aq)
                 quants[n] = fq.act_quant_from_range(*ranges[n], min(act_bits))
             del acts
-        share = _shared_inputs(net, names, x[:2])
+        share = shared_inputs(net, names, x[:2])
         for gid, members in enumerate(share):
             for n in members:
                 layers[n].a_group = gid
         if gain_method == "adjoint":
-            _adjoint_gains(net, graph, layers, errors, share, ranges, act_bits, x, draws, gen)
+            adjoint_gains(net, graph, layers, errors, share, ranges, act_bits, x, draws, gen)
         else:
-            _inject_gains(net, graph, layers, errors, share, quants, act_bits, xt, y0, draws, gen)
+            inject_gains(net, graph, layers, errors, share, quants, act_bits, xt, y0, draws, gen)
         if realized:
-            _realized_terms(net, graph, layers, share, ranges, act_bits, weight_clip, xt, y0)
+            realized_terms(net, graph, layers, share, ranges, act_bits, weight_clip, xt, y0)
         return cls(
             layers,
             signal,
@@ -623,256 +493,3 @@ class NoiseModel:
             profile_name=d.get("profile", ""),
             mode=d.get("mode"),
         )
-
-
-# --------------------------------------------------------------------------------------------
-# gains
-
-
-@torch.no_grad()
-def _shared_inputs(model: nn.Module, names: list[str], x: np.ndarray) -> list[list[str]]:
-    """Groups of layers whose input is the very same tensor (in execution order)."""
-    mods = dict(model.named_modules())
-    seen: dict[str, int] = {}
-    keep: list[torch.Tensor] = []  # keep the tensors alive so data pointers stay unique
-
-    def hook(inp: tuple[torch.Tensor, ...], n: str) -> None:
-        keep.append(inp[0])
-        seen.setdefault(n, inp[0].data_ptr())
-
-    hooks = [mods[n].register_forward_pre_hook(lambda m, i, n=n: hook(i, n)) for n in names]
-    try:
-        model(torch.from_numpy(np.ascontiguousarray(x)))
-    finally:
-        for h in hooks:
-            h.remove()
-    groups: dict[int, list[str]] = {}
-    for n in names:
-        groups.setdefault(seen.get(n, -1 - len(groups)), []).append(n)
-    return list(groups.values())
-
-
-def _adjoint_gains(
-    net: nn.Module,
-    graph: ModelGraph,
-    layers: dict[str, LayerNoise],
-    errors: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]],
-    share: list[list[str]],
-    ranges: dict[str, tuple[float, float]],
-    act_bits: tuple[int, ...],
-    x: np.ndarray,
-    draws: int,
-    gen: torch.Generator,
-    chunk: int = 64,
-) -> None:
-    """Per-channel weight gains and per-element input gains from ``draws`` backward passes."""
-    mods = dict(net.named_modules())
-    names = graph.names
-    params = [mods[n].weight for n in names]
-    flags = [p.requires_grad for p in params]
-    w_sq = {n: torch.zeros(mods[n].weight.shape[0], dtype=torch.float64) for n in names}
-    a_sum = {g[0]: 0.0 for g in share}  # sum_e A_e (for the gain per unit variance)
-    a_meas = {g[0]: {ab: 0.0 for ab in act_bits} for g in share}  # sum_e err_e^2 A_e
-    lead_of = {n: g[0] for g in share for n in g}
-    n_out = 0
-    try:
-        for p in params:
-            p.requires_grad_(True)
-        for i in range(0, len(x), chunk):
-            xb = torch.from_numpy(np.ascontiguousarray(x[i : i + chunk]))
-            probes: dict[str, torch.Tensor] = {}
-            inputs: dict[str, torch.Tensor] = {}
-
-            def pre(
-                mod: nn.Module, inp: tuple[torch.Tensor, ...], n: str, probes=probes, inputs=inputs
-            ) -> tuple[torch.Tensor, ...]:
-                lead = lead_of[n]
-                if lead not in probes:
-                    probes[lead] = torch.zeros_like(inp[0], requires_grad=True)
-                    inputs[lead] = inp[0].detach()
-                return (inp[0] + probes[lead],) + tuple(inp[1:])
-
-            hooks = [mods[n].register_forward_pre_hook(lambda m, inp, n=n: pre(m, inp, n)) for n in names]
-            try:
-                y = net(xb)
-            finally:
-                for h in hooks:
-                    h.remove()
-            leads = list(probes)
-            a_acc = {g: torch.zeros_like(probes[g]) for g in leads}
-            for d in range(draws):
-                u = torch.randint(0, 2, y.shape, generator=gen).to(y.dtype) * 2 - 1
-                grads = torch.autograd.grad(
-                    y, params + [probes[g] for g in leads], u, retain_graph=d < draws - 1
-                )
-                for n, g in zip(names, grads[: len(names)], strict=True):
-                    w_sq[n] += (g.detach().double() ** 2).reshape(g.shape[0], -1).sum(dim=1) / draws
-                for lead, g in zip(leads, grads[len(names) :], strict=True):
-                    a_acc[lead] += g.detach() ** 2 / draws
-            for lead in leads:
-                a_sum[lead] += float(a_acc[lead].double().sum())
-                for ab in act_bits:
-                    aq = fq.act_quant_from_range(*ranges[lead], ab)
-                    err = aq.fake(inputs[lead]) - inputs[lead]
-                    a_meas[lead][ab] += float((err.double() ** 2 * a_acc[lead].double()).sum())
-            n_out += y.numel()
-    finally:
-        for p, f in zip(params, flags, strict=True):
-            p.requires_grad_(f)
-    for n in names:
-        ln = layers[n]
-        s_c = w_sq[n].numpy() / n_out  # output power per unit variance on every weight of channel c
-        n_c = ln.n_weights // max(len(s_c), 1)
-        for b, (meas, step) in errors[n].items():
-            ln.w_out[b] = float(np.dot(meas / n_c, s_c))
-            ln.w_out_step[b] = float(np.dot(step / n_c, s_c))
-            ln.w_gain[b] = ln.w_out[b] / max(ln.w_energy[b], 1e-300)
-    for g in share:
-        lead = layers[g[0]]
-        lead.a_gain = a_sum[g[0]] / n_out
-        for ab in act_bits:
-            lead.a_out[ab] = a_meas[g[0]][ab] / n_out
-            lead.a_out_step[ab] = lead.a_gain * lead.a_err_step[ab]
-
-
-def _inject_gains(
-    net: nn.Module,
-    graph: ModelGraph,
-    layers: dict[str, LayerNoise],
-    errors: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]],
-    share: list[list[str]],
-    quants: dict[str, fq.ActQuant],
-    act_bits: tuple[int, ...],
-    xt: torch.Tensor,
-    y0: torch.Tensor,
-    draws: int,
-    gen: torch.Generator,
-) -> None:
-    """Gains by injecting Gaussian noise of known variance, one layer (or shared input) at a time."""
-    mods = dict(net.named_modules())
-
-    def out_power() -> float:
-        with torch.no_grad():
-            return float(((net(xt).float() - y0).double() ** 2).mean())
-
-    for li in graph.layers:
-        ln, m = layers[li.name], mods[li.name]
-        w0 = m.weight.detach().clone()
-        n_c = w0[0].numel()
-        ref = min(ln.w_energy_step.values())  # inject at the finest level: the linear regime
-        shape = [-1] + [1] * (w0.dim() - 1)
-        try:
-            for b, (meas, step) in errors[li.name].items():
-                var = np.maximum(meas, step * 1e-6) / n_c  # the b-bit quantizer's per-channel profile
-                var = var * (ref / max(float(var.sum() * n_c), 1e-300))
-                std = torch.from_numpy(np.sqrt(var)).to(w0.dtype).reshape(shape)
-                gains = []
-                for _ in range(draws):
-                    noise = torch.randn(w0.shape, generator=gen, dtype=w0.dtype) * std
-                    with torch.no_grad():
-                        m.weight.copy_(w0 + noise)
-                    gains.append(out_power() / max(float((noise.double() ** 2).sum()), 1e-300))
-                ln.w_gain[b] = float(np.mean(gains))
-                ln.w_out[b] = ln.w_gain[b] * ln.w_energy[b]
-                ln.w_out_step[b] = ln.w_gain[b] * ln.w_energy_step[b]
-        finally:
-            with torch.no_grad():
-                m.weight.copy_(w0)
-    for members in share:
-        lead = layers[members[0]]
-        aq = quants.get(members[0])
-        sigma2 = max(lead.a_err_step[min(act_bits)], 1e-20) if act_bits else 1e-6
-        lead.a_gain = _act_gain(net, [mods[n] for n in members], xt, y0, sigma2, draws, gen, aq)
-        for ab in act_bits:
-            lead.a_out[ab] = lead.a_gain * lead.a_err[ab]
-            lead.a_out_step[ab] = lead.a_gain * lead.a_err_step[ab]
-
-
-@torch.no_grad()
-def _realized_terms(
-    net: nn.Module,
-    graph: ModelGraph,
-    layers: dict[str, LayerNoise],
-    share: list[list[str]],
-    ranges: dict[str, tuple[float, float]],
-    act_bits: tuple[int, ...],
-    weight_clip: str,
-    xt: torch.Tensor,
-    y0: torch.Tensor,
-) -> None:
-    """Output noise power of each layer quantized alone (weights), and of each input quantizer alone."""
-    mods = dict(net.named_modules())
-
-    def power() -> float:
-        return float(((net(xt).float() - y0).double() ** 2).mean())
-
-    for li in graph.layers:
-        m, ln = mods[li.name], layers[li.name]
-        w0 = m.weight.detach().clone()
-        try:
-            for b in ln.bits:
-                m.weight.copy_(fq.quantize_weight(w0, b, True, weight_clip)[0])
-                ln.w_out_real[b] = power()
-        finally:
-            m.weight.copy_(w0)
-    if not act_bits:
-        return
-    for members in share:
-        lead = layers[members[0]]
-        for ab in act_bits:
-            hooks = []
-            for n in members:
-                aq = fq.act_quant_from_range(*ranges[n], ab)
-                hooks.append(
-                    mods[n].register_forward_pre_hook(
-                        lambda mod, inp, aq=aq: (aq.fake(inp[0]),) + tuple(inp[1:])
-                    )
-                )
-            try:
-                lead.a_out_real[ab] = power()
-            finally:
-                for h in hooks:
-                    h.remove()
-
-
-def _act_gain(
-    model: nn.Module,
-    mods: list[nn.Module],
-    xt: torch.Tensor,
-    y0: torch.Tensor,
-    sigma2: float,
-    draws: int,
-    gen: torch.Generator,
-    aq: fq.ActQuant | None = None,
-) -> float:
-    """Output noise power per unit variance of Gaussian noise added to the (shared) input of ``mods``.
-
-    With a quantizer ``aq`` the noise goes only where that quantizer is inexact (exact zeros after
-    a ReLU stay exact), so the gain weighs the elements the way the quantization error does; the
-    variance it is divided by is the mean over all elements, like the quantizer's error power.
-    """
-    state: dict[str, Any] = {}
-
-    def pre(mod: nn.Module, inp: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        t = inp[0]
-        if "noise" not in state:
-            noise = torch.randn(t.shape, generator=gen, dtype=t.dtype) * math.sqrt(sigma2)
-            if aq is not None:
-                noise = noise * ((aq.fake(t) - t).abs() > 0).to(t.dtype)
-            state["noise"] = noise
-            state["var"] = float((noise.double() ** 2).mean())
-        return (t + state["noise"],) + tuple(inp[1:])
-
-    hooks = [m.register_forward_pre_hook(pre) for m in mods]
-    gains = []
-    try:
-        for _ in range(draws):
-            state.clear()
-            with torch.no_grad():
-                y = model(xt).float()
-            var = state.get("var", sigma2)
-            gains.append(float(((y - y0).double() ** 2).mean()) / max(var, 1e-300))
-    finally:
-        for h in hooks:
-            h.remove()
-    return float(np.mean(gains))

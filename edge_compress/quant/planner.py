@@ -5,8 +5,9 @@
 Steps: fold BatchNorm; allowed weight bits per layer from the profile (per op kind) and shared
 bits for precision groups; sensitivities (``hessian``: HAWQ-V2 Hutchinson trace x quantizer
 error, ``noise``: noise-model output noise power); an ILP over bits under the budgets (model
-bytes, BOPs, extra linear constraints from a cost model); then the additive noise model predicts
-the plan's output noise, SQNR and (with evaluation data) accuracy drop.
+bytes, BOPs, extra linear constraints from a cost model); with evaluation data, the 5 best ILP
+allocations are simulated and the most accurate kept (``refine_top_k``); then the additive noise
+model predicts the plan's output noise, SQNR and (with evaluation data) accuracy drop.
 
 :class:`Planner` keeps the analysis so many budgets can be planned cheaply (:func:`pareto_sweep`).
 """
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_compress.errors import BudgetError, UserError
-from edge_compress.quant.allocate import Allocation, Constraint, allocate_bits, allocation_units, unit_bits
+from edge_compress.quant.allocate import Allocation, Constraint, allocate_top_k, allocation_units, unit_bits
 
 if TYPE_CHECKING:
     from torch import nn
@@ -142,6 +143,7 @@ class Planner:
         gain_method: str = "adjoint",
         fit_plans: int = 8,
         curve: str = "auto",
+        refine_top_k: int = 5,
         noise_model: NoiseModel | None = None,
     ) -> None:
         from edge_compress.quant.fakequant import fold_batchnorm
@@ -158,6 +160,8 @@ class Planner:
         self.model_name, self.seed = model_name, seed
         self.weight_clip, self.act_calibration = weight_clip, act_calibration
         self.calib_x = np.ascontiguousarray(calib_x)
+        self.eval_x, self.eval_y = eval_x, eval_y
+        self.refine_top_k = refine_top_k
         self.folded = fold_batchnorm(model)
         self.info = {li.name: li for li in graph.layers}
         self.options: dict[str, tuple[int, ...]] = {}
@@ -270,6 +274,8 @@ class Planner:
             if k in ENFORCED_BUDGETS:
                 resolved[k] = float(v)
             elif k in COST_MODEL_BUDGETS:
+                if any(c.name == k for c in extra_constraints or []):
+                    continue  # a cost model enforces it
                 notes.append(
                     f"budget {k}={v:g} is not enforced by the quantization planner (no cost model; pass it as an extra constraint)"
                 )
@@ -310,14 +316,16 @@ class Planner:
                 {c.name: c.limit for c in constraints},
             )
         else:
-            alloc = allocate_bits(
+            allocs = allocate_top_k(
                 self.options,
                 self.sens,
                 constraints,
                 self.graph.precision_groups,
+                k=self.refine_top_k if self.eval_x is not None else 1,
                 profile=self.profile.name,
                 note=self.restriction_note(),
             )
+            alloc = self._refine(allocs, notes)
         why = self._why(alloc, constraints)
         layers: dict[str, LayerDecision] = {}
         for li in self.graph.layers:
@@ -379,6 +387,32 @@ class Planner:
             )
         return plan
 
+    def _refine(self, allocs: list[Allocation], notes: list[str]) -> Allocation:
+        """Among the best ILP allocations, the one with the best simulated accuracy on the evaluation
+        data (ties within one sample: the lower measured output noise). The sensitivities rank plans
+        by a second-order / linear model; simulating a handful of them catches what that misses
+        (e.g. int4 layers that compound)."""
+        if len(allocs) == 1 or self.eval_x is None:
+            return allocs[0]
+        scored = []
+        for rank, a in enumerate(allocs):
+            trial = self.noise_model.plan_for({**a.bits, **dict.fromkeys(self.float_layers)}, self.act_bits)
+            for n in self.float_layers:
+                trial.layers[n].act_bits = None
+            m = self.noise_model.measure(trial, self.eval_x, self.eval_y)
+            scored.append((m["acc"], -m["output_noise_power"], -rank, a))
+        n_eval = len(self.eval_x)
+        best_acc = max(s[0] for s in scored)
+        near = [s for s in scored if s[0] >= best_acc - 1.0 / n_eval - 1e-12]
+        chosen = max(near, key=lambda s: (s[1], s[2]))
+        first = scored[0]
+        idx = scored.index(chosen)
+        notes.append(
+            f"chosen allocation: #{idx + 1} of the {len(allocs)} best by sensitivity, by simulated accuracy on "
+            f"{n_eval} evaluation samples ({100 * chosen[0]:.2f}% vs {100 * first[0]:.2f}% for the ILP optimum)"
+        )
+        return chosen[3]
+
     def _why(self, alloc: Allocation, constraints: list[Constraint]) -> dict[str, str]:
         out: dict[str, str] = {}
         binding = set(alloc.binding(0.05)) if constraints else set()
@@ -415,7 +449,10 @@ class Planner:
                     elif not binding and b == bs[0]:
                         text = f"int{b}: no budget requires fewer bits ({per})"
                     else:
-                        text = f"int{b}: kept to meet {', '.join(sorted(binding)) or 'the budget'} at least {tag} ({per})"
+                        text = (
+                            f"int{b}: lowering it costs more {tag} per byte than the layers lowered to meet "
+                            f"{', '.join(sorted(binding)) or 'the budget'} ({per})"
+                        )
                 else:
                     text = f"int{b}"
                 out[n] = text + (tied if n == u[0] else f" (tied with {u[0]})" if len(u) > 1 else "")

@@ -13,7 +13,8 @@ from typing import Any
 HOLDS = "holds"
 PARTIAL = "partially holds"
 FAILS = "does not hold"
-VERDICTS = (HOLDS, PARTIAL, FAILS)
+ERROR = "not reproduced (the experiment failed)"
+VERDICTS = (HOLDS, PARTIAL, FAILS, ERROR)
 
 
 @dataclass
@@ -155,6 +156,25 @@ def save(fig: Any, ctx: Context, name: str) -> str:
     fig.savefig(ctx.fig_path(name), dpi=110)
     plt.close(fig)
     return name
+
+
+def failed(number: int, exc: BaseException) -> ClaimResult:
+    """The record of an experiment that raised: the other claims still run and are reported."""
+    import traceback
+
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    at = f" at {Path(where.filename).name}:{where.lineno}" if where else ""
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return ClaimResult(
+        number,
+        f"Claim {number}",
+        "",
+        "",
+        "",
+        ERROR,
+        f"The experiment raised {type(exc).__name__}{at}: {msg}. Rerun it with `--only {number}` once that is fixed.",
+        {"error": f"{type(exc).__name__}: {msg}", "traceback": traceback.format_exception(exc)[-6:]},
+    )
 
 
 def binom_se(p: float, n: int) -> float:

@@ -160,3 +160,28 @@ def test_budgets_that_cannot_hold_together_raise(lenet_planner, lenet):
         lenet_planner.plan(
             {"model_bytes": 0.5 * (lo + hi), "bops": 0.9 * full.bops(graph)}, extra_constraints=[one_low]
         )
+
+
+def test_top_k_allocations_are_distinct_and_ordered():
+    from edge_compress.quant.allocate import allocate_top_k
+
+    rng = np.random.default_rng(3)
+    names = [f"l{i}" for i in range(6)]
+    options = {n: (8, 4) for n in names}
+    params = rng.integers(100, 1000, len(names))
+    cost = {
+        (n, b): float(rng.uniform(0.5, 2) * params[i] * 2.0 ** (-b))
+        for i, n in enumerate(names)
+        for b in (8, 4)
+    }
+    size = {(n, b): float(params[i] * b / 8) for i, n in enumerate(names) for b in (8, 4)}
+    cons = [Constraint("model_bytes", size, 0.75 * sum(params))]
+    allocs = allocate_top_k(options, cost, cons, k=5)
+    assert len(allocs) == 5
+    assert len({tuple(sorted(a.bits.items())) for a in allocs}) == 5
+    objs = [a.objective for a in allocs]
+    assert objs == sorted(objs)
+    assert allocs[0].objective == pytest.approx(_brute(options, cost, cons, [])[0])
+    # fewer feasible allocations than asked: all of them, then stop
+    tight = [Constraint("model_bytes", size, float(sum(params) * 4 / 8))]
+    assert len(allocate_top_k(options, cost, tight, k=5)) == 1

@@ -118,3 +118,16 @@ def test_accuracy_curve_is_monotone_and_zero_at_high_sqnr(lenet_planner):
     d = np.asarray(curve.drop_pp(s))
     assert np.all(np.diff(d) <= 1e-9)
     assert abs(float(curve.drop_pp(80.0))) < 0.05
+
+
+def test_prediction_variants_are_reported(lenet_planner):
+    nm = lenet_planner.noise_model
+    assert nm.mode == "realized"
+    pr = nm.predict(nm.plan_for({n: 4 for n in nm.layers}))
+    for k in ("output_noise_power_realized", "output_noise_power_energy", "output_noise_power_step"):
+        assert pr[k] > 0
+    assert pr["output_noise_power"] == pr["output_noise_power_realized"]
+    ln = nm.layers["f5"]
+    assert ln.weight_noise(4) == ln.w_out_real[4]
+    assert ln.weight_noise(4, variant="energy") == ln.w_out[4]
+    assert ln.weight_noise(None) == 0.0
