@@ -176,9 +176,25 @@ def request_key(
     )
 
 
+def biased_layers(graph: ModelGraph, folded: nn.Module) -> set[str]:
+    """Layers with a bias in the deployable (BatchNorm-folded) model."""
+    mods = dict(folded.named_modules())
+    return {li.name for li in graph.layers if getattr(mods.get(li.name), "bias", None) is not None}
+
+
+def file_planned_bytes(
+    plan: CompressionPlan, graph: ModelGraph, folded: nn.Module, fmt: str, variant: str
+) -> int:
+    """Predicted bytes of one exported file (:mod:`edge_compress.export.size`): the parameters as the
+    format stores them plus the fitted container model."""
+    from edge_compress.export.size import predict_file_bytes
+
+    return predict_file_bytes(plan, graph, fmt, variant, biased=biased_layers(graph, folded))
+
+
 def planned_bytes(plan: CompressionPlan, graph: ModelGraph, folded: nn.Module | None = None) -> int:
-    """Bytes the plan predicts for a file: weights, scales, biases, plus the bias every conv gains
-    when BatchNorm is folded into it (the deployable model always has it)."""
+    """Parameter bytes of the plan (weights, scales, biases, plus the bias every conv gains when
+    BatchNorm is folded into it): the format-independent figure the planner budgets."""
     total = plan.model_bytes(graph)
     if folded is not None:
         mods = dict(folded.named_modules())
@@ -194,7 +210,11 @@ def planned_bytes(plan: CompressionPlan, graph: ModelGraph, folded: nn.Module | 
 
 
 def _make_plan(
-    ctx: CompileContext, budget: dict[str, float] | None, method: str, alpha: float | None
+    ctx: CompileContext,
+    budget: dict[str, float] | None,
+    method: str,
+    alpha: float | None,
+    files: list[tuple[str, str]] | None = None,
 ) -> CompressionPlan:
     from edge_compress.plan import CompressionPlan
 
@@ -221,6 +241,7 @@ def _make_plan(
         method=method,
         alpha=alpha,
         model_name=ctx.spec.name,
+        file_formats=files or None,
     )
 
 
@@ -367,7 +388,9 @@ def compile_model(
                     fn(ctx)
         with timer("plan"):
             if plan is None:
-                ctx.plan = _make_plan(ctx, budget, method, alpha)
+                outputs = [("onnx", "qdq")] * ("onnx" in formats)
+                outputs += [("tflite", v) for v in opts.tflite_variants] * ("tflite" in formats)
+                ctx.plan = _make_plan(ctx, budget, method, alpha, outputs)
             else:
                 plan_layers_check(ctx.graph, plan)
                 ctx.plan = plan
@@ -446,7 +469,7 @@ def compile_model(
 
                 for ef in files:
                     eff = effective_plan(the_plan, ef.layer_bits)
-                    ef.planned_bytes = planned_bytes(eff, ctx.graph, folded)
+                    ef.planned_bytes = file_planned_bytes(eff, ctx.graph, folded, ef.format, ef.variant)
                     espec = effective_spec(folded, the_plan, qspec, ef.layer_bits)
                     if all(espec[n] is qspec[n] for n in qspec):
                         sv, st = sim_val, sim_test

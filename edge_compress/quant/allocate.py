@@ -24,12 +24,16 @@ class Constraint:
     """A linear budget: ``sum over layers of coeffs[(layer, chosen bits)] <= limit``.
 
     Layers missing from ``coeffs`` contribute 0. ``unit`` is used in messages (e.g. " bytes").
+    ``offset``: the fixed part of the budgeted quantity that no choice changes (float layers, a
+    file's container), already subtracted from ``limit``; messages add it back so they speak of the
+    user's budget.
     """
 
     name: str
     coeffs: Mapping[tuple[str, int], float]
     limit: float
     unit: str = ""
+    offset: float = 0.0
 
     def usage(self, bits: Mapping[str, int]) -> float:
         return float(sum(self.coeffs.get((n, b), 0.0) for n, b in bits.items()))
@@ -150,8 +154,8 @@ def allocate_top_k(
             where = f"the {profile} profile" if profile else "the allowed bit-widths"
             extra = f"; {note}" if note else ""
             raise BudgetError(
-                f"budget {c.name}={_fmt(c.limit)} is below the smallest plan {where} allows "
-                f"({_fmt(low)}{c.unit} with {_describe(argmin)}{extra})."
+                f"budget {c.name}={_fmt(c.limit + c.offset)} is below the smallest plan {where} allows "
+                f"({_fmt(low + c.offset)}{c.unit} with {_describe(argmin)}{extra})."
             )
     var: list[tuple[int, int]] = [(u, b) for u, bs in enumerate(choices) for b in bs]
     n_var = len(var)
@@ -191,7 +195,7 @@ def allocate_top_k(
         if res.x is None:
             if found:
                 break
-            names = " and ".join(f"{con.name}={_fmt(con.limit)}" for con in constraints)
+            names = " and ".join(f"{con.name}={_fmt(con.limit + con.offset)}" for con in constraints)
             raise BudgetError(
                 f"budgets {names} cannot be met together by any allocation of the allowed bit-widths "
                 f"(each alone is reachable); relax one of them."
@@ -206,7 +210,8 @@ def allocate_top_k(
         for con in constraints:  # guard against solver tolerances
             if usage[con.name] > con.limit * (1 + 1e-6) + 1e-6:
                 raise BudgetError(
-                    f"budget {con.name}={_fmt(con.limit)}: the solver returned {_fmt(usage[con.name])}{con.unit}."
+                    f"budget {con.name}={_fmt(con.limit + con.offset)}: the solver returned "
+                    f"{_fmt(usage[con.name] + con.offset)}{con.unit}."
                 )
         found.append(
             Allocation(

@@ -354,6 +354,38 @@ class NoiseModel:
                 out[n] = b
         return out
 
+    def design_plans(
+        self, n_random: int, *, seed: int = 0, exclude: set[str] | None = None, candidates: int = 40
+    ) -> list[CompressionPlan]:
+        """Plans to fit the accuracy curve on: uniform highest and lowest bits plus ``n_random`` mixed
+        plans spread evenly over the predicted SQNR range between them. Candidates are drawn at random
+        (``candidates`` per wanted plan, predicted only, which is cheap) and the one nearest to each
+        evenly spaced SQNR target is kept, so the few measured plans cover the whole curve instead of
+        clustering where random plans fall most often."""
+        rng = np.random.default_rng(seed)
+        exclude = set(exclude or ())
+        hi = self.plan_for({n: ln.bits[0] for n, ln in self.layers.items()})
+        lo = self.plan_for({n: ln.bits[-1] for n, ln in self.layers.items()})
+        plans = [hi, lo]
+        seen = {p.digest() for p in plans} | exclude
+        pool: dict[str, tuple[float, CompressionPlan]] = {}
+        for _ in range(candidates * max(n_random, 1)):
+            p = self.plan_for(self.random_bits(rng))
+            d = p.digest()
+            if d not in seen and d not in pool:
+                pool[d] = (self.predict(p)["sqnr_db"], p)
+        if not pool or n_random <= 0:
+            return plans
+        s_hi = self.predict(hi)["sqnr_db"]
+        s_lo = self.predict(lo)["sqnr_db"]
+        targets = np.linspace(s_lo, s_hi, n_random + 2)[1:-1]
+        for t in targets:
+            if not pool:
+                break
+            d = min(pool, key=lambda k: abs(pool[k][0] - t))
+            plans.append(pool.pop(d)[1])
+        return plans
+
     def _units(self) -> list[list[str]]:
         grouped = {n for g in self.groups for n in g}
         return [list(g) for g in self.groups] + [[n] for n in self.layers if n not in grouped]
@@ -422,18 +454,7 @@ class NoiseModel:
         """Fit ``acc_drop = f(predicted SQNR)`` on measured plans (uniform highest / lowest bits and
         ``n_random`` random mixed plans when ``plans`` is None); sets and returns ``self.curve``."""
         if plans is None:
-            rng = np.random.default_rng(seed)
-            hi = {n: ln.bits[0] for n, ln in self.layers.items()}
-            lo = {n: ln.bits[-1] for n, ln in self.layers.items()}
-            plans = [self.plan_for(hi), self.plan_for(lo)]
-            seen = {p.digest() for p in plans}
-            for _ in range(50 * max(n_random, 1)):
-                if len(plans) >= n_random + 2:
-                    break
-                p = self.plan_for(self.random_bits(rng))
-                if p.digest() not in seen:
-                    seen.add(p.digest())
-                    plans.append(p)
+            plans = self.design_plans(n_random, seed=seed)
         if self.folded_model is None:
             raise UserError(
                 "this noise model was loaded without its model: build it to fit the accuracy curve."

@@ -226,16 +226,39 @@ class Planner:
         li = self.info[name]
         return float(li.macs * (bits or 32) * (self.act_bits or 32))
 
+    def file_constraint(self, limit: float, fmt: str, variant: str) -> Constraint:
+        """A model-bytes budget on one exported file's predicted size (parameters as ``fmt`` stores
+        them, plus the fitted container: per quantized channel, per layer, constant)."""
+        from edge_compress.export import size
+        from edge_compress.plan import CompressionPlan, LayerDecision
+
+        coef = size.coefficients(fmt, variant)
+        mods = dict(self.folded.named_modules())
+        biased = {n for n in self.info if getattr(mods.get(n), "bias", None) is not None}
+
+        def cost(name: str, bits: int | None) -> float:
+            li = self.info[name]
+            p = CompressionPlan("", "", {name: LayerDecision(name, li.kind, bits, self.act_bits)})
+            per_ch = coef.get("q_channels", 0.0) * li.out_channels if bits is not None else 0.0
+            return size.layer_payload(p, li, fmt, li.has_bias or name in biased) + per_ch
+
+        fixed = sum(cost(n, None) for n in self.float_layers)
+        fixed += coef.get("layers", 0.0) * len(self.graph.layers) + coef.get("const", 0.0)
+        coeffs = {(n, b): cost(n, b) for n, bs in self.options.items() for b in bs}
+        return Constraint(
+            f"model_bytes[{size.key(fmt, variant)}]", coeffs, float(limit) - fixed, " bytes", offset=fixed
+        )
+
     def constraint(self, kind: str, limit: float) -> Constraint:
         """The model-bytes or BOPs budget as a linear constraint (float layers folded into the limit)."""
         if kind == "model_bytes":
             fixed = sum(self.layer_bytes(n, None) for n in self.float_layers)
             coeffs = {(n, b): self.layer_bytes(n, b) for n, bs in self.options.items() for b in bs}
-            return Constraint("model_bytes", coeffs, float(limit) - fixed, " bytes")
+            return Constraint("model_bytes", coeffs, float(limit) - fixed, " bytes", offset=fixed)
         if kind == "bops":
             fixed = sum(self.layer_bops(n, None) for n in self.float_layers)
             coeffs = {(n, b): self.layer_bops(n, b) for n, bs in self.options.items() for b in bs}
-            return Constraint("bops", coeffs, float(limit) - fixed, " BOPs")
+            return Constraint("bops", coeffs, float(limit) - fixed, " BOPs", offset=fixed)
         raise UserError(f"budget {kind!r} is not a quantization budget (use model_bytes or bops).")
 
     def bounds_bytes(self) -> tuple[float, float]:
@@ -264,7 +287,15 @@ class Planner:
         *,
         alpha: float | None = None,
         extra_constraints: list[Constraint] | None = None,
+        file_formats: list[tuple[str, str]] | None = None,
     ) -> CompressionPlan:
+        """Plan under ``budget`` (None: the profile's) or at ``alpha`` between all-int4 and all-int8.
+
+        ``file_formats``: the (format, variant) files that will be exported, e.g. ``[("onnx", "qdq"),
+        ("tflite", "int8")]``. A model-bytes budget then bounds each file's predicted size (the
+        parameters as that format stores them plus its container, :mod:`edge_compress.export.size`),
+        one constraint per file; without it (and for ``alpha``) it bounds the parameter bytes.
+        """
         from edge_compress.plan import CompressionPlan, LayerDecision
 
         notes: list[str] = []
@@ -292,7 +323,12 @@ class Planner:
                 )
             else:
                 resolved["model_bytes"] = float(by_alpha)
-        constraints = [self.constraint(k, v) for k, v in resolved.items()]
+        constraints = []
+        for k, v in resolved.items():
+            if k == "model_bytes" and file_formats and alpha is None:
+                constraints += [self.file_constraint(v, fmt, variant) for fmt, variant in file_formats]
+            else:
+                constraints.append(self.constraint(k, v))
         constraints += list(extra_constraints or [])
         if self.method in ("uniform8", "uniform4"):
             target = 8 if self.method == "uniform8" else 4
@@ -304,7 +340,7 @@ class Planner:
             for c in constraints:
                 used = c.usage(bits)
                 if used > c.limit * (1 + 1e-9) + 1e-9:
-                    fixed = resolved[c.name] - c.limit if c.name in resolved else 0.0
+                    fixed = c.offset
                     raise BudgetError(
                         f"budget {c.name}={c.limit + fixed:,.0f} is below the uniform int{target} plan "
                         f"({used + fixed:,.0f}{c.unit}); use a mixed-precision method (hessian or noise)."
@@ -483,6 +519,7 @@ def plan_model(
     seed: int = 0,
     extra_constraints: list[Constraint] | None = None,
     calib_y: np.ndarray | None = None,
+    file_formats: list[tuple[str, str]] | None = None,
     **planner_options: Any,
 ) -> CompressionPlan:
     """A mixed-precision plan for ``model`` on ``profile`` under ``budget`` (None: the profile's budgets).
@@ -491,7 +528,9 @@ def plan_model(
     budget at that fraction between the smallest allowed plan (all int4 where allowed) and all int8.
     ``method``: hessian | noise | uniform8 | uniform4. ``eval_x`` / ``eval_y`` (a validation split)
     let the plan predict its accuracy drop. ``calib_y``: labels for the Hessian loss (default: the
-    model's own predictions). ``planner_options`` go to :class:`Planner` (e.g. hutchinson_samples).
+    model's own predictions). ``file_formats``: the files that will be exported, so a model-bytes
+    budget bounds each file's size (see :meth:`Planner.plan`). ``planner_options`` go to
+    :class:`Planner` (e.g. hutchinson_samples).
     """
     key = _fingerprint(
         model, graph, profile, calib_x, calib_y, eval_x, eval_y, method, model_name, seed, planner_options
@@ -514,7 +553,7 @@ def plan_model(
         _PLANNERS[key] = planner
         while len(_PLANNERS) > _CACHE_SIZE:
             _PLANNERS.pop(next(iter(_PLANNERS)))
-    return planner.plan(budget, alpha=alpha, extra_constraints=extra_constraints)
+    return planner.plan(budget, alpha=alpha, extra_constraints=extra_constraints, file_formats=file_formats)
 
 
 # plan_model keeps the analysis of the last few (model, data, profile, method) it saw, so a sweep over
