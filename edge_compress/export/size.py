@@ -60,6 +60,16 @@ def _weight_params(plan: CompressionPlan, li: Any) -> int:
     return n
 
 
+def storage_bits(bits: int) -> int:
+    """Bits a weight occupies in the file: int4 is packed two per byte; 5-8 bit grids live in int8
+    containers (both runtimes), wider ones in int16 / float32."""
+    if bits <= 4:
+        return 4
+    if bits <= 8:
+        return 8
+    return 16 if bits <= 16 else 32
+
+
 def layer_payload(plan: CompressionPlan, li: Any, fmt: str, has_bias: bool) -> int:
     """Exact stored bytes of one layer's parameters under ``plan`` in format ``fmt``."""
     d = plan.layers.get(li.name)
@@ -72,6 +82,7 @@ def layer_payload(plan: CompressionPlan, li: Any, fmt: str, has_bias: bool) -> i
         # float layer; in ONNX a layer that runs as a float op on its integer grid stores the grid as float32
         return float_bytes
     per_ch = c if (d is None or d.per_channel) else 1
+    wb = storage_bits(wb)
     if fmt == "onnx":
         total = math.ceil(n * wb / 8) + 4 * per_ch + math.ceil(per_ch * wb / 8)
         if has_bias:
