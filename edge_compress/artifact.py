@@ -1,10 +1,12 @@
 """Artifacts: a directory of runnable model files with ``plan.json`` and ``manifest.json``.
 
 The id is a content hash (Olive-style) of everything that determines the result: the input model
-(weights hash + architecture), the plan digest, the profile JSON, the export options and the tool
-versions. Compiling the same request again is a cache hit found *before* any work, through the
-``request_key`` stored in each manifest (a hash of the inputs known before planning: model,
-profile, budget, method, options, versions; planning is deterministic for a request).
+(weights hash + architecture; after pruning / factorization those of the transformed model), the
+plan digest (with the kept channels and ranks), the profile JSON, the export options, the tool
+versions and the pruning / factorization settings. Compiling the same request again is a cache
+hit found *before* any work, through the ``request_key`` stored in each manifest (a hash of the
+inputs known before planning: model, data, profile, budget, method, options, versions and the
+resolved transform settings; planning, pruning and fine-tuning are seeded, so deterministic).
 
 An artifact is built in a temporary directory beside its final place and renamed into place
 only when complete (manifest last), so a failed compile never leaves a partial artifact that
@@ -16,7 +18,20 @@ looks complete. ``manifest.json``::
      "layers": {"<filename>": {"<layer>": {"weight_bits", "act_bits", "op"}}},
      "parity": {"<filename>": {...}}, "accuracy": {...}, "predicted": {...},
      "fallbacks": [{"layer", "format", "variant", "planned", "actual", "reason"}], "notes": [...],
+     "transforms": ["prune", "factorize"],   # the stages that ran, each with its record:
+     "prune": {"method", "flops_budget", "budget_source", "channel_multiple", "finetune_epochs",
+               "flops": {"before", "after", "ratio"}, "params": {"before", "after", "ratio"},
+               "accuracy": {"original", "before_finetune", "after_finetune"},
+               "channels": {"<layer>": {"before", "after"}}, "kept": {"<layer>": [...]},
+               "skipped": {"<group>": "<reason>"}, "trajectory": [...], "notes": [...]},
+     "factorize": {"mode", "value", "how", "finetune_epochs",
+                   "layers": {"<layer>": {"rank", "full_rank", "how", "into", "weight_params", "macs"}},
+                   "flops": {...}, "params": {...}, "accuracy": {"before_finetune", "after_finetune"},
+                   "skipped": {"<layer>": "<reason>"}},
      "export_options": {...}, "versions": {...}, "stages_s": {...}}
+
+``accuracy`` holds ``fp32`` (the input model) and, after pruning / factorization, ``transformed``
+(the fine-tuned float model that was quantized; ``predicted`` is relative to it).
 """
 
 from __future__ import annotations
@@ -72,17 +87,23 @@ def artifact_id(
     profile: dict[str, Any],
     export_options: dict[str, Any],
     versions: dict[str, str],
+    transforms: dict[str, Any] | None = None,
 ) -> str:
-    """sha256 of (model weights hash + architecture, plan digest, profile JSON, options, versions)."""
-    return stable_hash(
-        {
-            "model": {k: model.get(k) for k in ("weights_sha256", "arch_sha256")},
-            "plan": plan_digest,
-            "profile": profile,
-            "export": export_options,
-            "versions": versions,
-        }
-    )
+    """sha256 of (model weights hash + architecture, plan digest, profile JSON, options, versions,
+    and the pruning / factorization settings when any ran).
+
+    ``model`` is the model that was exported: after pruning or factorization, the hashes of the
+    transformed model (the plan digest then also covers the kept channels and ranks)."""
+    key: dict[str, Any] = {
+        "model": {k: model.get(k) for k in ("weights_sha256", "arch_sha256")},
+        "plan": plan_digest,
+        "profile": profile,
+        "export": export_options,
+        "versions": versions,
+    }
+    if transforms:  # absent otherwise: ids of artifacts compiled without transforms do not change
+        key["transforms"] = transforms
+    return stable_hash(key)
 
 
 @dataclass

@@ -3,9 +3,12 @@
 Stages (timed, in ``manifest["stages_s"]``):
 
 ``analyze``        graph (layers, MACs, precision groups), fp32 accuracy
-``transform``      the registered :data:`TRANSFORMS` in order: structured pruning and low-rank
-                   factorization plug in here (they change the float model and its graph before
-                   any quantization decision); none is registered by default
+``prune``          structured channel pruning to a FLOPs budget (``--prune`` / ``--flops`` / the
+                   profile's ``budgets.flops_ratio``), fine-tuned (:mod:`edge_compress.prune.stage`)
+``factorize``      low-rank factorization (``--factorize``), fine-tuned (:mod:`edge_compress.factorize.stage`)
+                   -- both are registered :data:`TRANSFORMS`: they replace the float model and its
+                   graph before any quantization decision, so the planner, the simulation, the
+                   exported files and the parity check all see the smaller model
 ``plan``           the quantization planner (``edge_compress.quant.planner.plan_model``)
 ``simulate``       BN folding, the plan's exact scales, the torch simulation
 ``export_onnx``    QDQ ONNX (:mod:`edge_compress.export.onnx`)
@@ -14,12 +17,16 @@ Stages (timed, in ``manifest["stages_s"]``):
 ``write``          plan.json (with fallbacks), manifest.json, atomic rename into place
 
 A request already compiled into ``out_dir`` is found before any of this (``Artifact.cached``,
-no stage timings); ``force=True`` rebuilds it. Existing .onnx / .tflite inputs take their own
+no stage timings); ``force=True`` rebuilds it. The request key includes the effective transform
+settings (budget, method, epochs, channel multiple, seed); the artifact id includes the weights
+of the transformed model and the plan, whose ``transforms`` section records the kept channels
+and ranks. Existing .onnx / .tflite inputs take their own
 pipeline (:mod:`edge_compress.export.onnx_input`, :mod:`edge_compress.export.tflite_input`).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -85,8 +92,9 @@ def default_int8_weights(profile: DeviceProfile) -> str:
 
 @dataclass
 class CompileContext:
-    """What the stages share. Transform hooks may replace ``model`` and ``graph`` (pruned,
-    factorized) and append ``notes``; ``plan`` is set by the plan stage."""
+    """What the stages share. Transform stages replace ``model`` and ``graph`` (pruned,
+    factorized), append ``notes`` and leave their manifest record in ``records``; ``plan`` is set
+    by the plan stage."""
 
     spec: ModelSpec
     profile: DeviceProfile
@@ -95,20 +103,58 @@ class CompileContext:
     calib_x: np.ndarray
     notes: list[str] = field(default_factory=list)
     plan: CompressionPlan | None = None
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-Transform = Callable[[CompileContext], None]
-# (name, function) applied in order before quantization: the pruning / factorization hook.
-TRANSFORMS: list[tuple[str, Transform]] = []
+# run(ctx, settings) -> manifest record; resolve(settings | None, profile, budget) -> settings to run | None
+Transform = Callable[[CompileContext, Any], "dict[str, Any] | None"]
+Resolver = Callable[[Any, "DeviceProfile", "dict[str, float] | None"], Any]
 
 
-def register_transform(name: str, fn: Transform) -> None:
-    """Add (or replace) a pre-quantization stage, e.g. ``register_transform("prune", prune_stage)``."""
-    for i, (n, _) in enumerate(TRANSFORMS):
-        if n == name:
-            TRANSFORMS[i] = (name, fn)
+@dataclass(frozen=True)
+class TransformStage:
+    """A pre-quantization stage. ``resolve`` turns the request's settings for it (None when the
+    request names none) into the settings to run, or None to skip (default: run when given).
+    Settings need a ``to_json()`` (it goes into the request key)."""
+
+    name: str
+    run: Transform
+    resolve: Resolver | None = None
+
+    def settings_for(self, given: Any, profile: DeviceProfile, budget: dict[str, float] | None) -> Any:
+        return self.resolve(given, profile, budget) if self.resolve is not None else given
+
+
+# Applied in this order before quantization: pruning, then factorization of the pruned model.
+TRANSFORMS: list[TransformStage] = []
+
+
+def register_transform(name: str, fn: Transform, resolve: Resolver | None = None) -> None:
+    """Add (or replace) a pre-quantization stage, e.g. ``register_transform("prune", run, resolve)``;
+    ``compile_model(..., transforms={"prune": settings})`` then runs it."""
+    stage = TransformStage(name, fn, resolve)
+    for i, t in enumerate(TRANSFORMS):
+        if t.name == name:
+            TRANSFORMS[i] = stage
             return
-    TRANSFORMS.append((name, fn))
+    TRANSFORMS.append(stage)
+
+
+def resolve_transforms(
+    given: dict[str, Any] | None, profile: DeviceProfile, budget: dict[str, float] | None
+) -> dict[str, Any]:
+    """Registered stage name -> the settings it runs with, in stage order (stages that skip are left out)."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - {t.name for t in TRANSFORMS})
+    if unknown:
+        known = ", ".join(t.name for t in TRANSFORMS) or "none"
+        raise UserError(f"unknown transform(s) {', '.join(unknown)}; registered: {known}.")
+    out = {}
+    for t in TRANSFORMS:
+        s = t.settings_for(given.get(t.name), profile, budget)
+        if s is not None:
+            out[t.name] = s
+    return out
 
 
 class _Timer:
@@ -148,6 +194,7 @@ def request_key(
     options: ExportOptions,
     plan: CompressionPlan | None,
     versions: dict[str, str],
+    transforms: dict[str, Any] | None = None,
 ) -> str:
     ds = spec.dataset
     calib = spec.calibration(options.calibration_samples)
@@ -170,10 +217,15 @@ def request_key(
             "alpha": alpha,
             "plan": plan.digest() if plan is not None else None,
             "options": options.to_json(),
-            "transforms": [n for n, _ in TRANSFORMS],
+            # [] without transforms (as before they existed): earlier request keys stay valid
+            "transforms": [[n, _settings_json(v)] for n, v in (transforms or {}).items()],
             "versions": versions,
         }
     )
+
+
+def _settings_json(settings: Any) -> Any:
+    return settings.to_json() if hasattr(settings, "to_json") else settings
 
 
 def biased_layers(graph: ModelGraph, folded: nn.Module) -> set[str]:
@@ -230,6 +282,10 @@ def _make_plan(
             )
         bits = 4 if method == "uniform4" else 8
         return CompressionPlan.uniform(ctx.graph, ctx.spec.name, ctx.profile.name, bits, 8)
+    from edge_compress.costmodel_store import planner_constraints
+
+    cost_constraints, cost_notes = planner_constraints(ctx.profile, ctx.graph, budget)  # latency, energy
+    ctx.notes += cost_notes
     return plan_model(
         ctx.model,
         ctx.graph,
@@ -237,22 +293,33 @@ def _make_plan(
         ctx.calib_x,
         eval_x=ds.x_val,
         eval_y=ds.y_val,
-        budget=budget or None,
+        budget=budget,
         method=method,
         alpha=alpha,
         model_name=ctx.spec.name,
         file_formats=files or None,
+        extra_constraints=cost_constraints or None,
     )
 
 
-def float_export(spec: ModelSpec, folded: nn.Module, fmt: str, versions: dict[str, str]) -> Path:
-    """The float export of the folded model, cached by weights + architecture + tool versions."""
+def float_export(
+    spec: ModelSpec,
+    folded: nn.Module,
+    fmt: str,
+    versions: dict[str, str],
+    model_ids: tuple[str, str] | None = None,
+) -> Path:
+    """The float export of the folded model, cached by weights + architecture + tool versions.
+
+    ``model_ids``: (weights, architecture) hashes of the model actually exported when it is not
+    ``spec``'s own (pruned, factorized)."""
     from edge_compress.zoo.data import cache_dir
 
+    wid, aid = model_ids or (spec.weights_sha256, spec.arch_sha256)
     key = stable_hash(
         [
-            spec.weights_sha256,
-            spec.arch_sha256,
+            wid,
+            aid,
             list(spec.dataset.input_shape),
             fmt,
             versions.get("torch"),
@@ -313,17 +380,23 @@ def compile_model(
     options: ExportOptions | None = None,
     progress: Callable[[str], None] | None = None,
     keep_float: list[str] | None = None,
+    transforms: dict[str, Any] | None = None,
 ) -> Artifact:
     """Compile ``spec`` for ``profile`` into an artifact under ``out_dir`` (see module docstring).
 
-    ``plan``: use this plan instead of planning (budget / method / alpha are then ignored).
+    ``plan``: use this plan instead of planning (budget / method / alpha are then ignored; its
+    layers are those of the transformed model).
     ``keep_float``: ONNX node names to leave unquantized (existing .onnx inputs).
+    ``transforms``: settings per pre-quantization stage, e.g. ``{"prune": PruneConfig(flops=0.5),
+    "factorize": FactorizeConfig("energy", 0.95)}``; a profile with ``budgets.flops_ratio`` (or a
+    ``budget`` with ``flops_ratio``) prunes without one.
 
     Raises:
         UserError: bad input (exit 2); ParityError: a file disagrees with the simulation (exit 1).
     """
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}; use one of {', '.join(METHODS)}.")
+    budget = budget or None  # an empty budget means the profile's budgets
     formats = tuple(dict.fromkeys(formats))
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
@@ -338,6 +411,16 @@ def compile_model(
         raise UserError(
             "--plan applies to torch models (zoo or module:factory); model files are planned from measurements."
         )
+    if spec.kind != "torch" and transforms:
+        asked = ", ".join(f"--{n}" for n, v in transforms.items() if getattr(v, "enabled", True))
+        if asked:
+            raise UserError(
+                f"{asked} change a torch model before quantization; {spec.source} is an existing .{spec.kind} "
+                "file (compile its PyTorch source as module:factory with --weights and --data instead)."
+            )
+    run_transforms = resolve_transforms(transforms, profile, budget) if spec.kind == "torch" else {}
+    if plan is not None:
+        _check_plan_transforms(plan, run_transforms)
     if spec.kind != "torch":
         from edge_compress.export.file_input import compile_file
 
@@ -357,7 +440,7 @@ def compile_model(
             keep_float=keep_float,
         )
     versions = tool_versions()
-    rkey = request_key(spec, profile, budget, method, alpha, opts, plan, versions)
+    rkey = request_key(spec, profile, budget, method, alpha, opts, plan, versions, run_transforms)
     if not force:
         hit = find_cached(out_dir, rkey)
         if hit is not None:
@@ -382,18 +465,30 @@ def compile_model(
             calib = spec.calibration(opts.calibration_samples)
             ctx = CompileContext(spec, profile, model, graph, calib)
             fp32_acc = float(np.mean(predict(model, ds.x_test).argmax(1) == ds.y_test))
-        if TRANSFORMS:
-            with timer("transform"):
-                for _name, fn in TRANSFORMS:  # prune / factorize: change ctx.model and ctx.graph
-                    fn(ctx)
+        ref_acc = fp32_acc  # float accuracy of the model that gets quantized
+        model_ids = None
+        if run_transforms:
+            from edge_compress.modelspec import arch_sha256, state_dict_sha256
+
+            stages = {t.name: t for t in TRANSFORMS}
+            for name, settings in run_transforms.items():  # prune, then factorize
+                with timer(name):
+                    record = stages[name].run(ctx, settings)
+                    ctx.records[name] = _sanitize(record or {})
+            ctx.model.eval()
+            ref_acc = float(np.mean(predict(ctx.model, ds.x_test).argmax(1) == ds.y_test))
+            model_ids = (state_dict_sha256(ctx.model), arch_sha256(ctx.model))
         with timer("plan"):
             if plan is None:
                 outputs = [("onnx", "qdq")] * ("onnx" in formats)
                 outputs += [("tflite", v) for v in opts.tflite_variants] * ("tflite" in formats)
-                ctx.plan = _make_plan(ctx, budget, method, alpha, outputs)
+                pbudget = _planner_budget(budget, profile, run_transforms)
+                ctx.plan = _make_plan(ctx, pbudget, method, alpha, outputs)
             else:
                 plan_layers_check(ctx.graph, plan)
-                ctx.plan = plan
+                ctx.plan = copy.deepcopy(plan) if run_transforms else plan
+            if run_transforms:
+                _record_transforms(ctx.plan, ctx)
             the_plan = ctx.plan
         with timer("simulate"):
             folded = fold_batchnorm(ctx.model)
@@ -409,8 +504,16 @@ def compile_model(
             sim_acc = float(np.mean(sim_test.argmax(1) == ds.y_test))
             sim_calib = predict(sim, calib)
 
+        described = spec.describe()
+        if model_ids is not None:  # the exported model is the transformed one
+            described = {**described, "weights_sha256": model_ids[0], "arch_sha256": model_ids[1]}
         aid = artifact_id(
-            spec.describe(), the_plan.digest(), profile.model_dump(mode="json"), opts.to_json(), versions
+            described,
+            the_plan.digest(),
+            profile.model_dump(mode="json"),
+            opts.to_json(),
+            versions,
+            transforms={n: _settings_json(v) for n, v in run_transforms.items()},
         )
         with ArtifactBuilder(out_dir, aid) as builder:
             files: list[ExportedFile] = []
@@ -418,7 +521,7 @@ def compile_model(
                 with timer("export_onnx"):
                     from edge_compress.export.onnx import export_onnx, tiny_layers
 
-                    src = float_export(spec, folded, "onnx", versions)
+                    src = float_export(spec, folded, "onnx", versions, model_ids)
                     fc = (
                         tiny_layers(ctx.graph.layers, opts.onnx_float_compute_k)
                         if opts.onnx_float_compute_k
@@ -442,7 +545,7 @@ def compile_model(
                     from edge_compress.export.onnx import tiny_layers
                     from edge_compress.export.tflite import export_tflite
 
-                    src = float_export(spec, folded, "tflite", versions)
+                    src = float_export(spec, folded, "tflite", versions, model_ids)
                     k = opts.onnx_float_compute_k
                     fc_tfl = tiny_layers(ctx.graph.layers, k) if k else set()
                     lo, hi = float(sim_calib.min()), float(sim_calib.max())
@@ -487,6 +590,7 @@ def compile_model(
                             x_test=ds.x_test,
                             y_test=ds.y_test,
                             threshold=parity_threshold,
+                            exact_int8=default_int8_weights(profile) == "int8",
                         )
                     )
                 if parity_gate:
@@ -507,6 +611,7 @@ def compile_model(
                     files,
                     reports,
                     fp32_acc,
+                    ref_acc,
                     sim_acc,
                     opts,
                     versions,
@@ -564,6 +669,7 @@ def _manifest(
     files: list[ExportedFile],
     reports: list[Any],
     fp32_acc: float,
+    ref_acc: float,
     sim_acc: float,
     opts: ExportOptions,
     versions: dict[str, str],
@@ -608,7 +714,8 @@ def _manifest(
             "parity": {r.file: r.to_json() for r in reports},
             "accuracy": {
                 "fp32": fp32_acc,
-                "predicted": _predicted_acc(plan, fp32_acc),
+                **({"transformed": ref_acc} if ctx.records else {}),
+                "predicted": _predicted_acc(plan, ref_acc),
                 "simulated": sim_acc,
                 "runtime": {r.file: r.runtime_accuracy for r in reports},
             },
@@ -616,12 +723,79 @@ def _manifest(
             "planned_bytes": planned_bytes(plan, ctx.graph),
             "fallbacks": [f.to_json() for ef in files for f in ef.fallbacks],
             "notes": ctx.notes + [n for ef in files for n in ef.notes],
-            "transforms": [n for n, _ in TRANSFORMS],
+            "transforms": list(ctx.records),
+            **ctx.records,
             "export_options": opts.to_json(),
             "versions": versions,
             "stages_s": dict(stages),
         }
     )
+
+
+def _planner_budget(
+    budget: dict[str, float] | None, profile: DeviceProfile, run: dict[str, Any]
+) -> dict[str, float] | None:
+    """The budget for the quantization planner: a FLOPs budget the pruning stage met is not its to enforce."""
+    if "prune" not in run:
+        return budget
+    base = dict(profile.budgets.active() if budget is None else budget)
+    base.pop("flops_ratio", None)
+    return base
+
+
+def _check_plan_transforms(plan: CompressionPlan, run: dict[str, Any]) -> None:
+    """A given plan.json that records pruning / factorization needs the same stages in this request."""
+    recorded = set(plan.transforms)
+    for d in plan.layers.values():
+        if d.keep_channels is not None:
+            recorded.add("prune")
+        if d.rank is not None:
+            recorded.add("factorize")
+    missing = sorted(recorded - set(run))
+    if missing:
+        raise UserError(
+            f"the plan records {' and '.join(missing)} ({', '.join('--' + m for m in missing)}), which this "
+            "request does not run; give the same options as the compile that wrote it."
+        )
+
+
+def _record_transforms(plan: CompressionPlan, ctx: CompileContext) -> None:
+    """Write what the transform stages did into the plan: kept channels (indices of the original
+    layer's output channels) on the layers that still exist, and a ``transforms`` section."""
+    plan.transforms = {}
+    for d in plan.layers.values():
+        d.keep_channels = None
+    pr = ctx.records.get("prune")
+    if pr is not None:
+        for name, kept in pr.get("kept", {}).items():
+            d = plan.layers.get(name)
+            if d is not None:
+                d.keep_channels = [int(c) for c in kept]
+                d.why = (d.why + "; " if d.why else "") + f"pruned to {len(kept)} channels"
+        plan.transforms["prune"] = {
+            **{
+                k: pr.get(k)
+                for k in ("method", "flops_budget", "channel_multiple", "finetune_epochs", "kept")
+            },
+            "flops_ratio": pr["flops"]["ratio"],
+        }
+        plan.predicted["flops_ratio"] = pr["flops"]["ratio"]
+    fr = ctx.records.get("factorize")
+    if fr is not None:
+        plan.transforms["factorize"] = {
+            "mode": fr.get("mode"),
+            "value": fr.get("value"),
+            "layers": {
+                n: {k: v[k] for k in ("rank", "full_rank", "how", "into")} for n, v in fr["layers"].items()
+            },
+        }
+        for name, v in fr["layers"].items():
+            for sub in v["into"]:
+                d = plan.layers.get(sub)
+                if d is not None:
+                    d.why = (
+                        d.why + "; " if d.why else ""
+                    ) + f"{v['how']} factor of {name} at rank {v['rank']}"
 
 
 def _predicted_acc(plan: CompressionPlan, fp32_acc: float) -> float | None:
@@ -630,3 +804,29 @@ def _predicted_acc(plan: CompressionPlan, fp32_acc: float) -> float | None:
     if "acc_drop_pp" in p and p["acc_drop_pp"] is not None and math.isfinite(float(p["acc_drop_pp"])):
         return float(fp32_acc - float(p["acc_drop_pp"]) / 100.0)
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# built-in transform stages: pruning, then factorization (their modules import torch when they run)
+
+
+def _run_prune(ctx: CompileContext, settings: Any) -> dict[str, Any]:
+    from edge_compress.prune.stage import run_prune
+
+    return run_prune(ctx, settings)
+
+
+def _resolve_prune(settings: Any, profile: DeviceProfile, budget: dict[str, float] | None) -> Any:
+    from edge_compress.prune.config import resolve_prune
+
+    return resolve_prune(settings, profile, budget)
+
+
+def _run_factorize(ctx: CompileContext, settings: Any) -> dict[str, Any]:
+    from edge_compress.factorize.stage import run_factorize
+
+    return run_factorize(ctx, settings)
+
+
+register_transform("prune", _run_prune, _resolve_prune)
+register_transform("factorize", _run_factorize)

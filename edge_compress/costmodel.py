@@ -6,21 +6,25 @@ residual adds), plus one ``io`` kernel for the model's input / output conversion
 
 * Uncalibrated target (``calibrated: false``): a roofline from the device profile per kernel,
   ``max(MACs / peak MAC/s[precision, threads], bytes moved / memory bandwidth) + launch``.
-* Calibrated target: a per-device linear model on roofline terms, one non-negative coefficient
-  vector per kernel class (``kind/precision``), fitted by NNLS on relative error from the target's
+* Calibrated target: a per-device linear model on roofline terms, non-negative coefficients per
+  kernel class (``kind/precision``) plus a few shared by all classes or by one precision (the
+  operators a runtime inserts around kernels), fitted by NNLS on relative error from the target's
   measurements: (a) per-operator timings from onnxruntime's profiler, attributed to kernels
   (:mod:`edge_compress.costmodel_ort`), and (b) whole-model timings (any runner). See
   :mod:`edge_compress.costmodel_fit` for the terms; the coefficients are JSON and live per target
-  with every observation they were fitted on (:mod:`edge_compress.costmodel_store`), so a refit
-  after new measurements uses all of them.
+  with every observation they were fitted on, in the result store and / or a file
+  (:mod:`edge_compress.costmodel_store`), so a refit after new measurements uses all of them;
+  nightly runs feed their measurements in (the kernels of a measured file are read from the file
+  itself: :mod:`edge_compress.costmodel_onnx`).
 
 Energy per inference = (idle_w + (active_w - idle_w) x cores_used / cores) x latency, labelled an
 estimate unless scaled by measured energy. Peak memory = runtime base + weight bytes + the largest
 live activation pair (the base is fitted from measured peak RSS when there is one). The p99 is the
 median times the target's measured p99 / median ratio.
 
-``latency_constraint`` / ``energy_constraint`` turn predictions into linear constraints of the
-bit-allocation ILP (``plan_model(..., extra_constraints=[...])``).
+:func:`budget_constraints` turns the latency / energy budgets into linear constraints of the
+bit-allocation ILP (``plan_model(..., extra_constraints=[...])``); the compiler prices them with
+the profile's best stored model (:func:`edge_compress.costmodel_store.planner_constraints`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ DEFAULT_BASE_MS = 0.03
 DEFAULT_P99_RATIO = 1.3
 DEFAULT_RUNTIME_BASE_BYTES = {"onnxruntime": 40e6, "litert": 20e6, "tflite_runtime": 15e6}
 UNCALIBRATED_REL_ERROR = 0.5  # a roofline is often off by 2x: the optimistic bound is wide
+# The coefficients' meaning (term set, sharing): stored documents of another version are refitted.
+COEFFS_VERSION = 2
 
 KINDS = ("conv", "depthwise_conv", "linear", "io")  # io: the model's input / output conversions
 PRECISIONS = ("fp32", "int8", "int4", "int16", "wonly")
@@ -98,6 +104,10 @@ class Kernel:
     dims: int  # 0 linear, 1 conv1d, 2 conv2d
     next_in_elems: int = 0  # input elements of the next kernel (less than out_elems: a pool follows)
     joins: bool = False  # its output meets another branch (residual add / concat)
+    # The next kernel's kind and precision ("" for the last one): a runtime adds layout / precision
+    # conversions (transposes, quantize / dequantize, flatten) where they change.
+    next_kind: str = ""
+    next_precision: str = ""
 
     @property
     def act_bytes(self) -> float:
@@ -112,7 +122,30 @@ class Kernel:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Kernel:
-        return cls(**d)
+        return cls(**{k: v for k, v in d.items() if k in _KERNEL_FIELDS})
+
+
+def kernels_from_json(items: list[dict[str, Any]]) -> list[Kernel]:
+    """Kernels of one model from JSON; the next-kernel context is filled in from their order when
+    the JSON predates it (observations stored by older versions)."""
+    ks = [Kernel.from_json(d) for d in items]
+    if ks and not any(k.next_kind for k in ks):
+        ks = _with_context(ks)
+    return ks
+
+
+def _with_context(ks: list[Kernel]) -> list[Kernel]:
+    from dataclasses import replace
+
+    layers = [k for k in ks if k.kind != "io"]
+    nxt = {a.name: b for a, b in zip(layers, layers[1:], strict=False)}
+    return [
+        replace(k, next_kind=nxt[k.name].kind, next_precision=nxt[k.name].precision) if k.name in nxt else k
+        for k in ks
+    ]
+
+
+_KERNEL_FIELDS = frozenset(Kernel.__dataclass_fields__)
 
 
 def _channel_changes(
@@ -296,7 +329,10 @@ def _link(graph: ModelGraph, ks: list[Kernel]) -> list[Kernel]:
     out = []
     for i, k in enumerate(ks):
         nxt = ks[i + 1].in_elems if i + 1 < len(ks) else int(math.prod(graph.output_shape) or k.out_elems)
-        out.append(replace(k, next_in_elems=int(nxt), joins=k.layer in joined))
+        nk, npr = (ks[i + 1].kind, ks[i + 1].precision) if i + 1 < len(ks) else ("", "")
+        out.append(
+            replace(k, next_in_elems=int(nxt), joins=k.layer in joined, next_kind=nk, next_precision=npr)
+        )
     if not ks:
         return out
     first = ks[0]
@@ -492,10 +528,18 @@ class CostModel:
 
         return fit_costmodel(self, **kw)
 
+    def refit_if_stale(self) -> bool:
+        """Fit again when there are observations but no coefficients (a document of an older term
+        set); True when it did."""
+        if self.coeffs or not self.observations:
+            return False
+        self.fit()
+        return bool(self.coeffs)
+
     # -- serialisation -------------------------------------------------------------------
     def to_json(self, with_observations: bool = True) -> dict[str, Any]:
         return {
-            "version": 1,
+            "version": COEFFS_VERSION,
             "target": self.target,
             "profile": self.profile.name,
             "runtime": self.runtime,
@@ -513,12 +557,15 @@ class CostModel:
 
     @classmethod
     def from_json(cls, d: dict[str, Any], profile: DeviceProfile) -> CostModel:
+        """The model a document describes. Coefficients of an older term set are dropped (the
+        observations are kept: :meth:`refit_if_stale` fits them again)."""
+        current = int(d.get("version", 1)) == COEFFS_VERSION
         return cls(
             profile=profile,
             target=d.get("target", "local"),
             runtime=d.get("runtime", "onnxruntime"),
             threads=int(d.get("threads", 1)),
-            coeffs={c: dict(v) for c, v in (d.get("coeffs") or {}).items()},
+            coeffs={c: dict(v) for c, v in (d.get("coeffs") or {}).items()} if current else {},
             base_ms=float(d.get("base_ms", DEFAULT_BASE_MS)),
             p99_ratio=float(d.get("p99_ratio", DEFAULT_P99_RATIO)),
             memory_base_bytes=d.get("memory_base_bytes"),
@@ -548,10 +595,17 @@ def kernel_class_shares(kernels: list[Kernel], kernels_ms: dict[str, float]) -> 
 
 
 def layer_costs_by_bits(
-    cm: CostModel, graph: ModelGraph, options: dict[str, tuple[int, ...]], act_bits: int | None = 8
+    cm: CostModel,
+    graph: ModelGraph,
+    options: dict[str, tuple[int, ...]],
+    act_bits: int | None = 8,
+    float_compute: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[dict[tuple[str, int], float], float]:
     """(coeffs[(layer, bits)] = predicted ms of that layer's kernels at those weight bits,
-    fixed ms of everything not in ``options``: the io kernel, the call overhead, float layers)."""
+    fixed ms of everything not in ``options``: the io kernel, the call overhead, float layers).
+
+    Each layer is priced inside the uniform plan of those bits (its next-kernel context);
+    ``float_compute``: layers the exporter runs in float whatever their bits."""
     from edge_compress.plan import CompressionPlan
 
     all_bits = sorted({b for bs in options.values() for b in bs})
@@ -559,7 +613,7 @@ def layer_costs_by_bits(
     coeffs: dict[tuple[str, int], float] = {}
     for b in all_bits:
         plan = CompressionPlan.uniform(graph, "", cm.profile.name, b, act_bits)
-        for k in kernels_of(graph, plan):
+        for k in kernels_of(graph, plan, float_compute):
             layer = first if k.kind == "io" else k.layer  # the input conversion follows the first layer
             if layer in options and b in options[layer]:
                 coeffs[(layer, b)] = coeffs.get((layer, b), 0.0) + cm.kernel_ms(k)
@@ -602,3 +656,68 @@ def energy_constraint(
     coeffs, fixed = layer_costs_by_bits(cm, graph, options, act_bits)
     mj = cm.energy_j(1.0) * 1e3  # mJ per ms of latency
     return Constraint("energy_mj", {k: v * mj for k, v in coeffs.items()}, limit_mj - fixed * mj, " mJ")
+
+
+def planner_options(
+    graph: ModelGraph, profile: DeviceProfile
+) -> tuple[dict[str, tuple[int, ...]], int | None]:
+    """(layer -> weight bit-widths, activation bits) as the quantization planner chooses them
+    (``Planner.options`` / ``Planner.act_bits``): what a cost constraint must price."""
+    options = {}
+    for li in graph.layers:
+        bits = tuple(b for b in profile.weight_bits(li.kind) if 2 <= b <= 16)
+        if bits:
+            options[li.name] = bits
+    ab = profile.activation_bits()
+    return options, (8 if 8 in ab else (min(ab) if ab else None))
+
+
+# budgets the cost model turns into bit-allocation constraints (latency_median_ms: select's budget)
+PLANNER_BUDGETS = ("latency_p99_ms", "latency_median_ms", "energy_per_inference_mj")
+
+
+def budget_constraints(
+    cm: CostModel,
+    graph: ModelGraph,
+    budget: dict[str, float],
+    *,
+    float_compute: set[str] | frozenset[str] = frozenset(),
+) -> tuple[list[Any], list[str]]:
+    """The latency and energy budgets of ``budget`` as linear constraints of the bit allocation
+    (pass them to ``plan_model(..., extra_constraints=...)``), with notes saying on what basis.
+
+    A calibrated model enforces its prediction; an uncalibrated one (the profile roofline, often off
+    by 2x) only its optimistic bound, so it rejects only plans that are over the budget whatever
+    the error. ``float_compute``: layers the exporter runs in float whatever their bits.
+    """
+    from dataclasses import fields
+
+    from edge_compress.quant.allocate import Constraint
+
+    wanted = {k: float(v) for k, v in budget.items() if k in PLANNER_BUDGETS}
+    if not wanted:
+        return [], []
+    options, act_bits = planner_options(graph, cm.profile)
+    if not options:
+        return [], []
+    coeffs, fixed = layer_costs_by_bits(cm, graph, options, act_bits, float_compute)
+    slack = 1.0 if cm.calibrated else 1.0 / (1.0 + 2.0 * cm.rel_error)
+    has_offset = "offset" in {f.name for f in fields(Constraint)}
+    out, notes = [], []
+    for name, limit in wanted.items():
+        if name == "latency_p99_ms":
+            scale, unit = cm.p99_ratio * slack, " ms"
+        elif name == "latency_median_ms":
+            scale, unit = slack, " ms"
+        else:
+            scale, unit = cm.energy_j(1.0) * 1e3 * slack, " mJ"  # mJ per ms of latency
+        c = {k: v * scale for k, v in coeffs.items()}
+        kw = {"offset": fixed * scale} if has_offset else {}
+        out.append(Constraint(name, c, limit - fixed * scale, unit, **kw))
+    basis = (
+        f"the calibrated cost model of {cm.target!r}"
+        if cm.calibrated
+        else "the uncalibrated cost model (profile roofline; optimistic bound)"
+    )
+    notes.append(f"budget(s) {', '.join(wanted)} enforced by {basis}")
+    return out, notes

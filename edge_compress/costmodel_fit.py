@@ -3,16 +3,24 @@
 A fused kernel's time is a non-negative combination of its roofline terms, with one coefficient
 vector per kernel class (``kind/precision``, e.g. ``conv/int8``)::
 
-    t_k = sum_j theta[class(k), j] * term_j(k)            (milliseconds)
+    t_k = sum_j theta[block(class(k), j), j] * term_j(k)            (milliseconds)
 
-with terms ``compute`` (MACs / peak MAC/s of that precision), ``weights`` and ``acts`` (bytes /
-memory bandwidth), ``launch`` (one kernel dispatch). A whole-model observation is the row
-``base + sum_k t_k = latency``; a per-kernel timing from the profiler is the row ``t_k = time``.
-Rows are divided by their measured value (relative error, as the accuracy targets are stated),
-and a weak ridge row pulls each coefficient toward the roofline prior, so classes with few
-observations stay sensible and every new measurement moves the fit. ``rel_error`` is the 80th
-percentile of the cross-validated relative error: the width of the optimistic bounds that
-selection uses.
+with terms for compute (MACs / peak MAC/s of that precision, with padded or narrow channels),
+memory traffic (weights, input / output activations, an im2col patch matrix: elements over the
+memory bandwidth), per-output-position overheads, what follows the kernel (a pool, a global
+pool, a residual add, a flatten, a change of precision: their elements and one operator dispatch
+each) and one dispatch of the kernel itself. Most coefficients belong to the kernel's class; the
+few that describe operators a runtime runs whatever the kernel are shared by all classes or by
+the classes of one precision (``TERM_SCOPE``).
+
+A whole-model observation is the row ``base + sum_k t_k = latency``; a per-kernel timing from
+the runtime's operator profile is the row ``t_k = time`` (weighted less: profilers distort small
+operators). Rows are divided by their measured value (relative error, as the accuracy targets
+are stated), and a ridge row pulls each coefficient toward the roofline prior, so classes with
+few observations stay sensible and every new measurement moves the fit. With few observations
+the fit uses fewer terms (``basic``) or one scale per class on the roofline (``simple``).
+``rel_error`` is the 80th percentile of the cross-validated relative error: the width of the
+optimistic bounds that selection uses.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from edge_compress.costmodel import (
     DEFAULT_P99_RATIO,
     Kernel,
     activation_peak_bytes,
+    kernels_from_json,
     peak_macs_per_s,
     precision_fallback,
     weights_bytes,
@@ -45,23 +54,46 @@ TERMS = (
     "in",
     "out",
     "pool",
+    "gap",
     "join",
     "pixels",
     "pixels_smallk",
+    "compute_narrow",
     "launch",
+    "pool_launch",
+    "gap_launch",
+    "flat_launch",
+    "join_launch",
+    "xprec_launch",
 )
 IO_TERMS = ("in", "out", "launch")
 BASIC_TERMS = ("compute", "compute_pad", "weights", "in", "out", "pixels", "launch")
 # What a coefficient shrinks toward when its class has few observations: the roofline (sum form),
 # with the correction terms off.
 PRIOR = {t: 0.0 for t in TERMS} | {"compute": 1.0, "weights": 1.0, "in": 1.0, "out": 1.0, "launch": 1.0}
+SHARED = "*"  # the pseudo-class of coefficients every kernel class shares
+# Which kernels share a term's coefficient: "class" (default: each kernel class its own), "precision"
+# (the classes of one activation precision / layout: a pool or residual add after an int8 convolution
+# is the same uint8 kernel whichever convolution produced its input), "all" (the extra operators
+# a runtime inserts around a kernel: one dispatch each, whatever the kernel).
+TERM_SCOPE: dict[str, str] = {
+    "pool": "precision",
+    "gap": "precision",
+    "join": "precision",
+    "pool_launch": "all",
+    "gap_launch": "all",
+    "flat_launch": "all",
+    "join_launch": "all",
+    "xprec_launch": "all",
+}
 RIDGE = 1.0  # weight of each prior row, in typical observation rows
-KERNEL_ROW_WEIGHT = 0.3  # a profiled kernel row vs one whole-model row
+KERNEL_ROW_WEIGHT = 0.1  # a profiled kernel row vs one whole-model row
 # Per-call overhead of the runtime (an empty model's latency) when turning profiled shares into
 # milliseconds; ``fit_info["call_overhead_ms"]`` overrides it once measured on the target.
 BASE_GUESS_MS = 0.02
 FORM: str | None = None  # force a form (experiments); None: the richest the data supports
-MIN_ROWS_PER_COEFF = 1.0  # (weighted) observation rows per coefficient before the full term set is fitted
+MIN_ROWS_PER_COEFF = 1.0
+FORM_KERNEL_ROW_SUPPORT = 0.3  # what a profiled kernel row counts for when choosing the form
 
 
 def kernel_class(k: Kernel) -> str:
@@ -98,6 +130,10 @@ def kernel_terms(k: Kernel, profile: DeviceProfile, threads: int = 1) -> dict[st
     else:
         padded = k.out_spatial * _pad(k.cout, 8) * _pad(cg, 8) * k.kernel_area
     px = k.out_spatial * 4.0 / bw_ms if k.kind != "linear" else 0.0  # a GEMV has no spatial positions
+    spatial = k.kind != "linear"
+    reduces = spatial and k.next_in_elems < k.out_elems
+    gap = reduces and k.next_in_elems <= k.cout  # global pooling
+    launch = DEFAULT_LAUNCH_MS
     return {
         "compute": k.macs / peak,
         "compute_pad": padded / peak,
@@ -105,22 +141,41 @@ def kernel_terms(k: Kernel, profile: DeviceProfile, threads: int = 1) -> dict[st
         "weights": k.weight_params * 4.0 / bw_ms,
         "in": k.in_elems * ab / bw_ms,
         "out": k.out_elems * ab / bw_ms,
-        "pool": (max(0, k.out_elems - k.next_in_elems) * ab / bw_ms) if k.kind != "linear" else 0.0,
+        "pool": k.out_elems * ab / bw_ms if reduces and not gap else 0.0,
+        "gap": k.out_elems * ab / bw_ms if gap else 0.0,
         "join": k.out_elems * ab / bw_ms if k.joins else 0.0,
         "pixels": px,
         "pixels_smallk": px if cg * k.kernel_area < 32 else 0.0,
-        "launch": DEFAULT_LAUNCH_MS,
+        "compute_narrow": k.macs / peak if spatial and k.cout % 8 else 0.0,
+        "launch": launch,
+        "pool_launch": launch if reduces and not gap else 0.0,
+        "gap_launch": launch if gap else 0.0,
+        "flat_launch": launch if spatial and k.next_kind == "linear" else 0.0,
+        "join_launch": launch if k.joins else 0.0,
+        "xprec_launch": launch if spatial and k.next_precision not in ("", k.precision) else 0.0,
     }
 
 
-def _coeffs_for(cm: CostModel, cls: str) -> dict[str, float] | None:
-    """The fitted coefficients of a class, or of its nearest fitted precision (None: none fitted)."""
+def effective_coeffs(cm: CostModel, cls: str) -> dict[str, float] | None:
+    """The coefficients a kernel of class ``cls`` is predicted with: its class's (or, never fitted,
+    its nearest fitted precision's) plus the shared blocks' (``TERM_SCOPE``). None: nothing fitted."""
     kind, prec = cls.split("/")
     p: str | None = prec
     while p is not None:
         c = f"{kind}/{p}"
-        if c in cm.coeffs:
-            return cm.coeffs[c]
+        own = cm.coeffs.get(c)
+        if own is not None and "roofline" in own:
+            return own
+        out: dict[str, float] = {}
+        found = False
+        for t in TERMS if kind != "io" else IO_TERMS:
+            for blk in _blocks_of(c, t, "full"):
+                th = cm.coeffs.get(blk)
+                if th is not None and (blk != c or own is not None):
+                    out[t] = out.get(t, 0.0) + th.get(t, 0.0)
+                    found = found or blk == c
+        if found:
+            return out
         p = precision_fallback(p)
     return None
 
@@ -128,7 +183,7 @@ def _coeffs_for(cm: CostModel, cls: str) -> dict[str, float] | None:
 def kernel_time_ms(cm: CostModel, k: Kernel) -> float:
     from edge_compress.costmodel import roofline_ms
 
-    th = _coeffs_for(cm, kernel_class(k))
+    th = effective_coeffs(cm, kernel_class(k))
     if th is None:  # a kind never measured on this target: the roofline
         return roofline_ms(k, cm.profile, cm.threads)
     if "roofline" in th:  # fitted on few observations: a scaled roofline
@@ -140,8 +195,27 @@ def kernel_time_ms(cm: CostModel, k: Kernel) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
+def _blocks_of(c: str, term: str, form: str) -> list[str]:
+    """The coefficient blocks a kernel of class ``c`` adds its ``term`` to (see :class:`_Design`)."""
+    if form != "full" or c.startswith("io/"):
+        return [c]
+    scope = TERM_SCOPE.get(term, "class")
+    if scope == "all":
+        return [SHARED]
+    if scope == "precision":
+        return [f"{SHARED}/{c.split('/', 1)[1]}"]
+    return [c]
+
+
 class _Design:
-    """Column layout: one block of terms per kernel class (``io`` classes have fewer), then the base."""
+    """Column layout: one block of terms per kernel class (``io`` classes have fewer), the shared
+    blocks, then the base.
+
+    A kernel's term goes to the block ``TERM_SCOPE`` names: its class's, the one of every class of
+    its precision (``*/int8``: e.g. a pool after an int8 convolution runs the same uint8 pooling
+    kernel whatever the convolution), or the one all classes share (``*``: one more operator
+    dispatch). Sharing is what lets a few hundred measured models fit the rarer combinations.
+    """
 
     def __init__(self, classes: list[str], form: str = "full") -> None:
         self.classes, self.form = classes, form
@@ -154,7 +228,10 @@ class _Design:
                 terms = IO_TERMS
             else:
                 terms = BASIC_TERMS if form == "basic" else TERMS
-            self.cols += [(c, t) for t in terms]
+            for t in terms:
+                for blk in _blocks_of(c, t, form):
+                    if (blk, t) not in self.cols:
+                        self.cols.append((blk, t))
         self.index = {c: i for i, c in enumerate(self.cols)}
         self.n = len(self.cols) + 1
 
@@ -168,14 +245,16 @@ class _Design:
                 r[self.index[(c, "roofline")]] += roofline_ms(k, profile, threads)
                 continue
             for name, v in kernel_terms(k, profile, threads).items():
-                j = self.index.get((c, name))
-                if j is not None:
-                    r[j] += v
+                for blk in _blocks_of(c, name, self.form):
+                    j = self.index.get((blk, name))
+                    if j is not None:
+                        r[j] += v
         if base:
             r[-1] = DEFAULT_BASE_MS
         return r
 
     def prior(self) -> np.ndarray:
+        """What each coefficient shrinks toward: the roofline (correction terms off)."""
         return np.array([1.0 if t == "roofline" else PRIOR.get(t, 0.0) for _, t in self.cols] + [1.0])
 
 
@@ -187,7 +266,7 @@ def _rows(
     shares much less), or its profiled time when the model latency is unknown."""
     A, y, w = [], [], []
     for o in obs:
-        ks = [Kernel.from_json(k) for k in o["kernels"]]
+        ks = kernels_from_json(o["kernels"])
         lat = o.get("latency_ms")
         if lat:
             A.append(design.row(ks, cm.profile, cm.threads, True))
@@ -207,13 +286,17 @@ def _rows(
     return np.array(A).reshape(-1, design.n), np.array(y), np.array(w)
 
 
-def _solve(A: np.ndarray, y: np.ndarray, w: np.ndarray, design: _Design, ridge: float) -> np.ndarray:
+def _solve(
+    A: np.ndarray, y: np.ndarray, w: np.ndarray, design: _Design, ridge: float, base_ms: float | None = None
+) -> np.ndarray:
     from scipy.optimize import nnls
 
     scale = w / y
     As = A * scale[:, None]
     ys = y * scale
     prior = design.prior()
+    if base_ms is not None:  # the measured per-call overhead, not the generic guess
+        prior[-1] = base_ms / DEFAULT_BASE_MS
     # One prior row per coefficient, as heavy as ``ridge`` typical observations of that column
     # (the RMS of its non-zero entries): it decides classes nobody measured and fades with data.
     nz = As != 0
@@ -240,14 +323,17 @@ def fit_costmodel(
     # Model complexity follows the data: the richest form (full terms, basic terms, one scale on the
     # roofline per class) with at least MIN_ROWS_PER_COEFF weighted rows per coefficient (a handful
     # of measurements of a new target must not fit a hundred coefficients).
-    base = float(cm.fit_info.get("call_overhead_ms") or BASE_GUESS_MS)
+    measured_base = cm.fit_info.get("call_overhead_ms")  # an empty model's latency, when measured
+    measured_base = float(measured_base) if measured_base else None
+    base = measured_base or BASE_GUESS_MS
     forced = FORM
     for form in ("full", "basic", "simple"):
         design = _Design(classes, form)
         A, y, w = _rows(cm, obs, design, base)
-        if forced == form or (forced is None and float(w.sum()) >= MIN_ROWS_PER_COEFF * design.n):
+        support = float(np.sum(np.where(w >= 1.0, 1.0, FORM_KERNEL_ROW_SUPPORT)))
+        if forced == form or (forced is None and support >= MIN_ROWS_PER_COEFF * design.n):
             break
-    theta = _solve(A, y, w, design, ridge)
+    theta = _solve(A, y, w, design, ridge, measured_base)
     cm.coeffs = {}
     for (c, t), i in design.index.items():
         cm.coeffs.setdefault(c, {})[t] = float(theta[i])
@@ -263,7 +349,7 @@ def fit_costmodel(
             test_ids = {id(o) for o in test}
             train = [o for o in obs if id(o) not in test_ids]
             At, yt, wt = _rows(cm, train, design, base)
-            th = _solve(At, yt, wt, design, ridge)
+            th = _solve(At, yt, wt, design, ridge, measured_base)
             Ae, ye, _ = _rows(cm, [{**o, "kernel_ms": {}} for o in test], design)
             errs += list(np.abs(_predict(Ae, th) / ye - 1.0))
     Am, ym, _ = _rows(cm, [{**o, "kernel_ms": {}} for o in model_obs], design)
@@ -277,7 +363,7 @@ def fit_costmodel(
     bases = []
     scales = []
     for o in model_obs:
-        ks = [Kernel.from_json(k) for k in o["kernels"]]
+        ks = kernels_from_json(o["kernels"])
         if o.get("rss_bytes"):
             bases.append(o["rss_bytes"] - weights_bytes(ks) - activation_peak_bytes(ks))
         if o.get("energy_measured") and o.get("energy_j"):
@@ -290,7 +376,7 @@ def fit_costmodel(
             "basic": "basic roofline terms per class",
             "full": "roofline terms per class",
         }[design.form],
-        "call_overhead_ms": base,
+        "call_overhead_ms": measured_base,
         "observations": len(obs),
         "model_rows": int(len(model_obs)),
         "kernel_rows": int(len(y) - len(model_obs)),

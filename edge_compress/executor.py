@@ -5,14 +5,17 @@ and the work is a top-level function ``fn(job) -> outcome``, so an executor only
 
 - :class:`LocalPoolExecutor` (default): one worker thread per target; each target runs its
   cells one at a time (one job per device), different targets in parallel.
-- A Ray executor for a multi-host lab fits the same interface: submit
-  ``ray.remote(fn).options(resources={f"target:{job.target_name}": 1}).remote(job)`` for every
-  job (each device registered as a custom resource of capacity 1 on the node that reaches it),
-  then ``ray.wait`` and yield outcomes as they finish. Jobs carry the model file path: on a
-  cluster, put artifacts on shared storage or ship the bytes with the job.
+- :class:`edge_compress.lab.executor.RayExecutor` (``--cluster ray://HOST:PORT | HOST:PORT | auto``):
+  a device lab of many hosts on Ray. Each cell is a task requesting its target's resource
+  (``target:<name>: 1``, advertised by the one lab node reaching the device), so Ray routes it
+  and runs one cell per device at a time; artifacts travel through the object store.
 
 Executors never raise for a failing cell: an exception escaping ``fn`` becomes an outcome made by
 ``on_error(job, exc)`` (an infrastructure failure), and the other cells go on.
+
+An executor may also prepare the artifacts (``prepare_artifacts(fn, calls, on_start)``, yielding
+``(index, result or exception)`` as they finish): the Ray executor compiles anywhere in the
+cluster. Without it, nightly prepares them here one by one (:func:`prepare_sequentially`).
 """
 
 from __future__ import annotations
@@ -123,10 +126,32 @@ class LocalPoolExecutor:
             stop.set()  # the consumer stopped early (error or interrupt): no new cells start
 
 
-def get_executor(name: str = "local") -> Executor:
-    """The executor called ``name`` (only ``local`` ships; see the module doc for Ray)."""
+def prepare_sequentially(
+    fn: Callable[..., Any], calls: list[tuple], on_start: Callable[[int], None] | None = None
+) -> Iterator[tuple[int, Any]]:
+    """``fn(*call)`` for each call here, in order: ``(index, result or the exception raised)``."""
+    for i, call in enumerate(calls):
+        if on_start is not None:
+            on_start(i)
+        try:
+            out = fn(*call)
+        except Exception as e:  # noqa: BLE001 - one failing artifact does not stop the others
+            out = e
+        yield i, out
+
+
+def get_executor(name: str = "local", **options: Any) -> Executor:
+    """The executor called ``name``: ``local`` (the default pool), or a Ray cluster address
+    (``auto``, ``ray://HOST:PORT``, ``HOST:PORT``) for the device lab (the ``lab`` extra);
+    ``options`` go to the Ray executor (e.g. ``wait_for_targets_s``)."""
     from edge_compress.errors import UserError
 
     if name == "local":
         return LocalPoolExecutor()
-    raise UserError(f"unknown executor {name!r}; known executors: local.")
+    if name == "auto" or name.startswith("ray://") or ":" in name:
+        from edge_compress.lab.executor import RayExecutor
+
+        return RayExecutor(name, **options)
+    raise UserError(
+        f"unknown executor {name!r}; use local, or a lab cluster: auto, ray://HOST:PORT or HOST:PORT."
+    )

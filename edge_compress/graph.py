@@ -4,14 +4,19 @@
 traces the model with ``torch.fx`` to find which layers are coupled:
 
 - **channel groups**: producers whose output channels must be pruned together (the inputs of a
-  residual add share channel indices; a depthwise conv passes its input channels through), with
-  the consumers that read those channels (and the offset at which they read them after a concat,
-  and the flatten factor when a Linear reads a flattened feature map);
+  residual add share channel indices; a depthwise conv passes its input channels through, ``m``
+  output channels per input channel when it has a channel multiplier ``m``), with the consumers
+  that read those channels (and the offset at which they read them after a concat, and the
+  number of features per channel when a Linear reads a flattened feature map or a layer reads the
+  output of a depthwise conv with a multiplier), and the batch norms normalizing them (at their
+  offset, also after a concat);
 - **precision groups**: layers that must share a precision (the producers feeding one residual
   add or one concat: integer runtimes require the joined tensors to share a quantization grid).
 
 Layers the analysis cannot follow (reshapes of channels, custom ops) are listed in
-``unprunable`` with the reason, never silently pruned.
+``unprunable`` with the reason, never silently pruned. Grouped convolutions (``groups > 1``, not
+depthwise) are among them: removing some of their input or output channels would leave groups of
+unequal width, which a convolution cannot express, so the channels they read and write are kept.
 """
 
 from __future__ import annotations
@@ -28,14 +33,37 @@ from edge_compress.errors import UserError
 
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 _PASSTHROUGH_MODULES = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish,
-    nn.Sigmoid, nn.Tanh, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d, nn.Dropout, nn.Identity,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.SiLU,
+    nn.GELU,
+    nn.Hardswish,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.Dropout,
+    nn.Identity,
 )
 _PASSTHROUGH_FUNCS = {
-    torch.relu, torch.nn.functional.relu, torch.nn.functional.relu6, torch.sigmoid, torch.tanh,
-    torch.nn.functional.max_pool2d, torch.nn.functional.avg_pool2d, torch.nn.functional.adaptive_avg_pool2d,
-    torch.nn.functional.dropout, torch.nn.functional.gelu, torch.nn.functional.silu,
+    torch.relu,
+    torch.nn.functional.relu,
+    torch.nn.functional.relu6,
+    torch.sigmoid,
+    torch.tanh,
+    torch.nn.functional.max_pool2d,
+    torch.nn.functional.avg_pool2d,
+    torch.nn.functional.adaptive_avg_pool2d,
+    torch.nn.functional.dropout,
+    torch.nn.functional.gelu,
+    torch.nn.functional.silu,
 }
 _ADD_FUNCS = {operator.add, torch.add, operator.iadd}
 _CAT_FUNCS = {torch.cat, torch.concat}
@@ -74,7 +102,13 @@ class Consumer:
 
 @dataclass
 class ChannelGroup:
-    """Producers whose output channels are pruned together, and who reads them."""
+    """Producers whose output channels are pruned together, and who reads them.
+
+    ``consumers`` also lists the depthwise ``passthrough`` convs (where they read the channels);
+    a passthrough conv with channel multiplier ``m`` writes output channels
+    ``(offset + c * ff) * m ... + ff * m`` for channel ``c``. ``batchnorm_at`` says where each batch
+    norm holds the channels (a Consumer record: the BN's name, offset, channels per group channel).
+    """
 
     id: int
     producers: list[str]
@@ -84,6 +118,12 @@ class ChannelGroup:
     batchnorms: list[str] = field(default_factory=list)  # BN modules normalizing these channels
     prunable: bool = True
     reason: str = ""
+    batchnorm_at: list[Consumer] = field(default_factory=list)  # BN name, offset, width per channel
+
+    def bn_positions(self, name: str) -> list[Consumer]:
+        """Where batch norm ``name`` holds this group's channels (offset 0, width 1 if unrecorded)."""
+        found = [b for b in self.batchnorm_at if b.layer == name]
+        return found or [Consumer(name)]
 
 
 @dataclass
@@ -131,6 +171,44 @@ class ModelGraph:
         return [layer]
 
 
+@dataclass(frozen=True)
+class Slice:
+    """Where a channel group lives in one module: channel ``c`` of the group is entries
+    ``offset + c * width ... + width`` of the module's output channels (producer, depthwise
+    passthrough, batch norm) or input features (consumer)."""
+
+    layer: str
+    role: str  # producer | passthrough | batchnorm | consumer
+    offset: int
+    width: int
+
+    def positions(self, channels: Any) -> Any:
+        """numpy indices of the entries of the given group channels (an int array)."""
+        import numpy as np
+
+        idx = np.asarray(channels, dtype=np.int64).reshape(-1, 1)
+        return (self.offset + idx * self.width + np.arange(self.width, dtype=np.int64)).reshape(-1)
+
+
+def group_slices(graph: ModelGraph, g: ChannelGroup) -> list[Slice]:
+    """Every place the channels of group ``g`` occupy: producers (offset 0, width 1), depthwise
+    passthrough convs (scaled by their channel multiplier), batch norms and consumers."""
+    info = {li.name: li for li in graph.layers}
+    out = [Slice(p, "producer", 0, 1) for p in g.producers]
+    for c in g.consumers:
+        if c.layer in g.passthrough:
+            m = multiplier(info[c.layer])
+            out.append(Slice(c.layer, "passthrough", c.offset * m, c.flatten_factor * m))
+    for bn in g.batchnorms:
+        out += [Slice(b.layer, "batchnorm", b.offset, b.flatten_factor) for b in g.bn_positions(bn)]
+    out += [
+        Slice(c.layer, "consumer", c.offset, c.flatten_factor)
+        for c in g.consumers
+        if c.layer not in g.passthrough
+    ]
+    return out
+
+
 def _tuple(v: Any) -> tuple[int, ...]:
     return tuple(v) if isinstance(v, (tuple, list)) else (int(v),)
 
@@ -139,8 +217,15 @@ def _layer_kind(m: nn.Module) -> str:
     if isinstance(m, nn.Linear):
         return "linear"
     if m.groups > 1 and m.groups == m.in_channels:  # type: ignore[attr-defined]
-        return "depthwise_conv"
+        return "depthwise_conv"  # also with a channel multiplier (out_channels = m x in_channels)
     return "conv"
+
+
+def multiplier(li: LayerInfo) -> int:
+    """Output channels per input channel of a depthwise conv (1 for any other layer)."""
+    if li.kind != "depthwise_conv" or li.in_channels <= 0:
+        return 1
+    return max(1, li.out_channels // li.in_channels)
 
 
 def _collect_layers(model: nn.Module, example: torch.Tensor) -> tuple[list[LayerInfo], tuple[int, ...]]:
@@ -160,7 +245,9 @@ def _collect_layers(model: nn.Module, example: torch.Tensor) -> tuple[list[Layer
         with torch.no_grad():
             out = model.eval()(example)
     except Exception as e:  # noqa: BLE001 - the user's model failed on the example input
-        raise UserError(f"the model failed on the example input of shape {tuple(example.shape)}: {e}.") from None
+        raise UserError(
+            f"the model failed on the example input of shape {tuple(example.shape)}: {e}."
+        ) from None
     finally:
         for h in hooks:
             h.remove()
@@ -175,16 +262,41 @@ def _collect_layers(model: nn.Module, example: torch.Tensor) -> tuple[list[Layer
         if isinstance(m, nn.Linear):
             macs = m.in_features * m.out_features * (math.prod(oshape) // (batch * m.out_features))
             li = LayerInfo(
-                name, "linear", "Linear", m.in_features, m.out_features, (1,), (1,), 1, tuple(w.shape),
-                w.numel(), w.numel() + nb, macs, ishape[1:], oshape[1:], nb > 0,
+                name,
+                "linear",
+                "Linear",
+                m.in_features,
+                m.out_features,
+                (1,),
+                (1,),
+                1,
+                tuple(w.shape),
+                w.numel(),
+                w.numel() + nb,
+                macs,
+                ishape[1:],
+                oshape[1:],
+                nb > 0,
             )
         else:
             out_spatial = math.prod(oshape[2:])
             macs = out_spatial * m.out_channels * (m.in_channels // m.groups) * math.prod(m.kernel_size)
             li = LayerInfo(
-                name, _layer_kind(m), type(m).__name__, m.in_channels, m.out_channels, _tuple(m.kernel_size),
-                _tuple(m.stride), m.groups, tuple(w.shape), w.numel(), w.numel() + nb, macs, ishape[1:],
-                oshape[1:], nb > 0,
+                name,
+                _layer_kind(m),
+                type(m).__name__,
+                m.in_channels,
+                m.out_channels,
+                _tuple(m.kernel_size),
+                _tuple(m.stride),
+                m.groups,
+                tuple(w.shape),
+                w.numel(),
+                w.numel() + nb,
+                macs,
+                ishape[1:],
+                oshape[1:],
+                nb > 0,
             )
         layers.append(li)
     oshape = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else ()
@@ -208,11 +320,16 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-# A tensor's channel layout: ordered segments (group id, channel count); None = untracked.
-_Layout = list[tuple[int, int]] | None
+# A tensor's channel layout: ordered segments (group id, group channels, tensor channels per group
+# channel: more than 1 behind a depthwise conv with a channel multiplier); None = untracked.
+_Layout = list[tuple[int, int, int]] | None
 
 
-def _analyse(model: nn.Module, layers: list[LayerInfo]):
+def _width(lay: list[tuple[int, int, int]]) -> int:
+    return sum(s * f for _, s, f in lay)
+
+
+def _analyse(model: nn.Module, layers: list[LayerInfo], input_channels: int):
     import torch.fx as fx
 
     gm = fx.symbolic_trace(model)
@@ -223,8 +340,8 @@ def _analyse(model: nn.Module, layers: list[LayerInfo]):
     gproducers: dict[int, list[str]] = {}
     gbad: dict[int, str] = {}
     gpass: dict[int, list[str]] = {}
-    gbn: dict[int, list[str]] = {}
-    consumers: list[tuple[str, list[tuple[int, int]], int]] = []  # layer, layout, flatten factor
+    gbn: dict[int, list[Consumer]] = {}
+    consumers: list[tuple[str, list[tuple[int, int, int]], int]] = []  # layer, layout, flatten factor
     prec_edges: list[list[str]] = []
     layout: dict[str, _Layout] = {}
     flat: dict[str, int] = {}  # node -> flatten factor if the tensor is a flattened feature map
@@ -239,16 +356,16 @@ def _analyse(model: nn.Module, layers: list[LayerInfo]):
         return gid
 
     def mark_bad(lay: _Layout, reason: str) -> None:
-        for gid, _ in lay or []:
+        for gid, _, _ in lay or []:
             gbad.setdefault(uf.find(gid), reason)
 
     input_gid = None
     for node in gm.graph.nodes:
         args = [a for a in node.args if isinstance(a, fx.Node)]
         if node.op == "placeholder":
-            input_gid = new_group(None, -1)
+            input_gid = new_group(None, input_channels)
             gbad[input_gid] = "channels of the model input are fixed"
-            layout[node.name] = [(input_gid, -1)]
+            layout[node.name] = [(input_gid, input_channels, 1)]
             producers_of[node.name] = set()
             continue
         if node.op == "output":
@@ -266,19 +383,53 @@ def _analyse(model: nn.Module, layers: list[LayerInfo]):
                 ff = flat.get(src, 1) if src else 1
                 if in_layout is not None:
                     consumers.append((name, in_layout, ff))
-                else:
-                    pass
-                if li.kind == "depthwise_conv" and in_layout is not None:
-                    for gid, _ in in_layout:
+                grouped = li.kind == "conv" and li.groups > 1
+                if grouped:
+                    mark_bad(
+                        in_layout,
+                        f"they feed grouped convolution {name!r} (groups={li.groups}), whose groups would "
+                        "lose unequal numbers of input channels",
+                    )
+                if (
+                    li.kind == "depthwise_conv"
+                    and in_layout is not None
+                    and _width(in_layout) == li.in_channels
+                ):
+                    for gid, _, _ in in_layout:
                         gpass.setdefault(uf.find(gid), []).append(name)
-                    layout[node.name] = in_layout
+                    mult = multiplier(li)
+                    layout[node.name] = [(gid, s, f * mult) for gid, s, f in in_layout]
                 else:
-                    layout[node.name] = [(new_group(name, li.out_channels), li.out_channels)]
+                    gid = new_group(name, li.out_channels)
+                    layout[node.name] = [(gid, li.out_channels, 1)]
+                    if grouped:
+                        gbad[gid] = (
+                            f"{name!r} is a grouped convolution (groups={li.groups}): removing some of its "
+                            "output channels would leave groups of unequal width"
+                        )
+                    elif li.kind == "depthwise_conv":
+                        mark_bad(
+                            in_layout, f"they feed depthwise conv {name!r} through a layout it cannot map"
+                        )
+                        gbad[gid] = (
+                            f"depthwise conv {name!r} reads channels the analysis cannot follow, so its output "
+                            "channels cannot be removed with their inputs"
+                        )
                 producers_of[node.name] = {name}
                 continue
             if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and in_layout is not None:
-                for gid, _ in in_layout:
-                    gbn.setdefault(gid, []).append(name)
+                off = 0
+                for gid, s, f in in_layout:
+                    gbn.setdefault(gid, []).append(Consumer(name, off, f))
+                    off += s * f
+                if m.num_features != off:  # e.g. a BatchNorm1d over a flattened feature map
+                    mark_bad(
+                        in_layout,
+                        f"batch norm {name!r} normalizes {m.num_features} features, not the {off} channels "
+                        "the analysis tracks",
+                    )
+                if src in flat:
+                    flat[node.name] = flat[src]
                 layout[node.name] = in_layout
                 producers_of[node.name] = in_prod
                 continue
@@ -295,14 +446,16 @@ def _analyse(model: nn.Module, layers: list[LayerInfo]):
                 flat[node.name] = -1 if shp is None else 0  # resolved from layer shapes below
                 continue
             if isinstance(m, nn.Sequential) or len(list(m.children())) == 0:
-                mark_bad(in_layout, f"it feeds module {name!r} ({type(m).__name__}) the analysis cannot follow")
+                mark_bad(
+                    in_layout, f"it feeds module {name!r} ({type(m).__name__}) the analysis cannot follow"
+                )
                 layout[node.name] = None
                 producers_of[node.name] = in_prod
                 continue
         if node.op == "call_function" and node.target in _ADD_FUNCS and len(args) == 2:
             la, lb = layout.get(args[0].name), layout.get(args[1].name)
-            if la is not None and lb is not None and [s for _, s in la] == [s for _, s in lb]:
-                for (ga, _), (gb, _) in zip(la, lb, strict=True):
+            if la is not None and lb is not None and [(s, f) for _, s, f in la] == [(s, f) for _, s, f in lb]:
+                for (ga, _, _), (gb, _, _) in zip(la, lb, strict=True):
                     uf.union(ga, gb)
                 layout[node.name] = la
             else:
@@ -340,9 +493,15 @@ def _analyse(model: nn.Module, layers: list[LayerInfo]):
             producers_of[node.name] = set()
             continue
         # Anything else (reshape, permute, mul by tensors, ...): stop tracking these channels.
-        desc = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+        desc = (
+            node.target
+            if isinstance(node.target, str)
+            else getattr(node.target, "__name__", str(node.target))
+        )
         for a in args:
-            mark_bad(layout.get(a.name), f"they flow into '{desc}', which the channel analysis does not model")
+            mark_bad(
+                layout.get(a.name), f"they flow into '{desc}', which the channel analysis does not model"
+            )
         layout[node.name] = None
         producers_of[node.name] = in_prod
     return uf, gsize, gproducers, gbad, gpass, gbn, consumers, prec_edges, input_gid
@@ -355,13 +514,17 @@ def extract_graph(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
         raise UserError("the model has no Conv1d, Conv2d or Linear layer to compress.")
     in_shape = tuple(example_input.shape[1:])
     try:
-        uf, gsize, gprod, gbad, gpass, gbn, consumers, prec_edges, input_gid = _analyse(model, layers)
+        in_ch = int(in_shape[0]) if in_shape else 1
+        uf, gsize, gprod, gbad, gpass, gbn, consumers, prec_edges, input_gid = _analyse(model, layers, in_ch)
     except Exception as e:  # noqa: BLE001 - fx cannot trace dynamic control flow
         msg = f"torch.fx could not trace the model ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
         groups = [
-            ChannelGroup(i, [li.name], li.out_channels, prunable=False, reason=msg) for i, li in enumerate(layers)
+            ChannelGroup(i, [li.name], li.out_channels, prunable=False, reason=msg)
+            for i, li in enumerate(layers)
         ]
-        return ModelGraph(layers, groups, [], traced=False, trace_error=msg, input_shape=in_shape, output_shape=out_shape)
+        return ModelGraph(
+            layers, groups, [], traced=False, trace_error=msg, input_shape=in_shape, output_shape=out_shape
+        )
 
     info = {li.name: li for li in layers}
     roots: dict[int, ChannelGroup] = {}
@@ -371,7 +534,7 @@ def extract_graph(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
         if g is None:
             g = roots[r] = ChannelGroup(id=r, producers=[], channels=gsize[r])
         g.producers += gprod.get(gid, [])
-        g.batchnorms += gbn.get(gid, [])
+        g.batchnorm_at += gbn.get(gid, [])
         if gid in gbad and g.prunable:
             g.prunable, g.reason = False, gbad[gid]
     for gid, names in gpass.items():
@@ -382,26 +545,27 @@ def extract_graph(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
             g.prunable, g.reason = False, reason
     for layer, lay, _ in consumers:
         li = info[layer]
-        total = sum(s for _, s in lay)
+        total = _width(lay)  # tensor channels (features per position)
         offset = 0
-        for gid, size in lay:
+        for gid, size, per in lay:
             g = roots[uf.find(gid)]
-            if size < 0:  # the model input
-                offset += li.in_channels
-                continue
             ff = 1
             if li.kind == "linear" and total > 0 and li.in_channels != total:
                 if li.in_channels % total:
                     if g.prunable:
-                        g.prunable, g.reason = False, f"layer {layer!r} reads them through a reshape it cannot map"
+                        g.prunable, g.reason = (
+                            False,
+                            f"layer {layer!r} reads them through a reshape it cannot map",
+                        )
                 else:
-                    ff = li.in_channels // total
-            g.consumers.append(Consumer(layer, offset * ff, ff))
-            offset += size
+                    ff = li.in_channels // total  # positions per channel of a flattened feature map
+            g.consumers.append(Consumer(layer, offset * ff, per * ff))
+            offset += size * per
     groups = [g for r, g in sorted(roots.items()) if r != input_gid and g.producers]
     for g in groups:
         g.passthrough = sorted(set(g.passthrough))
-        g.batchnorms = list(dict.fromkeys(g.batchnorms))
+        g.batchnorm_at = list(dict.fromkeys(g.batchnorm_at))
+        g.batchnorms = list(dict.fromkeys(b.layer for b in g.batchnorm_at))
         if not g.consumers and g.prunable:
             g.prunable, g.reason = False, "no layer reads these channels"
     # precision groups: union of producers feeding the same add / concat

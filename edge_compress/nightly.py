@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_compress.errors import UserError
-from edge_compress.executor import CellJob, CellOutcome, Executor, LocalPoolExecutor
+from edge_compress.executor import CellJob, CellOutcome, Executor, LocalPoolExecutor, prepare_sequentially
 from edge_compress.suite import FORMATS, RAW_METHOD, CellSpec, CompileSettings, Suite
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
@@ -141,14 +141,15 @@ def run_nightly(
         say("start", run_id=run_id)
     cells = [c for c in suite.cells() if c.key not in done]
     out_dir = Path(artifacts_dir) if artifacts_dir else default_artifacts_dir(suite, store)
-    prepared, compile_errors, compiled = _prepare_all(suite, cells, profiles, out_dir, store, say)
+    executor = executor or LocalPoolExecutor()
+    prepared, compile_errors, compiled = _prepare_all(suite, cells, profiles, out_dir, store, say, executor)
     jobs = [
         _job(suite, run_id, c, targets[c.target], profiles[c.target], prepared, compile_errors, store)
         for c in cells
     ]
     say("measure", total=len(jobs), targets=len({j.target_name for j in jobs}))
     measured = 0
-    for outcome in (executor or LocalPoolExecutor()).run(jobs, run_cell, failed_outcome):
+    for outcome in executor.run(jobs, run_cell, failed_outcome):
         store.record_cell(
             run_id,
             outcome.cell,
@@ -166,6 +167,9 @@ def run_nightly(
     if missing:  # cannot happen unless the executor dropped cells; keep the run resumable
         raise RuntimeError(f"{len(missing)} cell(s) were not measured: {sorted(missing)[:3]}")
     store.finish_run(run_id, exit_code=code, accept=accept)
+    from edge_compress.costmodel_store import after_nightly_run
+
+    after_nightly_run(store, run_id, profiles, progress=say)  # the targets' cost models learn
     counts: dict[str, int] = {}
     for v in all_verdicts:
         counts[v["verdict"]] = counts.get(v["verdict"], 0) + 1
@@ -223,6 +227,7 @@ def _prepare_all(
     out_dir: Path,
     store: Any,
     say: Progress,
+    executor: Executor | None = None,
 ) -> tuple[dict[tuple, PreparedArtifact], dict[tuple, str], dict[str, int]]:
     settings = {c.name: c for c in suite.compile}
     groups: dict[tuple, CellSpec] = {}
@@ -231,14 +236,22 @@ def _prepare_all(
     prepared: dict[tuple, PreparedArtifact] = {}
     errors: dict[tuple, str] = {}
     stats = {"hits": 0, "compiled": 0, "failed": 0}
-    for i, (g, c) in enumerate(groups.items()):
-        say("compile", index=i, total=len(groups), model=c.model, variant=c.variant, profile=g[3])
-        try:
-            art = prepare_artifact(
-                c.model_ref, settings[c.variant], c.budget_fields, g[3], out_dir, suite.measure.format, c.data
-            )
-        except Exception as e:  # noqa: BLE001 - one failing compile does not stop the suite
-            errors[g] = f"compile failed: {_one_line(e)}"
+    items = list(groups.items())
+    calls = [
+        (c.model_ref, settings[c.variant], c.budget_fields, g[3], out_dir, suite.measure.format, c.data)
+        for g, c in items
+    ]
+
+    def started(i: int) -> None:
+        g, c = items[i]
+        say("compile", index=i, total=len(items), model=c.model, variant=c.variant, profile=g[3])
+
+    # an executor may compile elsewhere (the Ray executor: anywhere in the cluster)
+    prepare_many = getattr(executor, "prepare_artifacts", None) or prepare_sequentially
+    for i, art in prepare_many(prepare_artifact, calls, started):
+        g, c = items[i]
+        if isinstance(art, BaseException):  # one failing compile does not stop the suite
+            errors[g] = f"compile failed: {_one_line(art)}"
             stats["failed"] += 1
             continue
         stats["hits" if art.cached else "compiled"] += 1

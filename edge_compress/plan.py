@@ -61,17 +61,28 @@ class CompressionPlan:
     groups: list[list[str]] = field(default_factory=list)  # precision groups honoured by the plan
     notes: list[str] = field(default_factory=list)
     version: int = PLAN_VERSION
+    # pruning / factorization applied before quantization (the layers above are those of the
+    # transformed model): {"prune": {"method", "flops_budget", "kept": {layer: [channels]}, ...},
+    # "factorize": {"layers": {layer: {"rank", "how", "into"}}, ...}}
+    transforms: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def uniform(
-        cls, graph: ModelGraph, model: str, profile: str, weight_bits: int | None = 8, act_bits: int | None = 8
+        cls,
+        graph: ModelGraph,
+        model: str,
+        profile: str,
+        weight_bits: int | None = 8,
+        act_bits: int | None = 8,
     ) -> CompressionPlan:
         layers = {
             li.name: LayerDecision(li.name, li.kind, weight_bits, act_bits, why=f"uniform {weight_bits}-bit")
             for li in graph.layers
         }
-        return cls(model, profile, layers, method=f"uniform-w{weight_bits}a{act_bits}", groups=graph.precision_groups)
+        return cls(
+            model, profile, layers, method=f"uniform-w{weight_bits}a{act_bits}", groups=graph.precision_groups
+        )
 
     def bits(self) -> dict[str, int | None]:
         return {n: d.weight_bits for n, d in self.layers.items()}
@@ -117,7 +128,9 @@ class CompressionPlan:
         if not isinstance(d, dict) or "layers" not in d:
             raise UserError(f"{source}: not a compression plan (no 'layers').")
         if d.get("version", PLAN_VERSION) > PLAN_VERSION:
-            raise UserError(f"{source}: plan version {d['version']} is newer than this tool ({PLAN_VERSION}); upgrade edge-compress.")
+            raise UserError(
+                f"{source}: plan version {d['version']} is newer than this tool ({PLAN_VERSION}); upgrade edge-compress."
+            )
         d = dict(d)
         layers = {x["name"]: LayerDecision.from_json(x) for x in d.pop("layers")}
         known = {f.name for f in fields(cls)}
@@ -148,10 +161,21 @@ class CompressionPlan:
     def digest(self) -> str:
         """Stable hash of the decisions (not of predictions or notes)."""
         core = {
-            n: (d.weight_bits, d.act_bits, d.per_channel, d.weight_clip, d.keep_channels, d.rank, d.factorization)
+            n: (
+                d.weight_bits,
+                d.act_bits,
+                d.per_channel,
+                d.weight_clip,
+                d.keep_channels,
+                d.rank,
+                d.factorization,
+            )
             for n, d in sorted(self.layers.items())
         }
-        blob = json.dumps([core, self.activation_calibration], sort_keys=True).encode()
+        payload: list[Any] = [core, self.activation_calibration]
+        if self.transforms:
+            payload.append(self.transforms)
+        blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
 

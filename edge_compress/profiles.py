@@ -49,6 +49,13 @@ class Compute(_Frozen):
         description="peak multiply-accumulates per second per precision, all cores"
     )
     source: str = Field(min_length=3, description="where the numbers come from")
+    channel_multiple: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="the runtimes' kernels block output channels in multiples of this (8: XNNPACK's NEON "
+        "tiles, onnxruntime's AVX2 NCHWc blocks); structured pruning rounds kept channel counts to it",
+    )
 
     @model_validator(mode="after")
     def _peaks_positive(self) -> Compute:
@@ -290,17 +297,34 @@ def list_profiles(extra_dirs: list[str | Path] | None = None) -> dict[str, Path]
 # budget strings on the command line: "bytes=200KB,latency_p99=15ms,energy=5mJ,power=2W@10Hz"
 
 _UNIT = {
-    "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024, "mib": 1024**2, "gib": 1024**3,
+    "b": 1,
+    "kb": 1e3,
+    "mb": 1e6,
+    "gb": 1e9,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
 }
 _ALIASES = {
-    "bytes": "model_bytes", "model_bytes": "model_bytes", "size": "model_bytes",
-    "latency": "latency_p99_ms", "latency_p99": "latency_p99_ms", "latency_p99_ms": "latency_p99_ms",
-    "memory": "peak_memory_mb", "peak_memory": "peak_memory_mb", "peak_memory_mb": "peak_memory_mb",
-    "energy": "energy_per_inference_mj", "energy_per_inference": "energy_per_inference_mj",
+    "bytes": "model_bytes",
+    "model_bytes": "model_bytes",
+    "size": "model_bytes",
+    "latency": "latency_p99_ms",
+    "latency_p99": "latency_p99_ms",
+    "latency_p99_ms": "latency_p99_ms",
+    "memory": "peak_memory_mb",
+    "peak_memory": "peak_memory_mb",
+    "peak_memory_mb": "peak_memory_mb",
+    "energy": "energy_per_inference_mj",
+    "energy_per_inference": "energy_per_inference_mj",
     "energy_per_inference_mj": "energy_per_inference_mj",
-    "power": "avg_power_w", "avg_power": "avg_power_w", "avg_power_w": "avg_power_w",
-    "duty_cycle_hz": "duty_cycle_hz", "rate": "duty_cycle_hz",
-    "flops": "flops_ratio", "flops_ratio": "flops_ratio",
+    "power": "avg_power_w",
+    "avg_power": "avg_power_w",
+    "avg_power_w": "avg_power_w",
+    "duty_cycle_hz": "duty_cycle_hz",
+    "rate": "duty_cycle_hz",
+    "flops": "flops_ratio",
+    "flops_ratio": "flops_ratio",
 }
 
 
@@ -326,7 +350,9 @@ def _num(field: str, text: str) -> float:
     else:  # flops_ratio
         scale = {"": 1, "%": 0.01}
     if unit not in scale:
-        raise UserError(f"budget {field}={text!r}: unknown unit {unit!r} (use one of {sorted(k for k in scale if k)}).")
+        raise UserError(
+            f"budget {field}={text!r}: unknown unit {unit!r} (use one of {sorted(k for k in scale if k)})."
+        )
     return value * scale[unit]
 
 

@@ -63,7 +63,10 @@ def run(argv: list[str] | None = None) -> int:
         fp32_acc = accuracy(spec.model, ds.x_test, ds.y_test)
         console.print(f"[bold]2/3[/] compile for profile [cyan]{profile.name}[/] ({profile.description})")
         art = compile_model(
-            spec, profile, budget=parse_budget(args.budget) or None, out_dir=args.out,
+            spec,
+            profile,
+            budget=parse_budget(args.budget) or None,
+            out_dir=args.out,
             progress=lambda s: console.print(f"    {s}", highlight=False),
         )
         console.print(f"    artifact {art.path}{'  (cache hit)' if art.cached else ''}")
@@ -82,28 +85,46 @@ def run(argv: list[str] | None = None) -> int:
         rows = []
         for variant, fmt, path in files:
             m = runner.run(
-                RunRequest(str(path), threads=1, min_count=50, min_duration_s=args.min_duration,
-                           accuracy_npz=str(acc_npz), label=variant)
+                RunRequest(
+                    str(path),
+                    threads=1,
+                    min_count=50,
+                    min_duration_s=args.min_duration,
+                    accuracy_npz=str(acc_npz),
+                    label=variant,
+                )
             )
             if not m.ok:
                 raise UserError(f"benchmark of {path.name} on {args.target} failed: {m.error}")
             rows.append(
                 {
-                    "file": path.name, "format": fmt, "variant": variant, "bytes": path.stat().st_size,
-                    "accuracy": m.accuracy, "p50_ms": m.stats.median_ms if m.stats else None,
+                    "file": path.name,
+                    "format": fmt,
+                    "variant": variant,
+                    "bytes": path.stat().st_size,
+                    "accuracy": m.accuracy,
+                    "p50_ms": m.stats.median_ms if m.stats else None,
                     "p99_ms": m.stats.p99_ms if m.stats else None,
                     "peak_rss_mb": (m.peak_rss_bytes or 0) / 1e6,
                     "energy_mj": m.energy.joules_per_inference * 1e3 if m.energy else None,
                     "energy_measured": bool(m.energy and m.energy.measured),
-                    "runtime": f"{m.runtime} {m.runtime_version}", "throttled": m.throttled,
+                    "runtime": f"{m.runtime} {m.runtime_version}",
+                    "throttled": m.throttled,
                 }
             )
     except UserError as e:
         Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         return e.exit_code
 
-    result = {"model": args.model, "profile": profile.name, "target": args.target, "fp32_acc": fp32_acc,
-              "artifact": str(art.path), "cached": art.cached, "rows": rows}
+    result = {
+        "model": args.model,
+        "profile": profile.name,
+        "target": args.target,
+        "fp32_acc": fp32_acc,
+        "artifact": str(art.path),
+        "cached": art.cached,
+        "rows": rows,
+    }
     if args.json:
         import json
 
@@ -113,14 +134,26 @@ def run(argv: list[str] | None = None) -> int:
     for col in ("file", "bytes", "accuracy", "p50 ms", "p99 ms", "peak RSS", "energy/inf", "runtime"):
         t.add_column(col)
     for r in rows:
-        e = "-" if r["energy_mj"] is None else f"{r['energy_mj']:.3f} mJ" + ("" if r["energy_measured"] else " (est.)")
+        e = (
+            "-"
+            if r["energy_mj"] is None
+            else f"{r['energy_mj']:.3f} mJ" + ("" if r["energy_measured"] else " (est.)")
+        )
         t.add_row(
-            r["file"], _fmt_bytes(r["bytes"]), f"{100 * r['accuracy']:.2f}%" if r["accuracy"] is not None else "-",
-            f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['peak_rss_mb']:.0f} MB", e, r["runtime"],
+            r["file"],
+            _fmt_bytes(r["bytes"]),
+            f"{100 * r['accuracy']:.2f}%" if r["accuracy"] is not None else "-",
+            f"{r['p50_ms']:.3f}",
+            f"{r['p99_ms']:.3f}",
+            f"{r['peak_rss_mb']:.0f} MB",
+            e,
+            r["runtime"],
         )
     console.print(t)
     console.print(f"fp32 accuracy in torch: {100 * fp32_acc:.2f}%   artifact: [bold]{art.path}[/]")
-    console.print("energy marked (est.) comes from the profile's power model: this machine exposes no power sensor.")
+    console.print(
+        "energy marked (est.) comes from the profile's power model: this machine exposes no power sensor."
+    )
     return 0
 
 

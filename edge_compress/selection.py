@@ -570,6 +570,7 @@ def _plans(
     calib: Any,
     notes: list[str],
     planner_options: dict[str, Any] | None = None,
+    constraints: list[Any] | None = None,
 ) -> list[tuple[str, Any]]:
     from edge_compress.plan import CompressionPlan
 
@@ -604,7 +605,7 @@ def _plans(
         return plans
     for a in alphas:
         try:
-            p = planner.plan(None, alpha=a)
+            p = planner.plan(None, alpha=a, extra_constraints=constraints or None)
         except Exception as e:  # noqa: BLE001
             notes.append(f"{zm.name}: plan(alpha={a:g}) failed ({type(e).__name__}: {str(e)[:120]}).")
             continue
@@ -628,11 +629,15 @@ def generate_candidates(
     calib_n: int = 256,
     notes: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    cost_model: CostModel | None = None,
+    budgets: dict[str, float] | None = None,
 ) -> list[Candidate]:
     """Every (model variant x plan) candidate with its simulated accuracy and kernels.
 
     ``use_project_exporter`` must match how candidates will be exported (see :func:`runner_measure`):
-    it decides which layers run in float.
+    it decides which layers run in float. With ``cost_model`` and ``budgets``, the mixed-precision
+    plans are allocated under the latency / energy budgets as that model predicts them (extra
+    constraints of the bit allocation), not only under the precision budgets.
     """
     from edge_compress.costmodel import kernels_of
     from edge_compress.costmodel_export import float_compute_layers, project_exporter_available
@@ -653,7 +658,12 @@ def generate_candidates(
             project = use_project_exporter and project_exporter_available()
             fc = float_compute_layers(v.graph) if project else set()
             mixed = alphas if (mixed_on_variants or not v.label) else ()
-            for tech, plan in _plans(v, zm, profile, mixed, calib, notes, planner_options):
+            cons: list[Any] = []
+            if cost_model is not None and budgets and mixed:
+                from edge_compress.costmodel import budget_constraints
+
+                cons, _ = budget_constraints(cost_model, v.graph, budgets, float_compute=fc)
+            for tech, plan in _plans(v, zm, profile, mixed, calib, notes, planner_options, cons):
                 if plan is None:
                     acc = zm.evaluate(v.model)
                 else:

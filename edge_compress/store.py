@@ -10,7 +10,7 @@ SIGKILL included - loses no completed cell, and never leaves half a cell behind.
 Append-only: measurements, samples and verdicts are only ever inserted. A run row is updated
 when it finishes or is accepted as a baseline.
 
-Schema (version 2)::
+Schema (version 3)::
 
     schema_version(version, description, applied)
     runs(id, suite, suite_digest, started, finished, revision, status, accepted, exit_code, host,
@@ -26,6 +26,13 @@ Schema (version 2)::
     samples(measurement_id, idx, latency_ms, throttled)          -- raw samples, bulk inserted
     verdicts(id, run_id, cell_key, measurement_id, verdict, evidence, baseline_run_id,
          baseline_measurement_id, detail_json, created)           -- unique (run_id, cell_key)
+    costmodel_observations(id, target, profile, runtime, threads, obs_key, measurement_id, run_id,
+         label, source, latency_ms, observation_json, created)     -- unique (target, obs_key)
+    costmodel_fits(id, target, profile, runtime, threads, run_id, source, observations, rel_error,
+         cv_within10_pct, document_json, created)                 -- the latest per target is current
+
+Cost models (:mod:`edge_compress.costmodel_store`): a target's observations (measured models with
+their fused kernels) and every refit of its coefficients; both only ever inserted.
 """
 
 from __future__ import annotations
@@ -182,6 +189,40 @@ verdicts = Table(
     Column("baseline_run_id", Integer),
     Column("baseline_measurement_id", Integer),
     Column("detail_json", Text),
+    Column("created", DateTime, nullable=False),
+)
+
+costmodel_observations = Table(
+    "costmodel_observations",
+    md,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("target", String(200), nullable=False),
+    Column("profile", String(100)),
+    Column("runtime", String(50)),
+    Column("threads", Integer),
+    Column("obs_key", String(64), nullable=False),
+    Column("measurement_id", Integer, ForeignKey("measurements.id")),
+    Column("run_id", Integer, ForeignKey("runs.id")),
+    Column("label", String(500)),
+    Column("source", String(200)),
+    Column("latency_ms", Float),
+    Column("observation_json", Text, nullable=False),
+    Column("created", DateTime, nullable=False),
+)
+costmodel_fits = Table(
+    "costmodel_fits",
+    md,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("target", String(200), nullable=False),
+    Column("profile", String(100)),
+    Column("runtime", String(50)),
+    Column("threads", Integer),
+    Column("run_id", Integer, ForeignKey("runs.id")),
+    Column("source", String(200)),
+    Column("observations", Integer),
+    Column("rel_error", Float),
+    Column("cv_within10_pct", Float),
+    Column("document_json", Text, nullable=False),
     Column("created", DateTime, nullable=False),
 )
 
@@ -566,6 +607,155 @@ class ResultStore:
                 t.name: int(conn.execute(select(func.count()).select_from(t)).scalar() or 0)
                 for t in (runs, artifacts, targets, measurements, samples, verdicts)
             }
+
+    # -- cost models (edge_compress.costmodel_store) ---------------------------------------------
+
+    def add_costmodel_observations(
+        self,
+        target: str,
+        observations: list[dict[str, Any]],
+        *,
+        profile: str | None = None,
+        runtime: str | None = None,
+        threads: int | None = None,
+        run_id: int | None = None,
+    ) -> int:
+        """Insert the observations the store does not hold yet (by ``obs_key``, else a hash of the
+        observation); returns how many were new. ``measurement_id`` in an observation links it."""
+        rows = []
+        for o in observations:
+            key = str(o.get("obs_key") or observation_key(o))
+            rows.append(
+                {
+                    "target": target,
+                    "profile": profile,
+                    "runtime": runtime,
+                    "threads": threads,
+                    "obs_key": key,
+                    "measurement_id": o.get("measurement_id"),
+                    "run_id": o.get("run_id", run_id),
+                    "label": str(o.get("label") or "")[:500],
+                    "source": str(o.get("source") or "")[:200],
+                    "latency_ms": o.get("latency_ms"),
+                    "observation_json": json.dumps({**o, "obs_key": key}, sort_keys=True, default=str),
+                    "created": now(),
+                }
+            )
+        if not rows:
+            return 0
+        with self.engine.begin() as conn:
+            known = set(
+                conn.execute(
+                    select(costmodel_observations.c.obs_key).where(
+                        costmodel_observations.c.target == target,
+                        costmodel_observations.c.obs_key.in_([r["obs_key"] for r in rows]),
+                    )
+                ).scalars()
+            )
+            new, seen = [], set(known)
+            for r in rows:
+                if r["obs_key"] not in seen:
+                    seen.add(r["obs_key"])
+                    new.append(r)
+            if new:
+                conn.execute(insert(costmodel_observations), new)
+        return len(new)
+
+    def costmodel_observations(self, target: str) -> list[dict[str, Any]]:
+        """Every stored observation of ``target``'s cost model, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(costmodel_observations.c.observation_json)
+                .where(costmodel_observations.c.target == target)
+                .order_by(costmodel_observations.c.id)
+            ).scalars()
+            return [json.loads(r) for r in rows]
+
+    def costmodel_measurement_ids(self, target: str) -> set[int]:
+        """Measurements already observed by ``target``'s cost model."""
+        with self.engine.connect() as conn:
+            return {
+                int(m)
+                for m in conn.execute(
+                    select(costmodel_observations.c.measurement_id).where(
+                        costmodel_observations.c.target == target,
+                        costmodel_observations.c.measurement_id.is_not(None),
+                    )
+                ).scalars()
+            }
+
+    def put_costmodel(
+        self, target: str, document: dict[str, Any], *, run_id: int | None = None, source: str | None = None
+    ) -> int:
+        """Record a (re)fit of ``target``'s cost model: its observations (those not stored yet) and
+        the document without them as the target's current model. Returns the fit row id."""
+        obs = list(document.get("observations") or [])
+        doc = {k: v for k, v in document.items() if k != "observations"}
+        info = doc.get("fit_info") or {}
+        self.add_costmodel_observations(
+            target,
+            obs,
+            profile=doc.get("profile"),
+            runtime=doc.get("runtime"),
+            threads=doc.get("threads"),
+            run_id=run_id,
+        )
+        with self.engine.begin() as conn:
+            n = conn.execute(
+                select(func.count())
+                .select_from(costmodel_observations)
+                .where(costmodel_observations.c.target == target)
+            ).scalar()
+            return int(
+                conn.execute(
+                    insert(costmodel_fits).values(
+                        target=target,
+                        profile=doc.get("profile"),
+                        runtime=doc.get("runtime"),
+                        threads=doc.get("threads"),
+                        run_id=run_id,
+                        source=(source or "")[:200] or None,
+                        observations=int(n or 0),
+                        rel_error=doc.get("rel_error"),
+                        cv_within10_pct=info.get("cv_within10_pct"),
+                        document_json=json.dumps(doc, sort_keys=True, default=str),
+                        created=now(),
+                    )
+                ).inserted_primary_key[0]
+            )
+
+    def get_costmodel(self, target: str, *, with_observations: bool = True) -> dict[str, Any] | None:
+        """The current cost-model document of ``target`` (its latest fit), with every stored
+        observation unless ``with_observations`` is False; None when none was stored."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(costmodel_fits.c.document_json)
+                .where(costmodel_fits.c.target == target)
+                .order_by(costmodel_fits.c.id.desc())
+                .limit(1)
+            ).scalar()
+        if row is None:
+            return None
+        doc = json.loads(row)
+        doc["observations"] = self.costmodel_observations(target) if with_observations else []
+        return doc
+
+    def costmodel_fits(self, target: str | None = None) -> list[dict[str, Any]]:
+        """The fit history (without documents), oldest first; all targets when ``target`` is None."""
+        cols = [c for c in costmodel_fits.c if c.name != "document_json"]
+        q = select(*cols).order_by(costmodel_fits.c.id)
+        if target is not None:
+            q = q.where(costmodel_fits.c.target == target)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def observation_key(o: dict[str, Any]) -> str:
+    """A content key of a cost-model observation (what makes it the same one when stored twice)."""
+    import hashlib
+
+    body = {k: v for k, v in o.items() if k not in ("obs_key", "run_id")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@
 # Needs root (debootstrap, chroot, binfmt registration). Environment:
 #   EMULATED_PI_CACHE   cache directory (default above)
 #   EMULATED_PI_SUITE   Debian suite (default bookworm)
+#   EMULATED_PI_MIRROR  Debian mirror with arm64 packages (default: the one in this machine's apt sources)
 #   EMULATED_PI_CPU     QEMU_CPU for the target's processes (default cortex-a72, the Pi 4 core)
 #   EMULATED_PI_NO_SETUP=1  skip provisioning (the runtimes) after start
 #   EDGE_COMPRESS_INVENTORY inventory file to write the target into (default ~/.config/edge-compress/inventory.yaml)
@@ -56,18 +57,39 @@ register_binfmt() {
     log "registering the qemu aarch64 binfmt handler"
     # the .conf line is exactly the register format: :name:type:offset:magic:mask:interpreter:flags
     grep -v '^#' "$conf" | head -n1 > /proc/sys/fs/binfmt_misc/register
+  elif ! grep -qx enabled /proc/sys/fs/binfmt_misc/qemu-aarch64; then
+    log "enabling the qemu aarch64 binfmt handler"
+    echo 1 > /proc/sys/fs/binfmt_misc/qemu-aarch64
   fi
 }
 
 debian_mirror() {
-  # The mirror this machine's apt already uses (deb822 or one-line format).
-  local uri
-  uri="$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v security | head -n1 | awk '{print $2}')"
+  # EMULATED_PI_MIRROR, else the mirror this machine's apt already uses (deb822 or one-line format).
+  local uri="${EMULATED_PI_MIRROR:-}"
   if [ -z "$uri" ]; then
-    uri="$(grep -hE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | grep -v security | head -n1 | awk '{print $2}')"
+    uri="$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v security | head -n1 | awk '{print $2}')"
   fi
-  [ -n "$uri" ] || die "no Debian mirror found in /etc/apt sources; configure apt first."
+  if [ -z "$uri" ]; then
+    uri="$(grep -hE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | grep -v security \
+      | sed -E 's/\[[^]]*\]//' | head -n1 | awk '{print $2}')"
+  fi
+  [ -n "$uri" ] || die "no Debian mirror found in /etc/apt sources; configure apt or set EMULATED_PI_MIRROR."
   printf '%s' "$uri"
+}
+
+# Unmount everything mounted below a directory (deepest first), e.g. what an interrupted debootstrap
+# or an unclean stop left behind, so that removing the directory cannot reach the host's /proc or /dev.
+umount_below() {
+  local dir; dir="$(readlink -f "$1")"
+  awk -v d="$dir/" 'index($2 "/", d) == 1 { print $2 }' /proc/mounts | sort -r | while read -r m; do
+    umount -l "$m" 2>/dev/null || true
+  done
+}
+
+remove_tree() {
+  [ -e "$1" ] || return 0
+  umount_below "$1"
+  rm -rf --one-file-system "$1"
 }
 
 build_rootfs() {
@@ -76,15 +98,17 @@ build_rootfs() {
   fi
   local mirror; mirror="$(debian_mirror)"
   log "building an arm64 Debian $SUITE root file system in $ROOT (about 5 minutes, once)"
-  rm -rf "$ROOT.tmp"
+  remove_tree "$ROOT.tmp"
   mkdir -p "$CACHE"
   debootstrap --arch=arm64 --variant=minbase \
     --include=python3,python3-venv,python3-pip,openssh-server,ca-certificates,procps \
     "$SUITE" "$ROOT.tmp" "$mirror" >"$CACHE/debootstrap.log" 2>&1 \
     || { tail -n 5 "$CACHE/debootstrap.log" >&2; die "debootstrap failed (log: $CACHE/debootstrap.log)."; }
   touch "$ROOT.tmp/.edge-compress-complete"
-  rm -rf "$ROOT"
+  stop_sshd
+  remove_tree "$ROOT"
   mv "$ROOT.tmp" "$ROOT"
+  rm -f "$CACHE/python"  # a new root file system has no runtimes yet
 }
 
 mount_fs() {
@@ -109,22 +133,45 @@ umount_fs() {
 
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
+# True when the recorded pid is alive and is our sshd (rooted in $ROOT): a stale pid file whose
+# number now belongs to another process does not count.
 is_running() {
-  [ -f "$CACHE/sshd.pid" ] && kill -0 "$(cat "$CACHE/sshd.pid")" 2>/dev/null
+  local pid
+  pid="$(cat "$CACHE/sshd.pid" 2>/dev/null)" || return 1
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  [ "$(readlink "/proc/$pid/root" 2>/dev/null)" = "$(readlink -f "$ROOT")" ]
 }
 
-start_sshd() {
-  mkdir -p "$CACHE/keys" "$ROOT/root/.ssh" "$ROOT/run/sshd"
-  [ -f "$CACHE/keys/host_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -f "$CACHE/keys/host_ed25519" -C emulated-pi-host
-  [ -f "$CACHE/keys/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -f "$CACHE/keys/id_ed25519" -C edge-compress
-  install -m 600 "$CACHE/keys/host_ed25519" "$ROOT/etc/ssh/ec_host_ed25519"
-  install -m 644 "$CACHE/keys/host_ed25519.pub" "$ROOT/etc/ssh/ec_host_ed25519.pub"
-  install -m 600 "$CACHE/keys/id_ed25519.pub" "$ROOT/root/.ssh/authorized_keys"
-  chmod 700 "$ROOT/root/.ssh"
-  local port; port="$(free_port)"
+answers_ssh() {
+  "$PY" - "$1" <<'PYEOF' 2>/dev/null
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+s.settimeout(20)
+sys.exit(0 if s.recv(64).startswith(b"SSH-") else 1)
+PYEOF
+}
+
+# Stop our sshd and every process left in the root file system (sessions, agents).
+stop_sshd() {
+  if is_running; then
+    local pid; pid="$(cat "$CACHE/sshd.pid")"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  if [ -d "$ROOT" ]; then
+    local root p; root="$(readlink -f "$ROOT")"
+    for p in /proc/[0-9]*; do
+      [ "$(readlink "$p/root" 2>/dev/null)" = "$root" ] && kill -9 "${p#/proc/}" 2>/dev/null || true
+    done
+  fi
+  rm -f "$CACHE/sshd.pid"
+}
+
+write_sshd_config() {
   cat > "$ROOT/etc/ssh/ec_sshd_config" <<CONF
 ListenAddress 127.0.0.1
-Port $port
+Port $1
 HostKey /etc/ssh/ec_host_ed25519
 PidFile /run/sshd-ec.pid
 PermitRootLogin prohibit-password
@@ -135,24 +182,45 @@ StrictModes no
 Subsystem sftp internal-sftp
 SetEnv QEMU_CPU=$QCPU
 CONF
-  log "starting the emulated Pi's sshd on 127.0.0.1:$port"
-  QEMU_CPU="$QCPU" setsid chroot "$ROOT" /usr/sbin/sshd -D -e -f /etc/ssh/ec_sshd_config \
-    >"$CACHE/sshd.log" 2>&1 < /dev/null &
-  echo $! > "$CACHE/sshd.pid"
-  echo "$port" > "$CACHE/port"
-  printf '[127.0.0.1]:%s %s\n' "$port" "$(cut -d' ' -f1,2 "$CACHE/keys/host_ed25519.pub")" > "$CACHE/known_hosts"
-  for _ in $(seq 1 120); do
-    if "$PY" - "$port" <<'PYEOF' 2>/dev/null
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2)
-banner = s.recv(64)
-sys.exit(0 if banner.startswith(b"SSH-") else 1)
-PYEOF
-    then return 0; fi
-    is_running || { tail -n 5 "$CACHE/sshd.log" >&2; die "the emulated Pi's sshd exited (log: $CACHE/sshd.log)."; }
-    sleep 1
+}
+
+start_sshd() {
+  mkdir -p "$CACHE/keys" "$ROOT/root/.ssh" "$ROOT/run/sshd"
+  [ -f "$CACHE/keys/host_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -f "$CACHE/keys/host_ed25519" -C emulated-pi-host
+  [ -f "$CACHE/keys/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -f "$CACHE/keys/id_ed25519" -C edge-compress
+  install -m 600 "$CACHE/keys/host_ed25519" "$ROOT/etc/ssh/ec_host_ed25519"
+  install -m 644 "$CACHE/keys/host_ed25519.pub" "$ROOT/etc/ssh/ec_host_ed25519.pub"
+  install -m 600 "$CACHE/keys/id_ed25519.pub" "$ROOT/root/.ssh/authorized_keys"
+  chmod 700 "$ROOT/root/.ssh"
+  local attempt port pid
+  for attempt in 1 2 3; do
+    # a port found free can be taken before sshd binds it: then try another one
+    port="$(free_port)"
+    write_sshd_config "$port"
+    log "starting the emulated Pi's sshd on 127.0.0.1:$port"
+    QEMU_CPU="$QCPU" setsid chroot "$ROOT" /usr/sbin/sshd -D -e -f /etc/ssh/ec_sshd_config \
+      >"$CACHE/sshd.log" 2>&1 < /dev/null &
+    pid=$!
+    echo "$pid" > "$CACHE/sshd.pid"
+    for _ in $(seq 1 120); do
+      if answers_ssh "$port"; then
+        echo "$port" > "$CACHE/port"
+        printf '[127.0.0.1]:%s %s\n' "$port" "$(cut -d' ' -f1,2 "$CACHE/keys/host_ed25519.pub")" > "$CACHE/known_hosts"
+        return 0
+      fi
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      stop_sshd
+      die "the emulated Pi's sshd did not answer on port $port within 120 s (log: $CACHE/sshd.log)."
+    fi
+    rm -f "$CACHE/sshd.pid"
+    grep -q 'Address already in use' "$CACHE/sshd.log" || break
+    log "port $port was taken before sshd could bind it (attempt $attempt)"
   done
-  die "the emulated Pi's sshd did not answer on port $port within 120 s (log: $CACHE/sshd.log)."
+  tail -n 5 "$CACHE/sshd.log" >&2
+  die "the emulated Pi's sshd exited (log: $CACHE/sshd.log)."
 }
 
 write_inventory() {
@@ -182,9 +250,16 @@ print(f"inventory: target {name!r} written to {path}")
 PYEOF
 }
 
+# The venv python recorded by the last provisioning, if it still exists in the root file system.
+provisioned() {
+  local py; py="$(cat "$CACHE/python" 2>/dev/null)" || return 1
+  case "$py" in "~/"*) py="/root/${py#\~/}" ;; esac
+  [ -x "$ROOT$py" ]
+}
+
 provision() {
   [ "${EMULATED_PI_NO_SETUP:-0}" = "1" ] && return
-  if [ -f "$CACHE/provisioned" ]; then
+  if provisioned; then
     return
   fi
   log "provisioning with 'edge-compress targets setup $TARGET_NAME' (numpy, onnxruntime, ai-edge-litert; about 2 minutes)"
@@ -199,7 +274,7 @@ py = r.get("python") or r.get("venv_python")
 if py:
     open(sys.argv[2], "w").write(py)
 PYEOF
-  touch "$CACHE/provisioned"
+  provisioned || die "provisioning reported no venv python inside the root file system (see $CACHE/setup.json)."
   write_inventory
 }
 
@@ -209,9 +284,10 @@ cmd_up() {
   register_binfmt
   build_rootfs
   mount_fs
-  if is_running; then
+  if is_running && answers_ssh "$(cat "$CACHE/port" 2>/dev/null || echo 0)"; then
     log "already running on port $(cat "$CACHE/port")"
   else
+    stop_sshd  # a stale pid file, or an sshd that no longer answers
     start_sshd
   fi
   write_inventory
@@ -220,17 +296,7 @@ cmd_up() {
 }
 
 cmd_down() {
-  if is_running; then
-    local pid; pid="$(cat "$CACHE/sshd.pid")"
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  # children of the chrooted sshd (sessions) may still run: end every process rooted in it
-  for p in /proc/[0-9]*; do
-    [ "$(readlink "$p/root" 2>/dev/null)" = "$ROOT" ] && kill -9 "${p#/proc/}" 2>/dev/null || true
-  done
-  rm -f "$CACHE/sshd.pid"
+  stop_sshd
   [ -d "$ROOT" ] && umount_fs
   log "emulated Pi stopped"
 }

@@ -64,3 +64,120 @@ def test_usage_errors_exit_2_with_one_line(args, needle, capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert rc == 2, err
     assert needle in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--prune", "flops=2"], r"in (0, 1]"),
+        (["--prune", "method=l1"], "needs a FLOPs budget"),
+        (["--flops", "0.5", "--prune", "flops=0.4"], "disagree"),
+        (["--factorize", "energy=0.9,params=0.5"], "exactly one of"),
+        (["--flops", "0.001", "--prune", "method=l1,finetune=0"], "ask for at least"),
+    ],
+)
+def test_prune_and_factorize_usage_errors(args, needle, capsys, tmp_path):
+    rc = main(["compile", "lenet5", "--profile", "host", *args, "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert needle in err and len(err.splitlines()) == 1, err
+
+
+def _uniform_plan(path, model) -> str:
+    from edge_compress.graph import extract_graph
+    from edge_compress.modelspec import resolve_model
+    from edge_compress.plan import CompressionPlan
+
+    spec = resolve_model("lenet5")
+    g = extract_graph(model if model is not None else spec.model, spec.example_input(2))
+    CompressionPlan.uniform(g, "lenet5", "host", 8, 8).save(path)
+    return str(path)
+
+
+def _compile(capsys, *args: str) -> dict:
+    assert main(["compile", "lenet5", "--format", "onnx", "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_compile_with_pruning_shrinks_the_file_and_records_it(tmp_path, capsys):
+    import yaml
+
+    from edge_compress.plan import CompressionPlan
+
+    plan = _uniform_plan(tmp_path / "plan.json", None)  # pruning keeps the layer names
+    out = str(tmp_path / "arts")
+    base = _compile(capsys, "--profile", "host", "--plan", plan, "--out", out)
+    # a user profile whose budget asks for half the FLOPs: compiling for it prunes
+    (tmp_path / "profiles").mkdir()
+    lean = {"extends": "host", "description": "host with a FLOPs budget", "budgets": {"flops_ratio": 0.5}}
+    (tmp_path / "profiles" / "lean.yaml").write_text(yaml.safe_dump(lean))
+    common = ["--profile", "lean", "--profiles-dir", str(tmp_path / "profiles"), "--plan", plan, "--out", out]
+    first = _compile(capsys, *common, "--prune", "method=l1,finetune=1")
+    m = first["manifest"]
+    assert first["cached"] is False and m["transforms"] == ["prune"] and first["id"] != base["id"]
+    pr = m["prune"]
+    assert pr["flops_budget"] == 0.5 and "lean budgets.flops_ratio" in pr["budget_source"]
+    assert pr["method"] == "l1" and pr["channel_multiple"] == 8 and pr["finetune_epochs"] == 1
+    assert 0.4 <= pr["flops"]["ratio"] <= 0.5 and pr["flops"]["after"] < pr["flops"]["before"]
+    assert pr["params"]["after"] < 0.8 * pr["params"]["before"]
+    assert pr["channels"]["c3"]["before"] == 16 and pr["channels"]["c3"]["after"] in (8, 16)
+    assert sum(c["after"] < c["before"] for c in pr["channels"].values()) >= 1
+    acc = pr["accuracy"]
+    assert acc["original"] == m["accuracy"]["fp32"] and acc["after_finetune"] == m["accuracy"]["transformed"]
+    assert acc["after_finetune"] > 0.9
+    # the exported file is really smaller, and parity ran on the pruned + quantized model
+    name = "lenet5.qdq.onnx"
+    assert m["files"][name]["bytes"] < 0.8 * base["manifest"]["files"][name]["bytes"]
+    assert m["parity"][name]["agreement"] >= 0.99 and m["parity"][name]["passed"]
+    assert abs(m["accuracy"]["runtime"][name] - m["accuracy"]["transformed"]) < 0.03
+    # plan.json records the kept channels (indices of the original layer's channels)
+    saved = CompressionPlan.load(f"{first['artifact']}/plan.json")
+    assert saved.transforms["prune"]["kept"] == pr["kept"]
+    for layer, kept in pr["kept"].items():
+        assert saved.layers[layer].keep_channels == kept and len(kept) == pr["channels"][layer]["after"]
+    # the same request through --flops is a cache hit; a different budget is a different artifact
+    again = _compile(capsys, *common, "--flops", "0.5", "--prune", "method=l1,finetune=1")
+    assert again["cached"] is True and again["id"] == first["id"]
+    other = _compile(capsys, *common, "--prune", "flops=0.75,method=l1,finetune=1")
+    assert other["id"] != first["id"] and other["manifest"]["prune"]["flops"]["ratio"] > pr["flops"]["ratio"]
+    assert main(["inspect", first["artifact"]]) == 0
+    shown = capsys.readouterr().out
+    assert "pruning (l1, FLOPs budget 0.5)" in shown and "not pruned: out" in shown
+    # the recorded plan needs the same pruning; existing model files cannot be pruned
+    assert main(["compile", "lenet5", "--profile", "host", "--plan", f"{first['artifact']}/plan.json"]) == 2
+    assert "the plan records prune" in capsys.readouterr().err
+    onnx_file = f"{first['artifact']}/{name}"
+    assert main(["compile", onnx_file, "--data", "digits", "--profile", "host", "--prune", "flops=0.5"]) == 2
+    assert "existing .onnx file" in capsys.readouterr().err
+
+
+def test_compile_with_factorization_shrinks_the_file_and_records_ranks(tmp_path, capsys):
+    from edge_compress.factorize import factorize_model, ranks_by_energy
+    from edge_compress.graph import extract_graph
+    from edge_compress.modelspec import resolve_model
+    from edge_compress.plan import CompressionPlan
+
+    spec = resolve_model("lenet5")
+    g = extract_graph(spec.model, spec.example_input(2))
+    ranks = ranks_by_energy(spec.model, g, 0.9)
+    base_plan = _uniform_plan(tmp_path / "base.json", None)
+    plan = _uniform_plan(tmp_path / "plan.json", factorize_model(spec.model, g, ranks))  # the new layer names
+    out = str(tmp_path / "arts")
+    base = _compile(capsys, "--profile", "host", "--plan", base_plan, "--out", out)
+    res = _compile(
+        capsys, "--profile", "host", "--plan", plan, "--out", out, "--factorize", "energy=0.9,finetune=1"
+    )
+    m = res["manifest"]
+    assert m["transforms"] == ["factorize"]
+    fa = m["factorize"]
+    assert {n: d["rank"] for n, d in fa["layers"].items()} == {n: r for n, (r, _) in ranks.items()}
+    name = "lenet5.qdq.onnx"
+    quantized = set(m["layers"][name])
+    for layer, d in fa["layers"].items():
+        assert d["rank"] < d["full_rank"] and set(d["into"]) <= quantized and layer not in quantized
+    assert fa["params"]["ratio"] < 0.8 and fa["accuracy"]["after_finetune"] > 0.9
+    assert m["files"][name]["bytes"] < 0.85 * base["manifest"]["files"][name]["bytes"]
+    assert m["parity"][name]["agreement"] >= 0.99
+    saved = CompressionPlan.load(f"{res['artifact']}/plan.json")
+    assert saved.transforms["factorize"]["layers"].keys() == fa["layers"].keys()
+    assert all(d.keep_channels is None for d in saved.layers.values())

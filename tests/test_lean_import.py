@@ -6,7 +6,17 @@ import json
 import subprocess
 import sys
 
-HEAVY = ["torch", "tensorflow", "paramiko", "onnxruntime", "onnx", "ai_edge_litert", "litert_torch", "jax", "scipy"]
+HEAVY = [
+    "torch",
+    "tensorflow",
+    "paramiko",
+    "onnxruntime",
+    "onnx",
+    "ai_edge_litert",
+    "litert_torch",
+    "jax",
+    "scipy",
+]
 
 
 def _loaded_after(stmt: str) -> set[str]:
@@ -32,9 +42,7 @@ def test_cli_help_does_not_import_torch():
         "import sys, json\n"
         "from edge_compress.cli import main\n"
         "rc = main(['profiles', 'list', '--json'])\n"
-        "print('\\n' + json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-        + repr(HEAVY)
-        + ")))"
+        "print('\\n' + json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in " + repr(HEAVY) + ")))"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert json.loads(out.strip().splitlines()[-1]) == []

@@ -46,7 +46,9 @@ def test_profile_semantics():
 
 def test_profiles_are_frozen():
     p = load_profile("rpi4")
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
         p.name = "x"  # type: ignore[misc]
 
 
@@ -57,7 +59,11 @@ def _write(d: Path, name: str, data: dict) -> Path:
 
 
 def test_extends_and_override(tmp_path):
-    _write(tmp_path, "my-pi", {"extends": "rpi4", "description": "lab Pi with a tight budget", "budgets": {"latency_p99_ms": 7}})
+    _write(
+        tmp_path,
+        "my-pi",
+        {"extends": "rpi4", "description": "lab Pi with a tight budget", "budgets": {"latency_p99_ms": 7}},
+    )
     p = load_profile("my-pi", [tmp_path])
     assert p.budgets.latency_p99_ms == 7
     assert p.budgets.peak_memory_mb == load_profile("rpi4").budgets.peak_memory_mb  # inherited
@@ -121,8 +127,12 @@ def test_extends_cycle(tmp_path):
 def test_parse_budget_units():
     b = parse_budget("bytes=200KB, latency_p99=15ms, energy=5mJ, power=2W@10Hz, memory=1GB")
     assert b == {
-        "model_bytes": 200_000, "latency_p99_ms": 15.0, "energy_per_inference_mj": 5.0,
-        "avg_power_w": 2.0, "duty_cycle_hz": 10.0, "peak_memory_mb": 1000.0,
+        "model_bytes": 200_000,
+        "latency_p99_ms": 15.0,
+        "energy_per_inference_mj": 5.0,
+        "avg_power_w": 2.0,
+        "duty_cycle_hz": 10.0,
+        "peak_memory_mb": 1000.0,
     }
     assert parse_budget("latency=0.5s")["latency_p99_ms"] == 500.0
     assert parse_budget("bytes=1MiB")["model_bytes"] == 1024 * 1024

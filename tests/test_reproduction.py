@@ -94,7 +94,21 @@ def test_claim3_inception_sensitivity_and_allocation(quick):
     assert {"inc1.b3_reduce", "inc1.b5_reduce", "inc2.b3_reduce", "inc2.b5_reduce", "inc2.b5", "fc"} <= set(
         layers
     )
-    assert c["bottlenecks_tolerate_int4"]  # the seed's first half, measured
+
+    # the seed's first half (1x1 bottlenecks tolerate int4) is a measurement, not an assumption: with
+    # 540 held-out digits it holds or not depending on the run; check the decision follows the rule
+    # (int8 needed when int4 loses > 1 pp and > 2 paired s.e.) and that the verdict reports it
+    def tolerant(r):
+        return not (r["agree_drop_pp"] > 1.0 and r["agree_drop_pp"] > 2 * r["agree_drop_se_pp"])
+
+    bottlenecks = [r for r in c["per_layer"] if r["role"] == "1x1 bottleneck"]
+    assert len(bottlenecks) == 4
+    assert c["bottlenecks_tolerate_int4"] == all(tolerant(r) for r in bottlenecks)
+    assert c["spatial_needing_int8"] == [
+        r["layer"] for r in c["per_layer"] if r["role"] == "spatial 3x3/5x5" and not tolerant(r)
+    ]
+    if not c["bottlenecks_tolerate_int4"] or c["spatial_needing_int8"] != c["spatial_layers"]:
+        assert quick[0]["claims"]["3"]["verdict"] != "holds"
     assert "fc" in c["measured_sensitivity_order"][:3]
     rule = c["comparisons"][0]
     for name, p in rule["plans"].items():

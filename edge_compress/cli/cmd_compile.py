@@ -1,4 +1,5 @@
-"""`edge-compress compile MODEL --profile NAME`: plan, quantize, export, check parity, write an artifact."""
+"""`edge-compress compile MODEL --profile NAME`: prune / factorize, plan, quantize, export, check parity,
+write an artifact."""
 
 from __future__ import annotations
 
@@ -58,18 +59,42 @@ def compile_cmd(
     profiles_dir: list[Path] = typer.Option(
         None, "--profiles-dir", help="Extra profile directory (repeatable)."
     ),
+    prune: str | None = typer.Option(
+        None,
+        "--prune",
+        help="Structured pruning before quantization: flops=0.5[,method=group_lasso|l1][,finetune=3]"
+        "[,channel_multiple=8]; 'none' ignores the profile's FLOPs budget.",
+    ),
+    flops: float | None = typer.Option(
+        None,
+        "--flops",
+        help="FLOPs budget for pruning, a ratio of the original MACs (same as --prune flops=).",
+    ),
+    factorize: str | None = typer.Option(
+        None,
+        "--factorize",
+        help="Low-rank factorization before quantization: energy=0.95 | params=0.6 | flops=0.7"
+        "[,how=auto|spatial|channel][,finetune=2].",
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
     """Compress MODEL for a device profile and export runnable files checked in their runtimes."""
     from edge_compress.compiler import compile_model
+    from edge_compress.factorize.config import parse_factorize
     from edge_compress.modelspec import resolve_model
     from edge_compress.plan import CompressionPlan
     from edge_compress.profiles import load_profile, parse_budget
+    from edge_compress.prune.config import parse_prune
 
     prof = load_profile(profile, profiles_dir)
     bud = parse_budget(budget) if budget else None
     formats = tuple(f.strip().lower() for f in fmt.split(",") if f.strip())
     plan = CompressionPlan.load(plan_path) if plan_path is not None else None
+    transforms = {
+        k: v
+        for k, v in (("prune", parse_prune(prune, flops)), ("factorize", parse_factorize(factorize)))
+        if v
+    }
     if json_out:
         spec = resolve_model(model, weights=str(weights) if weights else None, data=data)
         art = compile_model(
@@ -85,6 +110,7 @@ def compile_cmd(
             force=force,
             plan=plan,
             keep_float=keep_float or None,
+            transforms=transforms,
         )
         emit_json(
             {
@@ -111,6 +137,7 @@ def compile_cmd(
             force=force,
             plan=plan,
             keep_float=keep_float or None,
+            transforms=transforms,
             progress=lambda stage: status.update(f"{spec.name}: {stage}"),
         )
     print_summary(art.manifest, art.path, cached=art.cached)
@@ -149,6 +176,7 @@ def print_summary(m: dict[str, Any], path: Path, *, cached: bool = False, layers
                 cells.append(cell)
             t.add_row(name, d.get("kind", ""), planned, *cells)
         console.print(t)
+    _print_transforms(m)
     acc = m.get("accuracy", {})
     t = Table(title="files")
     for col in (
@@ -182,7 +210,9 @@ def print_summary(m: dict[str, Any], path: Path, *, cached: bool = False, layers
         )
     console.print(t)
     console.print(
-        f"accuracy: fp32 {_pct(acc.get('fp32'))}, predicted {_pct(acc.get('predicted'))}, "
+        f"accuracy: fp32 {_pct(acc.get('fp32'))}, "
+        + (f"pruned/factorized {_pct(acc['transformed'])}, " if "transformed" in acc else "")
+        + f"predicted {_pct(acc.get('predicted'))}, "
         f"simulated {_pct(acc.get('simulated'))}"
         + "".join(f", {k} {_pct(v)}" for k, v in (acc.get("runtime") or {}).items())
     )
@@ -203,3 +233,41 @@ def print_summary(m: dict[str, Any], path: Path, *, cached: bool = False, layers
         f"artifact: [bold]{path}[/]" + (" (cached: same request compiled before)" if cached else ""),
         highlight=False,
     )
+
+
+def _print_transforms(m: dict[str, Any]) -> None:
+    """What pruning and factorization did (manifest ``prune`` / ``factorize``)."""
+    pr = m.get("prune")
+    if pr:
+        t = Table(title=f"pruning ({pr.get('method')}, FLOPs budget {pr.get('flops_budget'):g})")
+        for col in ("layer", "channels before", "after"):
+            t.add_column(col)
+        for name, c in (pr.get("channels") or {}).items():
+            changed = c["after"] != c["before"]
+            t.add_row(name, str(c["before"]), f"[bold]{c['after']}[/]" if changed else str(c["after"]))
+        console.print(t)
+        fl, pa, acc = pr.get("flops", {}), pr.get("params", {}), pr.get("accuracy", {})
+        console.print(
+            f"pruned: FLOPs {fl.get('before'):,} -> {fl.get('after'):,} ({fl.get('ratio', 0):.3f}), "
+            f"params {pa.get('before'):,} -> {pa.get('after'):,} ({pa.get('ratio', 0):.3f}); accuracy "
+            f"{_pct(acc.get('original'))} -> {_pct(acc.get('before_finetune'))} pruned -> "
+            f"{_pct(acc.get('after_finetune'))} after {pr.get('finetune_epochs')} fine-tune epoch(s)",
+            highlight=False,
+        )
+        for k, v in (pr.get("skipped") or {}).items():
+            console.print(f"  not pruned: {k}: {v}", highlight=False)
+    fa = m.get("factorize")
+    if fa:
+        t = Table(title=f"factorization ({fa.get('mode')}={fa.get('value'):g})")
+        for col in ("layer", "how", "rank", "full rank", "into"):
+            t.add_column(col)
+        for name, d in (fa.get("layers") or {}).items():
+            t.add_row(name, d["how"], str(d["rank"]), str(d["full_rank"]), " + ".join(d["into"]))
+        console.print(t)
+        fl, pa, acc = fa.get("flops", {}), fa.get("params", {}), fa.get("accuracy", {})
+        console.print(
+            f"factorized: FLOPs ratio {fl.get('ratio', 1):.3f}, params ratio {pa.get('ratio', 1):.3f}; accuracy "
+            f"{_pct(acc.get('before_finetune'))} -> {_pct(acc.get('after_finetune'))} after "
+            f"{fa.get('finetune_epochs')} fine-tune epoch(s)",
+            highlight=False,
+        )

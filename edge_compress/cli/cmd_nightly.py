@@ -6,6 +6,8 @@ Exit codes: 0 clean, 1 regression (or budget violation with ``fail_on_budget_vio
 
 from __future__ import annotations
 
+import sys
+from contextlib import nullcontext, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,14 @@ def nightly(
     junit: Path | None = typer.Option(None, "--junit", help="Write JUnit XML here."),
     html_path: Path | None = typer.Option(None, "--html", help="Write the HTML report here."),
     artifacts_dir: Path | None = typer.Option(None, "--artifacts-dir", help="Where compiled artifacts go."),
+    cluster: str | None = typer.Option(
+        None,
+        "--cluster",
+        help="Run on the device lab: auto, ray://HOST:PORT or HOST:PORT (default: this host).",
+    ),
+    cluster_wait: float = typer.Option(
+        60.0, "--cluster-wait", help="Seconds to wait for the suite's devices to join the lab."
+    ),
     as_json: bool = JsonOpt,
 ) -> int:
     """Run a regression suite; exit 1 on a regression."""
@@ -35,20 +45,33 @@ def nightly(
     from edge_compress.store import ResultStore
     from edge_compress.suite import load_suite
 
-    suite = load_suite(suite_path, inventory=inventory)
-    with ResultStore(store_url) as store:
-        if as_json:
-            result = run_nightly(
-                suite,
-                store=store,
-                inventory=inventory,
-                resume=resume,
-                accept=accept,
-                artifacts_dir=artifacts_dir,
-            )
-        else:
-            result = _run_with_progress(suite, store, inventory, resume, accept, artifacts_dir)
-        write_outputs(store, result.run_id, suite.name, junit=junit, html_path=html_path)
+    executor, inv = None, inventory
+    # Ray prints cluster events (a node marked dead ...) on stdout: keep the JSON document alone there
+    quiet = redirect_stdout(sys.stderr) if cluster is not None and as_json else nullcontext()
+    with quiet:
+        if cluster is not None:
+            executor, inv = _lab_executor(cluster, cluster_wait, suite_path, inventory)
+        try:
+            suite = load_suite(suite_path, inventory=inv)
+            with ResultStore(store_url) as store:
+                if as_json:
+                    result = run_nightly(
+                        suite,
+                        store=store,
+                        inventory=inv,
+                        resume=resume,
+                        accept=accept,
+                        artifacts_dir=artifacts_dir,
+                        executor=executor,
+                    )
+                else:
+                    result = _run_with_progress(suite, store, inv, resume, accept, artifacts_dir, executor)
+                write_outputs(store, result.run_id, suite.name, junit=junit, html_path=html_path)
+        finally:
+            if executor is not None:
+                executor.close()
+    for note in getattr(executor, "notes", []):
+        err_console.print(f"[yellow]lab:[/] {note}", highlight=False, soft_wrap=True)
     if as_json:
         emit_json(result.to_json())
     else:
@@ -71,8 +94,34 @@ def nightly(
     return 0
 
 
+def _lab_executor(cluster: str, wait_s: float, suite_path: Path, inventory: Path | None) -> tuple[Any, Any]:
+    """The Ray executor and the inventory the head sees: its own plus the lab nodes' devices."""
+    from edge_compress.executor import get_executor
+    from edge_compress.suite import load_suite
+    from runners.inventory import load_inventory
+
+    if wait_s < 0:
+        from edge_compress.errors import UserError
+
+        raise UserError(f"--cluster-wait {wait_s:g}: must be 0 or more seconds.")
+    draft = load_suite(suite_path, inventory=inventory, check_targets=False)
+    executor = get_executor(cluster, wait_for_targets_s=wait_s, label=draft.name)
+    try:
+        inv = executor.lab_inventory(load_inventory(inventory), wait_for=draft.targets)  # type: ignore[attr-defined]
+    except BaseException:
+        executor.close()  # type: ignore[attr-defined]
+        raise
+    return executor, inv
+
+
 def _run_with_progress(
-    suite: Any, store: Any, inventory: Any, resume: bool, accept: bool, artifacts_dir: Any
+    suite: Any,
+    store: Any,
+    inventory: Any,
+    resume: bool,
+    accept: bool,
+    artifacts_dir: Any,
+    executor: Any = None,
 ) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -126,6 +175,7 @@ def _run_with_progress(
             resume=resume,
             accept=accept,
             artifacts_dir=artifacts_dir,
+            executor=executor,
             progress=progress,
         )
 

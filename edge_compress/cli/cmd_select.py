@@ -62,6 +62,12 @@ def select_cmd(
         1.0, "--min-duration", min=0.05, help="seconds of timed runs per measurement"
     ),
     save: bool = typer.Option(True, "--save/--no-save", help="store the target's refined cost model"),
+    store_url: str | None = typer.Option(
+        None,
+        "--store",
+        help="result store holding the targets' cost models (default: $EDGE_COMPRESS_STORE or "
+        "./edge-compress.sqlite when it exists)",
+    ),
     alphas: str = typer.Option(
         "0.25,0.5,0.75",
         "--alphas",
@@ -74,7 +80,7 @@ def select_cmd(
     """Choose the most accurate candidate that meets every budget (measured with --target)."""
     import tempfile
 
-    from edge_compress.costmodel_store import load_costmodel, save_costmodel
+    from edge_compress.costmodel_store import load_costmodel, open_store, publish_to_store, save_costmodel
     from edge_compress.profiles import load_profile
     from edge_compress.selection import (
         generate_candidates,
@@ -88,6 +94,8 @@ def select_cmd(
     budgets = {**prof.budgets.active(), **parse_select_budget(budget)}
     notes: list[str] = []
     say = (lambda m: None) if as_json else (lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
+    store = open_store(store_url)
+    cm = load_costmodel(target, prof, store=store)
     cands = generate_candidates(
         models,
         prof,
@@ -96,8 +104,9 @@ def select_cmd(
         ranks=_ratios(ranks, "--ranks"),
         notes=notes,
         progress=say,
+        cost_model=cm,
+        budgets=budgets,
     )
-    cm = load_costmodel(target, prof)
     measure = None
     if target is not None:
         from runners.registry import get_runner
@@ -115,6 +124,11 @@ def select_cmd(
     if target is not None and save:
         path = save_costmodel(cm)
         res.notes.append(f"refined cost model saved to {path}")
+        if store is not None and res.measurements:
+            publish_to_store(cm, store, source="select")
+            res.notes.append(f"and to the result store {store.url}")
+    if store is not None:
+        store.close()
     if plot is not None:
         pareto_plot(res, plot)
     if as_json:

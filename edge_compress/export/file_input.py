@@ -371,6 +371,8 @@ def _compile_onnx(
             found = inspect_qdq(qm, list(bits))
             ref = oi.session(qm, optimize=False)  # the QDQ graph evaluated in float: the simulation
             sim_val, sim_test = oi.run(ref, ds.x_val, fb), oi.run(ref, ds.x_test, fb)
+            from edge_compress.compiler import default_int8_weights
+
             report = parity.measure(
                 out,
                 "onnx",
@@ -381,6 +383,7 @@ def _compile_onnx(
                 x_test=ds.x_test,
                 y_test=ds.y_test,
                 threshold=threshold,
+                exact_int8=default_int8_weights(profile) == "int8",
             )
             sim_acc = float(np.mean(sim_test.argmax(1) == ds.y_test))
             fp32_agree = float(np.mean(sim_val.argmax(1) == ref_val.argmax(1)))

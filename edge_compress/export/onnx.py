@@ -10,9 +10,10 @@ Pipeline (:func:`export_onnx`):
    plan's grid), then ``onnxruntime.quantization.quantize_static`` (QDQ, per channel) runs with
    ``TensorQuantOverrides`` carrying the simulation's exact numbers: per-channel weight scales
    (zero point 0; int4 as ``QInt4``), and for every layer input the ``ActQuant`` scale / zero point,
-   propagated back through ops that do not change the grid (MaxPool, Reshape, Flatten, Transpose)
-   and through Relu / Clip when the grid already clips like them. Layers planned float are
-   excluded (``nodes_to_exclude``).
+   propagated back through ops that do not change the grid (MaxPool, Reshape, Flatten, Transpose,
+   the inputs of a Concat) and through Relu / Clip when the grid already clips like them; past a
+   global average pool, its input gets the simulation's grid for it (``LayerQuant.pool_act``).
+   Layers planned float are excluded (``nodes_to_exclude``).
 3. Clean-up: the model output is left float (no Q/DQ on logits: the simulation does not quantize
    them), debug metadata and long intermediate names are dropped, int32 bias zero points of 0 are
    omitted. The result is re-read and checked (:func:`inspect_qdq`): weight dtype and scales per
@@ -61,6 +62,7 @@ INT7_REASON = (
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 _SAME_GRID = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity"}
+_MEAN_OPS = {"ReduceMean", "GlobalAveragePool"}  # what a global average pool becomes
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,12 +246,17 @@ def _clip_bounds(g: Any, node: Any) -> tuple[float, float] | None:
 
 
 def activation_chains(
-    g: Any, layers: dict[str, OnnxLayer], acts: dict[str, ActQuant]
+    g: Any,
+    layers: dict[str, OnnxLayer],
+    acts: dict[str, ActQuant],
+    pool_acts: dict[str, ActQuant] | None = None,
 ) -> tuple[dict[str, ActQuant], list[str]]:
     """Tensor -> the grid it must be quantized on so each layer input sees exactly its ActQuant.
 
-    Walks back from each layer's input through ops that keep the grid (MaxPool, Reshape ...) and
-    through Relu / Clip when the grid clips at least as much (the op's only consumer).
+    Walks back from each layer's input through ops that keep the grid (MaxPool, Reshape ...; all
+    inputs of a Concat, as TFLite does), through Relu / Clip when the grid clips at least as much
+    (the op's only consumer), and past a global average pool (ReduceMean, GlobalAveragePool) with
+    the layer's ``pool_acts`` grid for the pool's input (the simulation quantizes it).
     """
     producer = {o: n for n in g.node for o in n.output}
     consumers: dict[str, int] = {}
@@ -257,35 +264,41 @@ def activation_chains(
         for i in n.input:
             consumers[i] = consumers.get(i, 0) + 1
     nodes = {n.name: n for n in g.node}
+    constants = {i.name for i in g.initializer}
     assigned: dict[str, ActQuant] = {}
     notes: list[str] = []
     for layer, ref in layers.items():
-        aq = acts.get(layer)
-        if aq is None:
+        aq0 = acts.get(layer)
+        if aq0 is None:
             continue
-        t = nodes[ref.node].input[0]
-        lo_real = (aq.qmin - aq.zero_point) * aq.scale
-        hi_real = (aq.qmax - aq.zero_point) * aq.scale
-        while True:
+        todo: list[tuple[str, ActQuant, ActQuant | None]] = [
+            (nodes[ref.node].input[0], aq0, (pool_acts or {}).get(layer))
+        ]
+        while todo:
+            t, aq, pool_aq = todo.pop()
             prev = assigned.get(t)
-            if prev is not None and (prev.scale, prev.zero_point) != (aq.scale, aq.zero_point):
-                notes.append(
-                    f"tensor {t!r} feeds layers with different activation grids; the first one is used."
-                )
-                break
+            if prev is not None:
+                if (prev.scale, prev.zero_point) != (aq.scale, aq.zero_point):
+                    notes.append(
+                        f"tensor {t!r} feeds layers with different activation grids; the first one is used."
+                    )
+                continue
             assigned[t] = aq
             p = producer.get(t)
             if p is None:
-                break
-            if p.op_type in _SAME_GRID:
-                t = p.input[0]
                 continue
-            if consumers.get(p.input[0], 0) == 1 and p.op_type in ("Relu", "Clip"):
+            if p.op_type in _SAME_GRID:
+                todo.append((p.input[0], aq, pool_aq))
+            elif p.op_type == "Concat":
+                todo += [(i, aq, pool_aq) for i in reversed(p.input) if i and i not in constants]
+            elif p.op_type in _MEAN_OPS and pool_aq is not None:
+                todo.append((p.input[0], pool_aq, None))
+            elif consumers.get(p.input[0], 0) == 1 and p.op_type in ("Relu", "Clip"):
+                lo_real = (aq.qmin - aq.zero_point) * aq.scale
+                hi_real = (aq.qmax - aq.zero_point) * aq.scale
                 bounds = (0.0, np.inf) if p.op_type == "Relu" else _clip_bounds(g, p)
                 if bounds is not None and lo_real >= bounds[0] - 1e-12 and hi_real <= bounds[1] + 1e-6:
-                    t = p.input[0]
-                    continue
-            break
+                    todo.append((p.input[0], aq, pool_aq))
     return assigned, notes
 
 
@@ -425,7 +438,8 @@ def export_onnx(
                         f"onnxruntime has no {lq.act.bits}-bit activation type",
                     )
                 )
-    chains, chain_notes = activation_chains(g, layers, acts)
+    pool_acts = {n: spec[n].pool_act for n in acts if spec[n].pool_act is not None}
+    chains, chain_notes = activation_chains(g, layers, acts, pool_acts)  # type: ignore[arg-type]
     notes += chain_notes
     for t, aq in chains.items():
         overrides[t] = [_act_override(aq)]

@@ -20,8 +20,9 @@ Pipeline (:func:`export_tflite`):
    next to the model.
 5. ``calibrate`` on calibration data; then the calibrated ranges of every layer input (and of the
    tensors upstream of it that share its grid: MAX_POOL_2D, RESHAPE, TRANSPOSE, PAD, and conv
-   outputs with a fused ReLU) are replaced by the simulation's ``ActQuant`` range, so the int8
-   grids equal the simulation's uint8 grids shifted by 128.
+   outputs with a fused ReLU; and, past a global average pool's MEAN, the pool's input grid of
+   the simulation) are replaced by the simulation's ``ActQuant`` range, so the int8 grids equal
+   the simulation's uint8 grids shifted by 128.
 
 Variants: ``int8`` keeps a float32 input and output (QUANTIZE / DEQUANTIZE at the edges; the layer
 producing the output runs as a weight-only float op, so logits are not re-quantized), ``int8-full``
@@ -64,6 +65,9 @@ VARIANTS = ("int8", "int8-full")
 _WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 _INT4_OPS = ("CONV_2D", "FULLY_CONNECTED")  # static w4a8 in ai-edge-quantizer's policy
 _SAME_GRID = ("MAX_POOL_2D", "RESHAPE", "TRANSPOSE", "PAD", "SQUEEZE", "EXPAND_DIMS")
+# a global average pool (litert-torch lowers AdaptiveAvgPool to MEAN, which requantizes; ai-edge-quantizer
+# gives AVERAGE_POOL_2D its input grid, so a chain does not continue past it with another grid)
+_MEAN_OPS = ("MEAN",)
 _SIGNATURE = "serving_default"
 
 
@@ -388,23 +392,50 @@ def _act_range(aq: ActQuant) -> tuple[float, float]:
 
 
 def activation_chains(
-    model_t: Any, layers: dict[str, TflLayer], acts: dict[str, ActQuant]
+    model_t: Any,
+    layers: dict[str, TflLayer],
+    acts: dict[str, ActQuant],
+    pool_acts: dict[str, ActQuant] | None = None,
 ) -> dict[int, ActQuant]:
-    """Tensor index -> grid, walking back from each layer input through grid-preserving ops."""
+    """Tensor index -> grid, walking back from each layer input through grid-preserving ops.
+
+    The input and output of such an op share one grid in the file (XNNPACK refuses a MAX_POOL_2D
+    whose grids differ; RESHAPE copies integers as they are), so layers whose inputs meet on one
+    chain must have the same grid: the simulation shares their quantizer
+    (:func:`edge_compress.quant.fakequant.activation_points`). A chain that reaches a global
+    average pool (MEAN) continues from the pool's input with the layer's ``pool_acts`` grid.
+
+    Raises:
+        UserError: two layers need different grids on one tensor (the simulation did not group them).
+    """
     sg = model_t.subgraphs[0]
     producer = {o: op for op in sg.operators for o in op.outputs}
     out: dict[int, ActQuant] = {}
+    owner: dict[int, str] = {}
     for name, ref in layers.items():
         aq = acts.get(name)
         if aq is None:
             continue
+        pool_aq = (pool_acts or {}).get(name)
         t = ref.input
         while True:
             if t in out:
+                if out[t] != aq:
+                    raise UserError(
+                        f"layers {owner[t]!r} and {name!r} read one tensor through grid-keeping ops "
+                        f"({_tname(sg.tensors[t])[-60:]!r}) but have different activation grids in the "
+                        "simulation; a TFLite tensor has one grid."
+                    )
                 break
             out[t] = aq
+            owner[t] = name
             op = producer.get(t)
-            if op is None or _opname(model_t, op) not in _SAME_GRID:
+            if op is None:
+                break
+            kind = _opname(model_t, op)
+            if kind in _MEAN_OPS and pool_aq is not None:
+                aq, pool_aq = pool_aq, None  # the pool's input: its own grid, once per chain
+            elif kind not in _SAME_GRID:
                 break
             t = op.inputs[0]
     return out
@@ -488,7 +519,8 @@ def export_tflite(
         model_t.buffers[sg.tensors[ref.weight].buffer].data = np.frombuffer(arr.tobytes(), dtype=np.uint8)
     float_grid = write_tflite(model_t)
     acts = {n: spec[n].act for n in layers if bits[n][1] is not None and spec[n].act is not None}
-    chains = activation_chains(model_t, layers, acts)  # type: ignore[arg-type]
+    pool_acts = {n: spec[n].pool_act for n in acts if spec[n].pool_act is not None}
+    chains = activation_chains(model_t, layers, acts, pool_acts)  # type: ignore[arg-type]
     names = {k: _tname(t) for k, t in enumerate(sg.tensors)}
     xin = np.ascontiguousarray(calib_x, dtype=np.float32)
     input_shape = tuple(sg.tensors[sg.inputs[0]].shape)

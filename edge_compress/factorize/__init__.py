@@ -24,6 +24,8 @@ _EXPORTS = {
     "effective_rank": "rank",
     "ranks_by_energy": "rank",
     "ranks_by_budget": "rank",
+    "FactorizeConfig": "config",
+    "parse_factorize": "config",
 }
 
 __all__ = sorted(_EXPORTS)

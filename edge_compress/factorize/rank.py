@@ -29,7 +29,7 @@ from edge_compress.graph import LayerInfo, ModelGraph
 from edge_compress.plan import factorized_params
 
 
-def _eligible(li: LayerInfo, how: str | None) -> str | None:
+def eligible_how(li: LayerInfo, how: str | None) -> str | None:
     """The factorization to use for ``li`` or None when the layer cannot be factorized."""
     h = how if how and how != "auto" else default_how(li)
     if li.kind == "linear":
@@ -47,7 +47,7 @@ def spectrum(model: nn.Module, graph: ModelGraph, how: str = "auto") -> dict[str
     """Layer -> singular values (descending) of the matrix its factorization would decompose."""
     out = {}
     for li in graph.layers:
-        h = _eligible(li, how)
+        h = eligible_how(li, how)
         if h is not None:
             out[li.name] = singular_values(model.get_submodule(li.name), h)
     return out
@@ -82,7 +82,7 @@ def compressibility(s: np.ndarray) -> dict[str, float]:
     }
 
 
-def _cost(li: LayerInfo, rank: int | None, how: str, metric: str) -> float:
+def layer_cost(li: LayerInfo, rank: int | None, how: str, metric: str) -> float:
     if metric == "params":
         return float(li.weight_params if rank is None else factorized_params(li, rank, how))
     return float(li.macs if rank is None else factorized_macs(li, rank, how))
@@ -90,10 +90,10 @@ def _cost(li: LayerInfo, rank: int | None, how: str, metric: str) -> float:
 
 def breakeven_rank(li: LayerInfo, how: str, metric: str = "params") -> int:
     """Largest rank whose factorization is strictly cheaper than the layer (0 when none is)."""
-    base = _cost(li, None, how, metric)
+    base = layer_cost(li, None, how, metric)
     best = 0
     for r in range(1, full_rank(li, how) + 1):
-        if _cost(li, r, how, metric) < base:
+        if layer_cost(li, r, how, metric) < base:
             best = r
         else:
             break
@@ -108,11 +108,11 @@ def ranks_by_energy(
     for li in graph.layers:
         if layers is not None and li.name not in layers:
             continue
-        h = _eligible(li, how)
+        h = eligible_how(li, how)
         if h is None:
             continue
         r = energy_rank(singular_values(model.get_submodule(li.name), h), tau)
-        if _cost(li, r, h, "params") < li.weight_params and _cost(li, r, h, "macs") < li.macs:
+        if layer_cost(li, r, h, "params") < li.weight_params and layer_cost(li, r, h, "macs") < li.macs:
             out[li.name] = (r, h)
     return out
 
@@ -149,7 +149,7 @@ def ranks_by_budget(
     total = float(graph.total_weight_params if metric == "params" else graph.total_macs)
     states = []
     for li in graph.layers:
-        h = _eligible(li, how)
+        h = eligible_how(li, how)
         if h is None or (layers is not None and li.name not in layers):
             continue
         s = singular_values(model.get_submodule(li.name), h).astype(np.float64)
@@ -164,7 +164,7 @@ def ranks_by_budget(
             new = st.breakeven
             return (
                 float(st.energy[new:].sum()),
-                _cost(st.li, None, st.how, metric) - _cost(st.li, new, st.how, metric),
+                layer_cost(st.li, None, st.how, metric) - layer_cost(st.li, new, st.how, metric),
                 new,
             )
         if st.rank <= 1:
@@ -172,7 +172,7 @@ def ranks_by_budget(
         new = st.rank - 1
         return (
             float(st.energy[new]),
-            _cost(st.li, st.rank, st.how, metric) - _cost(st.li, new, st.how, metric),
+            layer_cost(st.li, st.rank, st.how, metric) - layer_cost(st.li, new, st.how, metric),
             new,
         )
 

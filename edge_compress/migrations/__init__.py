@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from edge_compress.migrations import m0001_initial, m0002_verdicts
+from edge_compress.migrations import m0001_initial, m0002_verdicts, m0003_costmodels
 
 Migration = tuple[int, str, Callable[[Any], None]]
 
 MIGRATIONS: list[Migration] = [
     (1, "runs, artifacts, targets, measurements, samples", m0001_initial.apply),
     (2, "verdicts; measurement kind/role/round; per-sample throttled flag", m0002_verdicts.apply),
+    (3, "per-target cost models: observations and fits", m0003_costmodels.apply),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -3,9 +3,11 @@
 ``keep`` maps a channel group (its id, or the name of any of its producers) to the channel
 indices it keeps. Producers lose output channels, consumers lose the matching input channels
 (at the group's concat offset, ``flatten_factor`` features per channel for a Linear after a
-Flatten), depthwise passthrough convs lose channels and ``groups``, batch norms are sliced, and
-the producers of a residual-tied group share one keep list. Groups that cannot be pruned are left
-untouched and reported by name with the reason.
+Flatten), depthwise passthrough convs lose channels and ``groups`` (``m`` output channels per
+group channel with a channel multiplier ``m``), batch norms are sliced (at the group's offset
+when they normalize a concatenation), and the producers of a residual-tied group share one keep
+list. Groups that cannot be pruned (grouped convolutions, untraceable layouts) are left untouched
+and reported by name with the reason.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 
 from edge_compress.errors import UserError
-from edge_compress.graph import ChannelGroup, ModelGraph, extract_graph
+from edge_compress.graph import ChannelGroup, ModelGraph, extract_graph, group_slices
 from edge_compress.prune.cost import FlopsModel, group_label, prunable_groups
 
 if TYPE_CHECKING:
@@ -124,7 +126,12 @@ def _new_conv(
         new = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
     else:
         cout = w.shape[0]
-        cin = cout if depthwise else w.shape[1] * m.groups
+        mult = max(1, m.out_channels // m.in_channels) if depthwise else 1  # channel multiplier
+        if depthwise and cout % mult:
+            raise ValueError(
+                f"depthwise conv keeps {cout} channels, not whole blocks of its multiplier {mult}"
+            )
+        cin = cout // mult if depthwise else w.shape[1] * m.groups
         new = type(m)(
             cin,
             cout,
@@ -132,7 +139,7 @@ def _new_conv(
             stride=m.stride,
             padding=m.padding,
             dilation=m.dilation,
-            groups=cout if depthwise else m.groups,
+            groups=cin if depthwise else m.groups,
             bias=b is not None,
             padding_mode=m.padding_mode,
         )
@@ -163,31 +170,28 @@ def _new_bn(m: nn.Module, idx: torch.Tensor) -> nn.Module:
     return new
 
 
-def _slices(graph: ModelGraph, groups: dict[int, ChannelGroup], keep: dict[int, np.ndarray]):
-    """Per layer: (kept output indices | None, kept input indices | None); per BN: kept indices."""
+def _slices(
+    model: nn.Module, graph: ModelGraph, groups: dict[int, ChannelGroup], keep: dict[int, np.ndarray]
+):
+    """Kept-entry masks: output channels of producers, depthwise passthroughs and batch norms
+    (``out_mask``), input features of consumers (``in_mask``)."""
     info = {li.name: li for li in graph.layers}
-    out_idx: dict[str, np.ndarray] = {}
+    out_mask: dict[str, np.ndarray] = {}
     in_mask: dict[str, np.ndarray] = {}
-    dw_mask: dict[str, np.ndarray] = {}
-    bn_idx: dict[str, np.ndarray] = {}
     for gid, kept in keep.items():
-        g = groups[gid]
-        dropped = np.setdiff1d(np.arange(g.channels), kept)
-        for p in g.producers:
-            out_idx[p] = kept
-        for bn in g.batchnorms:
-            bn_idx[bn] = kept
-        for c in g.consumers:
-            li = info[c.layer]
-            if c.layer in g.passthrough:
-                mask = dw_mask.setdefault(c.layer, np.ones(li.out_channels, bool))
-                mask[c.offset + dropped] = False
-                continue
-            mask = in_mask.setdefault(c.layer, np.ones(li.in_channels, bool))
-            for ch in dropped:
-                start = c.offset + int(ch) * c.flatten_factor
-                mask[start : start + c.flatten_factor] = False
-    return out_idx, in_mask, dw_mask, bn_idx
+        dropped = np.setdiff1d(np.arange(groups[gid].channels), kept)
+        for sl in group_slices(graph, groups[gid]):
+            if sl.role == "consumer":
+                mask = in_mask.setdefault(sl.layer, np.ones(info[sl.layer].in_channels, bool))
+            else:
+                n = (
+                    info[sl.layer].out_channels
+                    if sl.layer in info
+                    else int(_get(model, sl.layer).num_features)
+                )
+                mask = out_mask.setdefault(sl.layer, np.ones(n, bool))
+            mask[sl.positions(dropped)] = False
+    return out_mask, in_mask
 
 
 def mask_channels(model: nn.Module, graph: ModelGraph, drop: dict[int, list[int] | np.ndarray]) -> nn.Module:
@@ -203,12 +207,11 @@ def mask_channels(model: nn.Module, graph: ModelGraph, drop: dict[int, list[int]
             idx = np.asarray(list(idx), dtype=np.int64)
             if idx.size == 0:
                 continue
-            g = by_id[int(gid)]
-            t = torch.from_numpy(idx)
-            offsets = {c.layer: c.offset for c in g.consumers if c.layer in g.passthrough}
-            for name in list(g.producers) + list(g.passthrough) + list(g.batchnorms):
-                mod = _get(m, name)
-                tt = t + offsets.get(name, 0)
+            for sl in group_slices(graph, by_id[int(gid)]):
+                if sl.role == "consumer":
+                    continue
+                mod = _get(m, sl.layer)
+                tt = torch.from_numpy(sl.positions(idx))
                 if getattr(mod, "weight", None) is not None:
                     mod.weight[tt] = 0
                 if getattr(mod, "bias", None) is not None:
@@ -237,20 +240,19 @@ def apply_pruning(
     if skipped:
         log.warning("left unpruned: %s", "; ".join(f"{k} ({v})" for k, v in skipped.items()))
     new = copy.deepcopy(model)
-    out_idx, in_mask, dw_mask, bn_idx = _slices(graph, groups, effective)
+    out_mask, in_mask = _slices(model, graph, groups, effective)
     info = {li.name: li for li in graph.layers}
-    for name in set(out_idx) | set(in_mask) | set(dw_mask):
-        li = info[name]
+    for name in sorted(set(out_mask) | set(in_mask)):
         mod = _get(new, name)
-        if li.kind == "depthwise_conv":
-            idx = torch.from_numpy(np.flatnonzero(dw_mask.get(name, np.ones(li.out_channels, bool))))
-            _set(new, name, _new_conv(mod, idx, idx, depthwise=True))
+        o = torch.from_numpy(np.flatnonzero(out_mask[name])) if name in out_mask else None
+        if name not in info:  # a batch norm
+            _set(new, name, _new_bn(mod, o))
             continue
-        o = torch.from_numpy(out_idx[name]) if name in out_idx else None
+        if info[name].kind == "depthwise_conv":  # its inputs go with its outputs
+            _set(new, name, _new_conv(mod, o, None, depthwise=True))
+            continue
         i = torch.from_numpy(np.flatnonzero(in_mask[name])) if name in in_mask else None
         _set(new, name, _new_conv(mod, o, i, depthwise=False))
-    for name, idx in bn_idx.items():
-        _set(new, name, _new_bn(_get(new, name), torch.from_numpy(idx)))
     new.train(model.training)
     was_training = new.training
     pruned_graph = extract_graph(new, example_for(graph).to(next(model.parameters()).device))
@@ -298,6 +300,25 @@ def keep_from_plan(plan: CompressionPlan, graph: ModelGraph) -> dict[int, list[i
     return out
 
 
+def kept_by_layer(graph: ModelGraph, keep: KeepSpec) -> dict[str, list[int]]:
+    """Layer -> the indices of its original output channels that ``keep`` keeps, for every producer
+    and depthwise passthrough conv that loses channels (a passthrough may carry several groups)."""
+    resolved = resolve_keep(graph, keep)
+    groups = {g.id: g for g in graph.channel_groups}
+    info = {li.name: li for li in graph.layers}
+    masks: dict[str, np.ndarray] = {}
+    for gid, kept in resolved.items():
+        g = groups[gid]
+        if len(kept) == g.channels:
+            continue
+        dropped = np.setdiff1d(np.arange(g.channels), kept)
+        for sl in group_slices(graph, g):
+            if sl.role in ("producer", "passthrough"):
+                mask = masks.setdefault(sl.layer, np.ones(info[sl.layer].out_channels, bool))
+                mask[sl.positions(dropped)] = False
+    return {name: np.flatnonzero(m).tolist() for name, m in masks.items()}
+
+
 def plan_with_keep(
     plan: CompressionPlan, graph: ModelGraph, keep: KeepSpec, *, model: nn.Module | None = None
 ) -> CompressionPlan:
@@ -306,30 +327,14 @@ def plan_with_keep(
     from edge_compress.plan import LayerDecision
 
     new = copy.deepcopy(plan)
-    resolved = resolve_keep(graph, keep)
-    groups = {g.id: g for g in graph.channel_groups}
     info = {li.name: li for li in graph.layers}
-    for gid, kept in resolved.items():
-        g = groups[gid]
-        if len(kept) == g.channels:
-            continue
-        offsets = {c.layer: c.offset for c in g.consumers if c.layer in g.passthrough}
-        for name in list(g.producers) + list(g.passthrough):
-            d = new.layers.get(name)
-            if d is None:
-                d = new.layers[name] = LayerDecision(name, info[name].kind)
-            if name in offsets:  # a depthwise conv may carry several groups: keep the others' channels
-                li = info[name]
-                mask = (
-                    np.ones(li.out_channels, bool)
-                    if d.keep_channels is None
-                    else np.isin(np.arange(li.out_channels), d.keep_channels)
-                )
-                mask[offsets[name] : offsets[name] + g.channels] = False
-                mask[offsets[name] + kept] = True
-                d.keep_channels = np.flatnonzero(mask).tolist()
-            else:
-                d.keep_channels = kept.tolist()
-            d.why = (d.why + "; " if d.why else "") + f"pruned to {len(kept)}/{g.channels} channels"
+    for name, kept in kept_by_layer(graph, keep).items():
+        d = new.layers.get(name)
+        if d is None:
+            d = new.layers[name] = LayerDecision(name, info[name].kind)
+        if d.keep_channels is not None:  # already pruned by an earlier call: keep only what both keep
+            kept = sorted(set(kept) & {int(c) for c in d.keep_channels})
+        d.keep_channels = list(kept)
+        d.why = (d.why + "; " if d.why else "") + f"pruned to {len(kept)}/{info[name].out_channels} channels"
     new.predicted["flops_ratio"] = predicted_flops_ratio(graph, keep, model)
     return new

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edge_compress.graph import ChannelGroup, ModelGraph
+from edge_compress.graph import ChannelGroup, ModelGraph, group_slices
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Part:
     attr: str  # weight | bias
     dim: int  # 0: output channels, 1: input channels (consumers)
     offset: int
-    ff: int  # features per channel along ``dim``
+    ff: int  # entries per channel along ``dim`` (flattened features, depthwise channel multiplier)
     role: str  # producer | batchnorm | passthrough | consumer
 
 
@@ -58,7 +58,6 @@ def group_parts(
     = 0 makes it output exactly zero in training and in eval mode), and shrinking the conv weights
     would only desynchronize the BN running statistics (the conv is scale-invariant under BN)."""
     parts: list[Part] = []
-    dw_off = {c.layer: c.offset for c in g.consumers if c.layer in g.passthrough}
     bn_of = bn_of or {}
 
     def add(name: str, dim: int, offset: int, ff: int, role: str) -> None:
@@ -69,16 +68,11 @@ def group_parts(
             if getattr(mod, attr, None) is not None and not (dim == 1 and attr == "bias"):
                 parts.append(Part(name, attr, dim, offset, ff, role))
 
-    for p in g.producers:
-        add(p, 0, 0, 1, "producer")
-    for bn in g.batchnorms:
-        add(bn, 0, 0, 1, "batchnorm")
-    for d in g.passthrough:
-        add(d, 0, dw_off[d], 1, "passthrough")
-    if include_consumers:
-        for c in g.consumers:
-            if c.layer not in g.passthrough:
-                add(c.layer, 1, c.offset, c.flatten_factor, "consumer")
+    for sl in group_slices(graph, g):
+        if sl.role != "consumer":
+            add(sl.layer, 0, sl.offset, sl.width, sl.role)
+        elif include_consumers:
+            add(sl.layer, 1, sl.offset, sl.width, "consumer")
     return parts
 
 
@@ -134,13 +128,12 @@ class ChannelParams:
         c = self.size[gid]
         for part in self.parts[gid]:
             t = getattr(self.model.get_submodule(part.module), part.attr)
-            f = factor.to(t.dtype)
             n = c * part.ff
+            ff = factor.to(t.dtype).repeat_interleave(part.ff)
             if part.dim == 0:
-                shape = (c,) + (1,) * (t.dim() - 1)
-                t[part.offset : part.offset + n].mul_(f.view(shape))
+                shape = (n,) + (1,) * (t.dim() - 1)
+                t[part.offset : part.offset + n].mul_(ff.view(shape))
             else:
-                ff = f.repeat_interleave(part.ff)
                 shape = (1, n) + (1,) * (t.dim() - 2)
                 t[:, part.offset : part.offset + n].mul_(ff.view(shape))
 

@@ -1,14 +1,15 @@
 """FLOPs (MACs) of a model as a function of how many channels each channel group keeps.
 
 The MACs of a Conv / Linear layer scale with the fraction of output channels it keeps (when it
-produces a pruned group, or carries one as a depthwise passthrough) times the fraction of input
-channels it still reads (when it consumes pruned groups, counting ``flatten_factor`` features per
-channel). The total is therefore linear in each group's keep count, so the marginal MACs of one
-channel is exact, which the budget greedy and the group-lasso Lagrangian both use.
+produces a pruned group, or carries one or more as a depthwise passthrough, ``m`` output channels
+per group channel with a channel multiplier ``m``) times the fraction of input channels it still
+reads (when it consumes pruned groups, counting ``flatten_factor`` features per channel). The
+total is therefore linear in each group's keep count, so the marginal MACs of one channel is
+exact, which the budget greedy and the group-lasso Lagrangian both use.
 
-This module also decides which groups can really be pruned: on top of the graph's own analysis
-it refuses groups touching grouped (non-depthwise) convolutions, depthwise convolutions with a
-channel multiplier, and batch norms whose channels are not exactly one group's (after a concat).
+This module also decides which groups can really be pruned: the graph's own analysis (grouped
+convolutions, untraceable layouts, model inputs and outputs), plus checks that need the modules:
+a batch norm must hold the group's channels where the graph says (its size covers the slice).
 """
 
 from __future__ import annotations
@@ -56,16 +57,18 @@ def prunable_groups(graph: ModelGraph, model=None) -> tuple[list[ChannelGroup], 
                     reason = f"consumer {c.layer!r} is a grouped convolution (groups={li.groups})"
             for d in g.passthrough:
                 li = info[d]
-                if li.out_channels != li.in_channels:
-                    reason = f"depthwise layer {d!r} has a channel multiplier ({li.in_channels}->{li.out_channels})"
+                if li.out_channels % li.in_channels:
+                    reason = f"depthwise layer {d!r} maps {li.in_channels} to {li.out_channels} channels"
                 elif not any(c.layer == d for c in g.consumers):
                     reason = f"depthwise layer {d!r} carries these channels at an unknown offset"
             for bn in g.batchnorms:
-                if bn in bn_sizes and bn_sizes[bn] != g.channels:
-                    reason = (
-                        f"batch norm {bn!r} normalizes {bn_sizes[bn]} channels, not this group's {g.channels} "
-                        "(a concatenation the analysis gives no offsets for)"
-                    )
+                for at in g.bn_positions(bn):
+                    end = at.offset + g.channels * at.flatten_factor
+                    if bn in bn_sizes and bn_sizes[bn] < end:
+                        reason = (
+                            f"batch norm {bn!r} normalizes {bn_sizes[bn]} channels, fewer than the "
+                            f"{end} the analysis places this group's channels at"
+                        )
         if reason:
             skipped[group_label(g)] = reason
         else:
@@ -82,18 +85,19 @@ class FlopsModel:
     skipped: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from edge_compress.graph import group_slices
+
         self.gid = [g.id for g in self.groups]
         self.size = {g.id: g.channels for g in self.groups}
-        self._out: dict[str, int] = {}  # layer -> group whose keep count scales its output
+        # layer -> [(group, output channels per group channel)]: the groups whose keep counts scale its output
+        self._out: dict[str, list[tuple[int, int]]] = {}
         self._in: dict[str, list[tuple[int, int]]] = {}  # layer -> [(group, features per channel)]
         for g in self.groups:
-            for p in g.producers:
-                self._out[p] = g.id
-            for d in g.passthrough:
-                self._out[d] = g.id
-            for c in g.consumers:
-                if c.layer not in g.passthrough:
-                    self._in.setdefault(c.layer, []).append((g.id, c.flatten_factor))
+            for sl in group_slices(self.graph, g):
+                if sl.role in ("producer", "passthrough"):
+                    self._out.setdefault(sl.layer, []).append((g.id, sl.width))
+                elif sl.role == "consumer":
+                    self._in.setdefault(sl.layer, []).append((g.id, sl.width))
         self.total = float(self.graph.total_macs)
 
     @classmethod
@@ -105,8 +109,9 @@ class FlopsModel:
         return dict(self.size)
 
     def _fractions(self, li: LayerInfo, n: dict[int, int]) -> tuple[float, float]:
-        g = self._out.get(li.name)
-        out_f = n.get(g, self.size[g]) / self.size[g] if g is not None else 1.0
+        segs_out = self._out.get(li.name, [])
+        removed_out = sum((self.size[g] - n.get(g, self.size[g])) * w for g, w in segs_out)
+        out_f = (li.out_channels - removed_out) / li.out_channels
         if li.kind == "depthwise_conv":
             return out_f, 1.0
         segs = self._in.get(li.name, [])
@@ -133,9 +138,8 @@ class FlopsModel:
         out = {g: 0.0 for g in self.gid}
         for li in self.graph.layers:
             fo, fi = self._fractions(li, n)
-            g = self._out.get(li.name)
-            if g is not None:
-                out[g] += li.macs * fi / self.size[g]
+            for g, w in self._out.get(li.name, []):
+                out[g] += li.macs * fi * w / li.out_channels
             if li.kind != "depthwise_conv":
                 for s, ff in self._in.get(li.name, []):
                     out[s] += li.macs * fo * ff / li.in_channels
@@ -391,6 +395,15 @@ def align_keep(
         if best is None:
             break
         out[best][best_chunk] = True
+    # groups too small to align (or not a multiple of it) take single channels back while they fit
+    free_groups = [g for g in fm.gid if g not in aligned]
+    if free_groups:
+        out, _ = greedy_restore(
+            fm,
+            {g: scores[g] if g in free_groups else np.full(fm.size[g], -np.inf) for g in fm.gid},
+            budget,
+            out,
+        )
     r = fm.ratio(n(out))
     note = f"channel counts aligned to multiples of {multiple}: FLOPs ratio {r:.3f}"
     if r < budget * (1 - tolerance):

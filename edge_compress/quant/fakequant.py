@@ -10,6 +10,13 @@ Conventions (they match what integer runtimes execute, so exports can reproduce 
 - Activations: each quantizable layer's *input* is quantized asymmetrically (uint8 for 8 bits,
   with a zero point; int16 symmetric for 16 bits) with a range from calibration: min-max,
   percentile, or MSE-optimal clipping. The range always contains 0.
+- Layers whose inputs are the same tensor up to ops that keep a quantization grid (max-pool,
+  flatten / reshape, zero padding: :func:`activation_points`) share one activation quantizer,
+  calibrated on all their inputs: an integer runtime keeps one grid through such ops (XNNPACK
+  requires MAX_POOL_2D's input and output to share it), and since the quantizer is monotone,
+  ``Q(maxpool(x)) == maxpool(Q(x))`` on a shared grid, so the simulation is exact for the file.
+- A layer reading a global average pool (``fc(flatten(pool(x)))``) also has the pool's input
+  quantized (same bits, its own calibrated grid): integer files run the pool (MEAN) on integers.
 
 :class:`LayerQuant` holds the exact scales; :func:`simulate` applies them in torch.
 """
@@ -214,12 +221,158 @@ def collect_inputs(
     return {n: np.concatenate(v) for n, v in store.items()}
 
 
+# ops whose output values are some of their input values (or zero padding, 0 being on every
+# activation grid): quantizing before or after them is the same, and runtimes keep the grid through them
+_GRID_MODULES = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.Identity,
+    nn.Dropout,
+)
+_GRID_FUNCTIONS = {
+    torch.flatten,
+    torch.reshape,
+    torch.squeeze,
+    torch.unsqueeze,
+    torch.permute,
+    torch.transpose,
+    torch.nn.functional.max_pool1d,
+    torch.nn.functional.max_pool2d,
+    torch.nn.functional.adaptive_max_pool1d,
+    torch.nn.functional.adaptive_max_pool2d,
+    torch.nn.functional.dropout,
+}
+_GRID_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose", "contiguous"}
+
+
+def _keeps_grid(node: object, mods: dict[str, nn.Module]) -> bool:
+    """``node`` (a torch.fx node) maps its first input to values of the same grid."""
+    op, target = node.op, node.target  # type: ignore[attr-defined]
+    if op == "call_module":
+        m = mods.get(str(target))
+        if isinstance(m, nn.ConstantPad1d | nn.ConstantPad2d):
+            return float(m.value) == 0.0
+        return isinstance(m, _GRID_MODULES)
+    if op == "call_function":
+        if target is torch.nn.functional.pad:
+            args, kw = node.args, node.kwargs  # type: ignore[attr-defined]
+            mode = args[2] if len(args) > 2 else kw.get("mode", "constant")
+            value = args[3] if len(args) > 3 else kw.get("value", None)
+            return mode == "constant" and not value
+        if target is torch.nn.functional.max_pool1d or target is torch.nn.functional.max_pool2d:
+            return not node.kwargs.get("return_indices", False)  # type: ignore[attr-defined]
+        return target in _GRID_FUNCTIONS
+    return op == "call_method" and target in _GRID_METHODS
+
+
+_GLOBAL_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+
+
+def _global_pool(node: object, mods: dict[str, nn.Module]) -> bool:
+    """``node`` is a global average pool module (output size 1): MEAN / GlobalAveragePool in files."""
+    if node.op != "call_module":  # type: ignore[attr-defined]
+        return False
+    m = mods.get(str(node.target))  # type: ignore[attr-defined]
+    if not isinstance(m, _GLOBAL_POOLS):
+        return False
+    size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,)
+    return all(v == 1 for v in size)
+
+
+@dataclass
+class ActivationPoints:
+    """Where a plan's activations are quantized, and which points share a quantizer.
+
+    ``groups``: points whose tensors are one tensor up to grid-keeping ops (max-pool, flatten /
+    reshape, zero padding, identity), in order; a point is a layer (its input) or a global
+    average pool module (its input). ``pools``: layer -> the global average pool its input comes
+    from through grid-keeping ops (``fc(flatten(pool(x)))``): integer files quantize that pool's
+    input too (it is the input of a MEAN), so the simulation does.
+    """
+
+    groups: list[list[str]]
+    pools: dict[str, str]
+
+
+def activation_points(model: nn.Module, layer_names: list[str]) -> ActivationPoints:
+    """The :class:`ActivationPoints` of the layers ``layer_names`` (whose inputs are quantized).
+
+    E.g. an Inception block's 1x1 convs reading ``x`` and its pool branch reading ``maxpool(x)``
+    form one group. A model torch.fx cannot trace gives groups of one and no pools (each layer
+    input keeps its own grid).
+    """
+    import torch.fx as fx
+
+    wanted = set(layer_names)
+    root_of: dict[str, str] = {}
+    pools: dict[str, str] = {}
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001 - untraceable: no grouping
+        gm = None
+
+    def root(src: object) -> object:
+        while isinstance(src, fx.Node) and src.args and _keeps_grid(src, mods):
+            src = src.args[0]
+        return src
+
+    if gm is not None:
+        mods = dict(gm.named_modules())
+        for node in gm.graph.nodes:
+            if node.op != "call_module" or str(node.target) not in wanted or not node.args:
+                continue
+            name = str(node.target)
+            src = root(node.args[0])
+            if not isinstance(src, fx.Node) or name in root_of:
+                continue
+            root_of[name] = src.name
+            if _global_pool(src, mods) and src.args:
+                pool = str(src.target)
+                pools[name] = pool
+                inner = root(src.args[0])
+                if isinstance(inner, fx.Node):
+                    root_of.setdefault(pool, inner.name)
+    groups: dict[str, list[str]] = {}
+    for n in [*layer_names, *dict.fromkeys(pools.values())]:
+        groups.setdefault(root_of.get(n, f"point:{n}"), []).append(n)
+    return ActivationPoints(list(groups.values()), pools)
+
+
+def activation_groups(model: nn.Module, layer_names: list[str]) -> list[list[str]]:
+    """Groups of points sharing one activation quantizer (see :class:`ActivationPoints`)."""
+    return activation_points(model, layer_names).groups
+
+
+def group_ranges(
+    acts: dict[str, np.ndarray], groups: list[list[str]], method: str = "mse", bits: int = 8
+) -> dict[str, tuple[float, float]]:
+    """One range per group of :func:`activation_groups`, calibrated on all its members' inputs
+    (``acts``: flattened input per point, :func:`collect_inputs`), for every member."""
+    out: dict[str, tuple[float, float]] = {}
+    for g in groups:
+        members = [n for n in g if n in acts]
+        if not members:
+            continue
+        data = acts[members[0]] if len(members) == 1 else np.concatenate([acts[n] for n in members])
+        r = _range(data, method, bits)
+        out.update(dict.fromkeys(members, r))
+    return out
+
+
 def calibrate_activations(
     model: nn.Module, layer_names: list[str], calib_x: np.ndarray, method: str = "mse", bits: int = 8
 ) -> dict[str, tuple[float, float]]:
-    """Per-layer input activation range (lo, hi) on calibration data."""
-    acts = collect_inputs(model, layer_names, calib_x)
-    return {n: _range(a, method, bits) for n, a in acts.items()}
+    """Input activation range (lo, hi) of each layer on calibration data, and of the global average
+    pools they read (keyed by module name); points of one group share their range
+    (:func:`activation_points`)."""
+    pts = activation_points(model, layer_names)
+    names = [n for g in pts.groups for n in g]
+    acts = collect_inputs(model, names, calib_x)
+    return group_ranges(acts, pts.groups, method, bits)
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,6 +386,8 @@ class LayerQuant:
     weight_scale: np.ndarray | None  # per output channel, symmetric, zero point 0
     act: ActQuant | None  # quantizer of the layer's input activation
     act_range: tuple[float, float] | None = None
+    pool: str | None = None  # the global average pool the layer reads (ActivationPoints.pools)
+    pool_act: ActQuant | None = None  # quantizer of that pool's input (used while ``act`` is set)
 
 
 def compute_quant_spec(
@@ -248,6 +403,7 @@ def compute_quant_spec(
     if missing:
         raise UserError(f"plan names layer {missing[0]!r}, which the model does not have.")
     need = [n for n in names if plan.layers[n].act_bits is not None]
+    pools = activation_points(model, need).pools if need else {}
     if ranges is None:
         bits = max((plan.layers[n].act_bits or 8) for n in need) if need else 8
         ranges = (
@@ -260,11 +416,14 @@ def compute_quant_spec(
         ws = None
         if d.weight_bits is not None:
             ws = weight_scales(w, d.weight_bits, d.per_channel, d.weight_clip).numpy().astype(np.float32)
-        act = None
+        act = pool_act = None
         if d.act_bits is not None:
             lo, hi = ranges[n]
             act = act_quant_from_range(lo, hi, d.act_bits)
-        spec[n] = LayerQuant(n, d.weight_bits, ws, act, ranges.get(n))
+            if pools.get(n) in ranges:
+                pool_act = act_quant_from_range(*ranges[pools[n]], d.act_bits)
+        pool = pools.get(n) if pool_act is not None else None
+        spec[n] = LayerQuant(n, d.weight_bits, ws, act, ranges.get(n), pool, pool_act)
     return spec
 
 
@@ -272,9 +431,11 @@ def simulate(
     model: nn.Module, spec: dict[str, LayerQuant], *, weights: bool = True, activations: bool = True
 ) -> nn.Module:
     """A copy of (BN-folded) ``model`` with weights replaced by their quantized values and each
-    layer's input activation fake-quantized, exactly as an integer runtime would see them."""
+    layer's input activation fake-quantized (and the input of a global average pool it reads,
+    ``LayerQuant.pool``), exactly as an integer runtime would see them."""
     sim = copy.deepcopy(model).eval()
     mods = dict(sim.named_modules())
+    pools: dict[str, ActQuant] = {}
     with torch.no_grad():
         for n, lq in spec.items():
             m = mods[n]
@@ -282,8 +443,16 @@ def simulate(
                 s = torch.from_numpy(lq.weight_scale)
                 m.weight.copy_(_fake_sym(m.weight, s, qmax_weight(lq.weight_bits)))
             if activations and lq.act is not None:
-                m.register_forward_pre_hook(lambda mod, inp, aq=lq.act: (aq.fake(inp[0]),) + tuple(inp[1:]))
+                m.register_forward_pre_hook(_quantize_input(lq.act))
+                if lq.pool is not None and lq.pool_act is not None:
+                    pools.setdefault(lq.pool, lq.pool_act)
+    for p, aq in pools.items():
+        mods[p].register_forward_pre_hook(_quantize_input(aq))
     return sim
+
+
+def _quantize_input(aq: ActQuant):  # noqa: ANN202 - a forward pre-hook
+    return lambda mod, inp: (aq.fake(inp[0]),) + tuple(inp[1:])
 
 
 def quantize_plan(

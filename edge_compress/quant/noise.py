@@ -215,8 +215,11 @@ class NoiseModel:
         ranges: dict[str, tuple[float, float]] = {}
         quants: dict[str, fq.ActQuant] = {}
         if act_bits:  # ranges from all the calibration data, as fakequant.quantize_plan computes them
-            acts = fq.collect_inputs(net, names, np.ascontiguousarray(calib_x))
-            ranges = {n: fq._range(a, act_calibration, max(act_bits)) for n, a in acts.items()}
+            points = fq.activation_points(net, names)  # shared grids; the global pools' inputs too
+            acts = fq.collect_inputs(
+                net, [n for g in points.groups for n in g], np.ascontiguousarray(calib_x)
+            )
+            ranges = fq.group_ranges(acts, points.groups, act_calibration, max(act_bits))
             for n in names:
                 for ab in act_bits:
                     aq = fq.act_quant_from_range(*ranges[n], ab)
@@ -403,6 +406,7 @@ class NoiseModel:
             return fq.simulate(self.folded_model, spec)
         mods = dict(self.folded_model.named_modules())
         cache = self.__dict__.setdefault("_scales", {})
+        pools = fq.activation_points(self.folded_model, need).pools
         spec: dict[str, fq.LayerQuant] = {}
         for n, d in plan.layers.items():
             if n not in mods:
@@ -419,7 +423,9 @@ class NoiseModel:
                     )
                 ws = cache[key]
             act = fq.act_quant_from_range(*self.ranges[n], d.act_bits) if d.act_bits is not None else None
-            spec[n] = fq.LayerQuant(n, d.weight_bits, ws, act, self.ranges.get(n))
+            pool = pools.get(n) if act is not None and pools.get(n) in self.ranges else None
+            pool_act = fq.act_quant_from_range(*self.ranges[pool], d.act_bits) if pool else None
+            spec[n] = fq.LayerQuant(n, d.weight_bits, ws, act, self.ranges.get(n), pool, pool_act)
         return fq.simulate(self.folded_model, spec)
 
     def measure(self, plan: CompressionPlan, x: np.ndarray, y: np.ndarray | None = None) -> dict[str, float]:

@@ -36,9 +36,13 @@ ZOO: dict[str, ZooSpec] = {
     for s in [
         ZooSpec("lenet5", "LeNet5", "digits", 30, "LeNet-5 (LeCun 1998) on scikit-learn digits at 32x32"),
         ZooSpec("conv1d", "Conv1DNet", "mnist1d", 80, "1-D CNN on MNIST-1D signals (sensor-style task)"),
-        ZooSpec("resnet", "ResNetSmall", "digits", 20, "small residual CNN (basic blocks, 16-32-64) on digits"),
+        ZooSpec(
+            "resnet", "ResNetSmall", "digits", 20, "small residual CNN (basic blocks, 16-32-64) on digits"
+        ),
         ZooSpec("mobilenetv2", "MobileNetV2Small", "digits", 30, "MobileNetV2-style depthwise CNN on digits"),
-        ZooSpec("inception", "InceptionSmall", "digits", 30, "GoogLeNet-style Inception blocks on digits", lr=3e-3),
+        ZooSpec(
+            "inception", "InceptionSmall", "digits", 30, "GoogLeNet-style Inception blocks on digits", lr=3e-3
+        ),
     ]
 }
 
@@ -99,7 +103,9 @@ def _weights_key(spec: ZooSpec, width: float, seed: int) -> str:
     return h.hexdigest()[:16]
 
 
-def load_zoo(name: str, *, width: float = 1.0, trained: bool = True, seed: int = 0, epochs: int | None = None) -> ZooModel:
+def load_zoo(
+    name: str, *, width: float = 1.0, trained: bool = True, seed: int = 0, epochs: int | None = None
+) -> ZooModel:
     """A zoo model, trained (cached) unless ``trained=False``."""
     import torch
 

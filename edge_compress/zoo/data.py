@@ -94,8 +94,12 @@ def _build_mnist1d() -> dict[str, np.ndarray]:
     y = d["y"].astype(np.int64)
     n_val = len(x) // 8
     return dict(
-        x_train=x[n_val:], y_train=y[n_val:], x_val=x[:n_val], y_val=y[:n_val],
-        x_test=d["x_test"].astype(np.float32)[:, None, :], y_test=d["y_test"].astype(np.int64),
+        x_train=x[n_val:],
+        y_train=y[n_val:],
+        x_val=x[:n_val],
+        y_val=y[:n_val],
+        x_test=d["x_test"].astype(np.float32)[:, None, :],
+        y_test=d["y_test"].astype(np.int64),
     )
 
 
@@ -111,7 +115,11 @@ def _build_breast_cancer() -> dict[str, np.ndarray]:
     return dict(x_train=f(xtr), y_train=ytr, x_val=f(xva), y_val=yva, x_test=f(xte), y_test=yte)
 
 
-_BUILDERS = {"digits": (_build_digits, 10), "mnist1d": (_build_mnist1d, 10), "breast_cancer": (_build_breast_cancer, 2)}
+_BUILDERS = {
+    "digits": (_build_digits, 10),
+    "mnist1d": (_build_mnist1d, 10),
+    "breast_cancer": (_build_breast_cancer, 2),
+}
 
 
 def load_dataset(name: str) -> Dataset:

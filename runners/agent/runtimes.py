@@ -319,9 +319,10 @@ def accuracy(session: Session, path: str) -> tuple[float, int]:
     return correct / n, n
 
 
-def reference_agreement(session: Session, path: str) -> dict[str, float] | None:
+def reference_agreement(session: Session, path: str) -> dict[str, Any] | None:
     """Compare the model's outputs with reference outputs (array ``ref`` in the .npz, e.g. the
-    host runtime's logits for the same ``x``): top-1 agreement and output SQNR in dB."""
+    host runtime's logits for the same ``x``): top-1 agreement, output SQNR in dB, and this
+    target's top-1 class per sample (``top1``, for paired statistics on the host)."""
     data = _load_npz(path)
     if "ref" not in data or "x" not in data:
         return None
@@ -344,7 +345,13 @@ def reference_agreement(session: Session, path: str) -> dict[str, float] | None:
     noise = float(((out - r) ** 2).sum())
     sig = float((r**2).sum())
     sqnr = float("inf") if noise == 0 else 10.0 * float(np.log10(max(sig, 1e-30) / noise))
-    return {"agreement": float((out.argmax(1) == r.argmax(1)).mean()), "sqnr_db": sqnr, "samples": float(n)}
+    top1 = out.argmax(1)
+    return {
+        "agreement": float((top1 == r.argmax(1)).mean()),
+        "sqnr_db": sqnr,
+        "samples": float(n),
+        "top1": [int(c) for c in top1],
+    }
 
 
 def _load_npz(path: str) -> Any:

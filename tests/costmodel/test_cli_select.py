@@ -69,3 +69,28 @@ def test_select_impossible_budget_is_a_one_line_error(
     err = capsys.readouterr().err
     assert rc == 2
     assert "model_bytes" in err and "closest" in err and "lenet5/w4a8" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_select_on_a_target_keeps_its_model_in_the_result_store(
+    cache: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from edge_compress.store import ResultStore
+
+    db = tmp_path / "results.sqlite"
+    args = ["select", "lenet5", "--profile", "host", "--target", "local", "--store", str(db), "--json"]
+    args += ["--alphas", "", "--prune", "", "--ranks", "", "--budget", "latency_median=50ms"]
+    args += ["--min-duration", "0.05", "--max-measurements", "2"]
+    rc = main(args)
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    first = json.loads(out)
+    assert first["basis"] == "measured" and first["measurements"] >= 1
+    with ResultStore(db) as store:
+        fits = store.costmodel_fits("local")
+        assert len(fits) == 1 and fits[0]["source"] == "select" and fits[0]["profile"] == "host"
+        assert fits[0]["observations"] == first["measurements"]
+    # the next selection starts from the stored, calibrated model of the target
+    rc = main(args)
+    second = json.loads(capsys.readouterr().out)
+    assert rc == 0 and second["cost_model"]["calibrated"] is True

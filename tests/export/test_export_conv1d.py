@@ -31,3 +31,27 @@ def test_conv1d_exports_and_agrees(host, tmp_path):
     tfl = m["layers"]["conv1d.int8.tflite"]
     assert tfl["conv2"]["weight_bits"] == 4 and "CONV_2D" in tfl["conv2"]["op"]
     assert set(tfl) == {"conv1", "conv2", "conv3", "fc"}
+
+
+def test_conv1d_int4_int8_full_agrees_on_its_output_grid(host, tmp_path):
+    """All-int4 weights (what alpha=0 plans) in the full-integer variant: its int8 logits tie where
+    the float logits of the simulation differ by less than an output step; argmax then takes the
+    first class. The simulation of that file has the same output grid (0.984 agreement without it)."""
+    spec = resolve_model("conv1d")
+    graph = extract_graph(spec.model, spec.example_input(2))
+    plan = CompressionPlan.uniform(graph, "conv1d", "host", 4, 8)
+    art = compile_model(
+        spec,
+        host,
+        plan=plan,
+        formats=("tflite",),
+        out_dir=tmp_path,
+        parity_gate=False,
+        options=ExportOptions(tflite_variants=("int8-full",)),
+    )
+    m = art.manifest
+    rep = m["parity"]["conv1d.int8-full.tflite"]
+    assert m["io"]["conv1d.int8-full.tflite"]["output"]["dtype"] == "int8"
+    assert "output grid" in rep["note"]
+    assert rep["agreement"] >= 0.99, rep
+    assert abs(rep["runtime_accuracy"] - rep["simulated_accuracy"]) <= 0.01, rep  # near-ties, as above
