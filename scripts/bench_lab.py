@@ -30,7 +30,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import yaml  # noqa: E402
 
+from tests.lab.conftest import kill_group  # noqa: E402
+from tests.sshd import free_port  # noqa: E402
+
 NODES = 3
 TARGETS_PER_NODE = 4
 CELLS = 36
@@ -52,12 +54,6 @@ HEALTH = {  # the head notices a lost node in about 5 s
     "RAY_health_check_timeout_ms": "2000",
     "RAY_health_check_failure_threshold": "4",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -70,14 +66,6 @@ def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subp
             env={**os.environ, **(env or {})},
             start_new_session=True,
         )
-
-
-def kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
 
 
 def wait_for(pred: Any, timeout_s: float, what: str) -> Any:

@@ -139,7 +139,8 @@ def _keygen(path: Path, comment: str) -> str:
     return " ".join(path.with_suffix(".pub").read_text().split()[:2])
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -211,7 +212,7 @@ def start_sshd(directory: str | Path | None = None, *, attempts: int = 5) -> SSH
     user_pub = _keygen(d / "user_key", "test-user")
     (d / "authorized_keys").write_text(user_pub + "\n")
     for attempt in range(attempts):
-        port = _free_port()
+        port = free_port()
         (d / "sshd_config").write_text(_config(d, port, user))
         log = d / "sshd.log"
         with open(log, "wb") as log_f:

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import pytest
 import yaml
 
 from tests.runners.models import make_linear_onnx
-from tests.sshd import SKIP_REASON, SSHServer, sshd_available, start_many
+from tests.sshd import SKIP_REASON, SSHServer, free_port, sshd_available, start_many
 
 NODES = {"lab-a": ("a0", "a1"), "lab-b": ("b0", "b1")}
 FAST_HEALTH_CHECKS = {  # a lost node is noticed in about 5 s (Ray's default: about 15-30 s)
@@ -72,12 +71,6 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
     except ProcessLookupError:
         pass
     proc.wait(timeout=30)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
