@@ -123,7 +123,10 @@ def test_nightly_runs_refit_the_stored_model(tmp_path: Path, measured, host, cac
         assert cm.calibrated and len(cm.observations) == 24
     # every stored fit explains the measurements it learned better than the profile's roofline
     # (the roofline is 30-40% off on them here, the fits about 15%) ...
-    assert all(f < r for f, r in zip(fitted_train, roofline_train)), (fitted_train, roofline_train)
+    assert all(f < r for f, r in zip(fitted_train, roofline_train, strict=True)), (
+        fitted_train,
+        roofline_train,
+    )
     # ... and, after three runs, predicts the eight models it never saw better too. (How close the
     # uncalibrated roofline comes on those eight depends on how fast the machine runs today, 18-40%
     # here, so a single 8-model run is not held to beating it: bench_costmodel measures the curve.)
