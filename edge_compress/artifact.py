@@ -3,7 +3,7 @@
 The id is a content hash (Olive-style) of everything that determines the result: the input model
 (weights hash + architecture; after pruning / factorization those of the transformed model), the
 plan digest (with the kept channels and ranks), the profile JSON, the export options, the tool
-versions and the pruning / factorization settings. Compiling the same request again is a cache
+versions with a fingerprint of this package's code, and the pruning / factorization settings. Compiling the same request again is a cache
 hit found *before* any work, through the ``request_key`` stored in each manifest (a hash of the
 inputs known before planning: model, data, profile, budget, method, options, versions and the
 resolved transform settings; planning, pruning and fine-tuning are seeded, so deterministic).
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
@@ -64,7 +65,9 @@ _TOOLS = {
 
 
 def tool_versions() -> dict[str, str]:
-    """Installed versions of every tool whose behaviour changes the exported bytes."""
+    """Installed versions of every tool whose behaviour changes the exported bytes, and a
+    fingerprint of this package's own code (``edge_compress_code``): a version number does not
+    change with every fix, and an artifact compiled by older code must not be a cache hit."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
@@ -73,7 +76,45 @@ def tool_versions() -> dict[str, str]:
             out[key] = version(dist)
         except PackageNotFoundError:
             out[key] = "missing"
+    out["edge_compress_code"] = code_fingerprint()
     return out
+
+
+# The parts of the package that cannot change an artifact's bytes (command line, lab scheduling,
+# result store); everything else counts.
+_NOT_IN_FINGERPRINT = (
+    "cli",
+    "lab",
+    "migrations",
+    "repro",
+    "store",
+    "nightly",
+    "regression",
+    "report",
+    "suite",
+    "executor",
+    "quickstart",
+    "selection",
+)
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """sha256 (first 16 hex digits) of this package's source and data files, by relative path."""
+    return package_fingerprint(Path(__file__).resolve().parent)
+
+
+def package_fingerprint(root: Path) -> str:
+    """The fingerprint of the package tree at ``root`` (see :func:`code_fingerprint`)."""
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*")):
+        rel = f.relative_to(root)
+        if not f.is_file() or f.suffix not in (".py", ".json", ".yaml") or "__pycache__" in rel.parts:
+            continue
+        if rel.parts[0] in _NOT_IN_FINGERPRINT or rel.stem in _NOT_IN_FINGERPRINT:
+            continue
+        h.update(rel.as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def stable_hash(obj: Any) -> str:

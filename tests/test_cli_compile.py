@@ -40,6 +40,20 @@ def test_compile_json_then_cached_then_inspect(tmp_path, capsys):
     assert main(args) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["cached"] is True and second["id"] == first["id"] and second["stages_s"] == {}
+    assert first["manifest"]["versions"]["edge_compress_code"]
+    # code that changed since (a fix in the exporter, same version number) is not a cache hit
+    import edge_compress.artifact as artifact_mod
+
+    real = artifact_mod.code_fingerprint
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(artifact_mod, "code_fingerprint", lambda: "0" * 16)
+    try:
+        assert main(args) == 0
+        newer = json.loads(capsys.readouterr().out)
+    finally:
+        monkey.undo()
+    assert artifact_mod.code_fingerprint is real
+    assert newer["cached"] is False and newer["id"] != first["id"]
     assert main(["inspect", first["artifact"], "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["id"] == first["id"] and shown["files"] == first["manifest"]["files"]

@@ -85,3 +85,24 @@ def test_byte_budget_bounds_every_file(lenet, host, lenet_graph, calib):
     # the message speaks of the user's budget and of a file's smallest achievable size
     assert f"={lo - 100:,.0f} is below the smallest plan" in msg, msg
     assert "model_bytes[" in msg
+
+
+def test_code_fingerprint_follows_the_code_that_shapes_artifacts(tmp_path) -> None:
+    """Editing the exporter changes the fingerprint in every artifact's key; editing the command
+    line or the result store does not (they cannot change a file's bytes)."""
+    import shutil
+    from pathlib import Path
+
+    import edge_compress
+    from edge_compress.artifact import code_fingerprint, package_fingerprint
+
+    pkg = tmp_path / "edge_compress"
+    shutil.copytree(Path(edge_compress.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    base = package_fingerprint(pkg)
+    assert base == code_fingerprint() and len(base) == 16
+    (pkg / "cli" / "__init__.py").write_text((pkg / "cli" / "__init__.py").read_text() + "\n# note\n")
+    (pkg / "store.py").write_text((pkg / "store.py").read_text() + "\n# note\n")
+    assert package_fingerprint(pkg) == base
+    onnx_py = pkg / "export" / "onnx.py"
+    onnx_py.write_text(onnx_py.read_text() + "\n# a fix\n")
+    assert package_fingerprint(pkg) != base
