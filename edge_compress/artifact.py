@@ -20,10 +20,11 @@ looks complete. ``manifest.json``::
      "fallbacks": [{"layer", "format", "variant", "planned", "actual", "reason"}], "notes": [...],
      "transforms": ["prune", "factorize"],   # the stages that ran, each with its record:
      "prune": {"method", "flops_budget", "budget_source", "channel_multiple", "finetune_epochs",
-               "flops": {"before", "after", "ratio"}, "params": {"before", "after", "ratio"},
+               "flops": {"before", "after", "ratio", "budget"}, "params": {"before", "after", "ratio"},
                "accuracy": {"original", "before_finetune", "after_finetune"},
                "channels": {"<layer>": {"before", "after"}}, "kept": {"<layer>": [...]},
-               "skipped": {"<group>": "<reason>"}, "trajectory": [...], "notes": [...]},
+               "skipped": {"<group>": "<reason>"}, "rounded": {"<group>": [before, after]},
+               "trajectory": [...], "notes": [...]},
      "factorize": {"mode", "value", "how", "finetune_epochs",
                    "layers": {"<layer>": {"rank", "full_rank", "how", "into", "weight_params", "macs"}},
                    "flops": {...}, "params": {...}, "accuracy": {"before_finetune", "after_finetune"},

@@ -54,6 +54,7 @@ ALIGN = 8
 GL: dict[str, dict[str, Any]] = {
     "resnet": {"channel_multiple": ALIGN},
     "mobilenetv2": {"channel_multiple": ALIGN},
+    "lenet5": {"channel_multiple": ALIGN},  # not in the default run: `--models lenet5`
 }
 QUICK_GL = dict(epochs=5, finetune_epochs=2)
 
@@ -143,6 +144,7 @@ def bench_prune(models: list[str], budgets: list[float], quick: bool, repeats: i
                 "params": gl.params,
                 "params_ratio": gl.params_ratio,
                 "kept": {str(k): len(v) for k, v in gl.keep.items()},
+                "rounded": gl.rounded,
                 "notes": gl.notes,
                 "time_s": time.time() - t,
             }
@@ -166,6 +168,7 @@ def bench_prune(models: list[str], budgets: list[float], quick: bool, repeats: i
                 "params": l1.params,
                 "params_ratio": l1.params_ratio,
                 "kept": {str(k): len(v) for k, v in l1.keep.items()},
+                "rounded": l1.rounded,
                 "notes": l1.notes,
                 "time_s": time.time() - t,
             }

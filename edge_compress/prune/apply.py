@@ -48,6 +48,8 @@ class PruneResult:
     budget: float | None = None
     trajectory: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # group -> [count before, after] for the groups whose kept count was rounded to the channel multiple
+    rounded: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def params_ratio(self) -> float:
@@ -63,6 +65,7 @@ class PruneResult:
             "params_ratio": self.params_ratio,
             "kept": {str(g): len(v) for g, v in self.keep.items()},
             "skipped": self.skipped,
+            "rounded": self.rounded,
             "notes": self.notes,
         }
 

@@ -145,6 +145,41 @@ class FlopsModel:
                     out[s] += li.macs * fo * ff / li.in_channels
         return out
 
+    def polynomial(self) -> tuple[float, dict[int, float], dict[tuple[int, int], float]]:
+        """The MACs as a polynomial of the keep counts: ``(c, lin, quad)`` with
+        ``macs(n) = c + sum_g lin[g] n_g + sum_(g, h) quad[g, h] n_g n_h`` (``g <= h``).
+
+        Each layer's MACs are its output fraction (linear in the groups it produces or carries)
+        times its input fraction (linear in the groups it consumes), so the total is at most
+        quadratic, with cross terms only between a layer's producer and consumer groups.
+        """
+        const = 0.0
+        lin: dict[int, float] = {}
+        quad: dict[tuple[int, int], float] = {}
+        for li in self.graph.layers:
+            if not li.macs:
+                continue
+            a0, a = 1.0, {}
+            for g, w in self._out.get(li.name, []):
+                a0 -= self.size[g] * w / li.out_channels
+                a[g] = a.get(g, 0.0) + w / li.out_channels
+            b0, b = 1.0, {}
+            if li.kind != "depthwise_conv":
+                for s, ff in self._in.get(li.name, []):
+                    b0 -= self.size[s] * ff / li.in_channels
+                    b[s] = b.get(s, 0.0) + ff / li.in_channels
+            m = float(li.macs)
+            const += m * a0 * b0
+            for g, v in a.items():
+                lin[g] = lin.get(g, 0.0) + m * v * b0
+            for g, v in b.items():
+                lin[g] = lin.get(g, 0.0) + m * v * a0
+            for g, va in a.items():
+                for h, vb in b.items():
+                    key = (min(g, h), max(g, h))
+                    quad[key] = quad.get(key, 0.0) + m * va * vb
+        return const, lin, quad
+
     def min_counts(self) -> dict[int, int]:
         return {g: 1 for g in self.gid}
 
@@ -153,9 +188,15 @@ class FlopsModel:
         return self.ratio(self.min_counts())
 
     def check_budget(
-        self, budget: float, floor: dict[int, int] | None = None, frac: float | None = None
+        self,
+        budget: float,
+        floor: dict[int, int] | None = None,
+        frac: float | None = None,
+        multiple: int = 1,
+        tolerance: float = 0.0,
     ) -> None:
-        """UserError unless ``budget`` is reachable (with every group keeping ``floor[g]`` channels)."""
+        """UserError unless ``budget`` is reachable (with every group keeping ``floor[g]`` channels,
+        and with counts in multiples of ``multiple``, to within ``tolerance`` above the budget)."""
         if not 0 < budget <= 1:
             raise UserError(f"FLOPs budget {budget:g} must be a ratio of the original MACs in (0, 1].")
         if not self.groups:
@@ -173,6 +214,16 @@ class FlopsModel:
                 f"FLOPs budget {budget:g} is below {lo:.4f}, the smallest network when every prunable group keeps "
                 f"{frac:g} of its channels (min_keep_frac); ask for at least {lo:.4f} or lower min_keep_frac."
             )
+        if multiple > 1:
+            base = floor or self.min_counts()
+            least = {g: allowed_counts(self.size[g], base.get(g, 1), multiple)[0] for g in self.gid}
+            lo = self.ratio(least)
+            if budget * (1 + tolerance) < lo:
+                raise BudgetError(
+                    f"FLOPs budget {budget:g} is below {lo:.4f}, the smallest network whose kept channel counts are "
+                    f"multiples of {multiple} (every prunable group at its fewest allowed channels); ask for at "
+                    f"least {lo / (1 + tolerance):.4f} (within {tolerance:.0%}) or lower channel_multiple."
+                )
 
 
 def min_keep_counts(fm: FlopsModel, frac: float) -> dict[int, int]:
@@ -336,6 +387,141 @@ def _fill(
     return keep, added
 
 
+def allowed_counts(size: int, floor: int, multiple: int) -> list[int]:
+    """The kept-channel counts a group of ``size`` channels may take: the multiples of ``multiple``
+    from ``floor`` up, and the full count; any count from ``floor`` up when the group is no wider
+    than ``multiple`` (a block the runtime pads anyway)."""
+    floor = max(1, min(floor, size))
+    if multiple <= 1 or size <= multiple:
+        return list(range(floor, size + 1))
+    return [k for k in range(multiple, size, multiple) if k >= floor] + [size]
+
+
+FILL_VALUE = 1e-3  # value of a channel outside the pre-aligned set (a whole group's kept set is worth 1)
+
+
+def _prefix_values(keep: np.ndarray, score: np.ndarray, fill: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(channel order, value of keeping the first k channels for k = 0..C).
+
+    The channels of the pre-aligned set come first (by descending ``score``), worth their share
+    of the set's total score, so every group's set is worth 1 whatever its width; the others
+    follow (by descending ``fill``), worth ``FILL_VALUE / C`` each: they only fill a chunk up.
+    """
+    c = len(keep)
+    kept, drop = np.flatnonzero(keep), np.flatnonzero(~keep)
+    kept = kept[np.argsort(-score[kept], kind="stable")]
+    drop = drop[np.argsort(-fill[drop], kind="stable")]
+    s = np.clip(np.nan_to_num(score[kept], nan=0.0, posinf=0.0), 0.0, None)
+    share = s / s.sum() if s.sum() > 0 else np.full(len(kept), 1.0 / max(1, len(kept)))
+    value = np.concatenate([share, np.full(len(drop), FILL_VALUE / c)])
+    return np.concatenate([kept, drop]), np.concatenate([[0.0], np.cumsum(value)])
+
+
+def choose_counts(
+    fm: FlopsModel,
+    allowed: dict[int, list[int]],
+    value: dict[int, np.ndarray],
+    lo: float,
+    hi: float,
+    closest_to: float | None = None,
+) -> dict[int, int] | None:
+    """Keep counts (one of ``allowed[g]`` per group) maximizing ``sum_g value[g][n_g]`` with the
+    FLOPs ratio in ``[lo, hi]``, by a small integer program (None when no choice fits).
+
+    With ``closest_to``, the band is ignored: the counts minimize ``|ratio - closest_to|`` (the value
+    only breaks ties). The FLOPs are exact: one binary per (group, count), and for every pair of
+    groups meeting in a layer (producer and consumer) a continuous variable per pair of counts,
+    tied to the binaries by its marginals, which carries the bilinear term.
+    """
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    const, lin, quad = fm.polynomial()
+    total = fm.total
+    col: dict[tuple[int, int], int] = {}
+    for g in fm.gid:
+        for j in range(len(allowed[g])):
+            col[g, j] = len(col)
+    pairs = [(g, h) for (g, h) in quad if g != h]
+    pcol: dict[tuple[int, int], int] = {}
+    nvar = len(col)
+    for g, h in pairs:
+        pcol[g, h] = nvar
+        nvar += len(allowed[g]) * len(allowed[h])
+    t_col = nvar if closest_to is not None else None
+    nvar += t_col is not None
+
+    rows: list[np.ndarray] = []
+    rlo: list[float] = []
+    rhi: list[float] = []
+
+    def row() -> np.ndarray:
+        r = np.zeros(nvar)
+        rows.append(r)
+        return r
+
+    for g in fm.gid:  # one count per group
+        r = row()
+        r[[col[g, j] for j in range(len(allowed[g]))]] = 1
+        rlo.append(1)
+        rhi.append(1)
+    for g, h in pairs:  # y[g, j, h, l] = x[g, j] x[h, l] through its marginals
+        kg, kh, base = len(allowed[g]), len(allowed[h]), pcol[g, h]
+        for j in range(kg):
+            r = row()
+            r[base + j * kh : base + (j + 1) * kh] = 1
+            r[col[g, j]] = -1
+            rlo.append(0)
+            rhi.append(0)
+        for m in range(kh):
+            r = row()
+            r[base + m : base + kg * kh : kh] = 1
+            r[col[h, m]] = -1
+            rlo.append(0)
+            rhi.append(0)
+    flops = np.zeros(nvar)  # the FLOPs ratio minus its constant part
+    for g in fm.gid:
+        sq = quad.get((g, g), 0.0)
+        for j, k in enumerate(allowed[g]):
+            flops[col[g, j]] = (lin.get(g, 0.0) * k + sq * k * k) / total
+    for g, h in pairs:
+        kh = len(allowed[h])
+        for j, a in enumerate(allowed[g]):
+            for m, b in enumerate(allowed[h]):
+                flops[pcol[g, h] + j * kh + m] = quad[g, h] * a * b / total
+    c0 = const / total
+    objective = np.zeros(nvar)
+    for g in fm.gid:
+        for j, k in enumerate(allowed[g]):
+            objective[col[g, j]] = -float(value[g][k])
+    if t_col is None:
+        rows.append(flops)
+        rlo.append(lo - c0)
+        rhi.append(hi - c0)
+    else:  # t >= |ratio - target|; minimize t first, the value only breaks ties
+        above, below = flops.copy(), flops.copy()
+        above[t_col], below[t_col] = -1, 1
+        rows += [above, below]
+        rlo += [-np.inf, closest_to - c0]
+        rhi += [closest_to - c0, np.inf]
+        objective *= 1e-6
+        objective[t_col] = 1
+    integrality = np.zeros(nvar)
+    integrality[: len(col)] = 1
+    upper = np.ones(nvar)
+    if t_col is not None:
+        upper[t_col] = np.inf
+    res = milp(
+        objective,
+        integrality=integrality,
+        bounds=Bounds(np.zeros(nvar), upper),
+        constraints=LinearConstraint(np.array(rows), np.array(rlo), np.array(rhi)),
+        options={"time_limit": 60, "mip_rel_gap": 1e-9},
+    )
+    if res.x is None:
+        return None
+    return {g: allowed[g][int(np.argmax([res.x[col[g, j]] for j in range(len(allowed[g]))]))] for g in fm.gid}
+
+
 def align_keep(
     fm: FlopsModel,
     keep: dict[int, np.ndarray],
@@ -343,69 +529,62 @@ def align_keep(
     budget: float,
     multiple: int,
     tolerance: float = 0.05,
-) -> tuple[dict[int, np.ndarray], str]:
-    """Round every group's kept-channel count to a multiple of ``multiple`` (groups whose size is a
-    multiple of it), keeping the highest-scored channels, then add back whole chunks of ``multiple``
-    channels, best score per MAC first, while the FLOPs ratio stays within the budget.
+    *,
+    fill_scores: dict[int, np.ndarray] | None = None,
+    min_keep: int | dict[int, int] = 1,
+) -> tuple[dict[int, np.ndarray], str, dict[str, list[int]]]:
+    """Choose every group's kept-channel count among the multiples of ``multiple`` (see
+    :func:`allowed_counts`) so that the FLOPs ratio lands in ``[budget * (1 - tolerance), budget]``.
+
+    ``keep`` is the unaligned choice (training's live set, or the L1 greedy's); its channels rank
+    first within their group (by ``scores``), then the others (by ``fill_scores``, default
+    ``scores``), and a group keeping ``k`` channels keeps the first ``k``. The counts maximize the
+    share of each group's pre-aligned score that stays, summed over groups (so a narrow layer
+    losing half its channels costs more than a wide one losing a few), under the FLOPs band,
+    solved exactly as a small integer program over all groups at once. When no aligned choice
+    lands in the band (the multiple is too coarse for the budget), the choice closest to the
+    budget is taken and the note says so.
+
+    Returns (kept masks, note, {group: [count before, count after]} for the groups rounded).
 
     Runtimes block channels (onnxruntime's NCHWc convolutions work on blocks of 8 floats with
     AVX2, 16 with AVX-512): a layer with 45 channels runs like one with 48 plus repacking, so
     unaligned pruning buys far less latency than its FLOPs say.
     """
     if multiple <= 1:
-        return keep, ""
-    n = lambda k: {g: int(v.sum()) for g, v in k.items()}  # noqa: E731
-    out = {g: k.copy() for g, k in keep.items()}
-    aligned = [g for g in fm.gid if fm.size[g] % multiple == 0 and fm.size[g] > multiple]
-    for g in aligned:
-        k = int(out[g].sum())
-        target = max(multiple, (k // multiple) * multiple)
-        order = np.argsort(-np.where(out[g], scores[g], -np.inf), kind="stable")
+        return keep, "", {}
+    fill_scores = fill_scores if fill_scores is not None else scores
+    floor = min_keep if isinstance(min_keep, dict) else {g: min_keep for g in fm.gid}
+    allowed = {g: allowed_counts(fm.size[g], floor.get(g, 1), multiple) for g in fm.gid}
+    order, value = {}, {}
+    for g in fm.gid:
+        order[g], value[g] = _prefix_values(keep[g], scores[g], fill_scores[g])
+    lo, hi = budget * (1 - tolerance), budget
+    eps = 1e-9  # keep the solver's feasibility tolerance inside the band
+    counts = choose_counts(fm, allowed, value, lo + eps, hi - eps)
+    outside = counts is None
+    if outside:
+        counts = choose_counts(fm, allowed, value, lo, hi, closest_to=budget)
+        if counts is None:
+            raise RuntimeError("the channel-count integer program found no solution")
+    out = {}
+    for g in fm.gid:
         mask = np.zeros(fm.size[g], bool)
-        if target > k:  # too few kept: take the best dropped ones too
-            order = np.argsort(-scores[g], kind="stable")
-        mask[order[:target]] = True
+        mask[order[g][: counts[g]]] = True
         out[g] = mask
-    while fm.ratio(n(out)) > budget:  # rounding a group up to one chunk overshot: drop the weakest chunks
-        marg = fm.marginal(n(out))
-        best, best_p = None, np.inf
-        for g in aligned:
-            kept = np.flatnonzero(out[g])
-            if len(kept) <= multiple:
-                continue
-            chunk = kept[np.argsort(scores[g][kept], kind="stable")[:multiple]]
-            p = float(scores[g][chunk].sum()) / max(marg[g] * multiple, 1e-12)
-            if p < best_p:
-                best, best_p, best_chunk = g, p, chunk
-        if best is None:
-            break
-        out[best][best_chunk] = False
-    while True:
-        cur = fm.macs(n(out))
-        marg = fm.marginal(n(out))
-        best, best_p = None, -np.inf
-        for g in aligned:
-            free = np.flatnonzero(~out[g])
-            if len(free) < multiple or (cur + marg[g] * multiple) / fm.total > budget:
-                continue
-            chunk = free[np.argsort(-scores[g][free], kind="stable")[:multiple]]
-            p = float(scores[g][chunk].sum()) / max(marg[g] * multiple, 1e-12)
-            if p > best_p:
-                best, best_p, best_chunk = g, p, chunk
-        if best is None:
-            break
-        out[best][best_chunk] = True
-    # groups too small to align (or not a multiple of it) take single channels back while they fit
-    free_groups = [g for g in fm.gid if g not in aligned]
-    if free_groups:
-        out, _ = greedy_restore(
-            fm,
-            {g: scores[g] if g in free_groups else np.full(fm.size[g], -np.inf) for g in fm.gid},
-            budget,
-            out,
+    labels = {g.id: group_label(g) for g in fm.groups}
+    before = {g: int(keep[g].sum()) for g in fm.gid}
+    rounded = {labels[g]: [before[g], counts[g]] for g in fm.gid if counts[g] != before[g]}
+    r, r0 = fm.ratio(counts), fm.ratio(before)
+    note = (
+        f"channel counts chosen among multiples of {multiple} (integer program over {len(fm.gid)} groups): "
+        f"FLOPs ratio {r0:.3f} -> {r:.3f} for budget {budget:g}"
+    )
+    if rounded:
+        note += "; rounded " + ", ".join(f"{k} {a}->{b}" for k, (a, b) in rounded.items())
+    if outside:
+        note += (
+            f" (no choice of multiples of {multiple} lands in [{lo:.3f}, {hi:g}]: took the closest, "
+            f"{r / budget - 1:+.1%} of the budget)"
         )
-    r = fm.ratio(n(out))
-    note = f"channel counts aligned to multiples of {multiple}: FLOPs ratio {r:.3f}"
-    if r < budget * (1 - tolerance):
-        note += f" (below the {tolerance:.0%} band: no whole chunk of {multiple} channels fits the budget)"
-    return out, note
+    return out, note, rounded

@@ -149,7 +149,13 @@ def group_lasso_prune(
     x, y = check_data(x_train, y_train, "group-lasso pruning")
     graph = _graph(model, graph, x)
     fm = FlopsModel.from_graph(graph, model)
-    fm.check_budget(flops_budget, min_keep_counts(fm, cfg.min_keep_frac), cfg.min_keep_frac)
+    fm.check_budget(
+        flops_budget,
+        min_keep_counts(fm, cfg.min_keep_frac),
+        cfg.min_keep_frac,
+        cfg.channel_multiple,
+        cfg.tolerance,
+    )
     work = copy.deepcopy(model)
     cp = ChannelParams(work, graph, fm.groups, cfg.include_consumers)
     floor = min_keep_counts(fm, cfg.min_keep_frac)
@@ -256,26 +262,31 @@ def group_lasso_prune(
             last_alive[g][ok] = s
             last_norm[g][ok] = rel(g, v).numpy()[ok]
     recalibrate_bn(work, x)
+    alive_score = {g: rel(g, norms[g]).numpy() for g in norms}
+    dead_score = {  # most recently alive first
+        g: np.where(last_alive[g] >= 0, last_alive[g] + np.minimum(last_norm[g], 0.999), -np.inf)
+        for g in norms
+    }
     keep, note = snap_to_budget(
         fm,
         alive,
-        alive_score={g: rel(g, norms[g]).numpy() for g in norms},
-        dead_score={
-            g: np.where(last_alive[g] >= 0, last_alive[g] + np.minimum(last_norm[g], 0.999), -np.inf)
-            for g in norms
-        },
+        alive_score=alive_score,
+        dead_score=dead_score,
         budget=budget,
         tolerance=cfg.tolerance,
         min_keep=floor,
     )
+    rounded: dict[str, list[int]] = {}
     if cfg.channel_multiple > 1:
-        keep, align_note = align_keep(
+        keep, align_note, rounded = align_keep(
             fm,
             keep,
-            {g: rel(g, norms[g]).numpy() for g in norms},
+            alive_score,
             budget,
             cfg.channel_multiple,
             cfg.tolerance,
+            fill_scores=dead_score,
+            min_keep=floor,
         )
         note = "; ".join(x for x in (note, align_note) if x)
     for g in keep:
@@ -288,5 +299,6 @@ def group_lasso_prune(
     result.skipped = {**fm.skipped, **result.skipped}
     result.budget = budget
     result.trajectory = trajectory
+    result.rounded = rounded
     result.notes = notes + [f"skipped {k}: {v}" for k, v in result.skipped.items()]
     return result

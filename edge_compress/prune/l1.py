@@ -49,19 +49,44 @@ def l1_keep(
     batch-normalized networks, whose per-channel L1 norms are nearly uniform, it leaves the stem
     with one channel and the accuracy collapses, so the default ranks by norm alone and lets the
     FLOPs decide only how many channels go. The result is snapped to within ``tolerance`` below
-    the budget (coarse groups can overshoot: one channel of a thin first layer may cost 10% of the MACs).
+    the budget (coarse groups can overshoot: one channel of a thin first layer may cost 10% of the
+    MACs), then the counts are aligned to ``channel_multiple`` (``align_keep``).
     """
+    return l1_select(
+        model,
+        graph,
+        flops_budget,
+        cost_power=cost_power,
+        tolerance=tolerance,
+        min_keep_frac=min_keep_frac,
+        channel_multiple=channel_multiple,
+    )[0]
+
+
+def l1_select(
+    model: nn.Module,
+    graph: ModelGraph,
+    flops_budget: float,
+    *,
+    cost_power: float = 0.0,
+    tolerance: float = 0.05,
+    min_keep_frac: float = 0.25,
+    channel_multiple: int = 1,
+) -> tuple[dict[int, np.ndarray], str, dict[str, list[int]]]:
+    """``l1_keep`` plus the alignment's note and the groups it rounded."""
     fm = FlopsModel.from_graph(graph, model)
     floor = min_keep_counts(fm, min_keep_frac)
-    fm.check_budget(flops_budget, floor, min_keep_frac)
+    fm.check_budget(flops_budget, floor, min_keep_frac, channel_multiple, tolerance)
     raw = l1_scores(model, graph, fm)
     scores = {g: v / max(float(v.mean()), 1e-12) for g, v in raw.items()}
     keep = greedy_select(fm, scores, flops_budget, cost_power=cost_power, min_keep=floor)
     keep, _ = snap_to_budget(
         fm, keep, scores, scores, flops_budget, tolerance, cost_power=cost_power, min_keep=floor
     )
-    keep, _ = align_keep(fm, keep, scores, flops_budget, channel_multiple, tolerance)
-    return {g: np.flatnonzero(k) for g, k in keep.items()}
+    keep, note, rounded = align_keep(
+        fm, keep, scores, flops_budget, channel_multiple, tolerance, min_keep=floor
+    )
+    return {g: np.flatnonzero(k) for g, k in keep.items()}, note, rounded
 
 
 def l1_prune(
@@ -88,7 +113,7 @@ def l1_prune(
             raise UserError("l1 pruning needs the model graph or training data to build one from.")
         graph = extract_graph(model, torch.from_numpy(np.ascontiguousarray(np.asarray(x_train)[:1])))
     fm = FlopsModel.from_graph(graph, model)
-    keep = l1_keep(
+    keep, note, rounded = l1_select(
         model,
         graph,
         flops_budget,
@@ -98,8 +123,9 @@ def l1_prune(
     )
     result = apply_pruning(model, graph, keep, method="l1")
     result.budget = float(flops_budget)
+    result.rounded = rounded
     result.skipped = {**fm.skipped, **result.skipped}
-    result.notes = [f"skipped {k}: {v}" for k, v in result.skipped.items()]
+    result.notes = ([note] if note else []) + [f"skipped {k}: {v}" for k, v in result.skipped.items()]
     if x_train is not None and y_train is not None and finetune_epochs > 0:
         finetune(result.model, np.asarray(x_train), np.asarray(y_train), finetune_epochs, finetune_lr, seed)
     else:

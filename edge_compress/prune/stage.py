@@ -4,9 +4,10 @@ Runs group lasso (or one-shot L1) on the compile context's model, removes the ch
 physically, re-estimates batch-norm statistics, fine-tunes on the model's own training split (the
 zoo model's data, or ``--data``), and replaces the context's model and graph with the smaller
 ones. Returns the manifest record:
-channels per layer before / after, FLOPs and parameters before / after, test accuracy of the
-original, the pruned (before fine-tuning) and the fine-tuned model, the groups left unpruned and
-why, and the kept channel indices per layer (which the compiler also writes into plan.json).
+channels per layer before / after, FLOPs (and the budget) and parameters before / after, test
+accuracy of the original, the pruned (before fine-tuning) and the fine-tuned model, the groups left
+unpruned and why, the groups whose kept count was rounded to the channel multiple, and the kept
+channel indices per layer (which the compiler also writes into plan.json).
 """
 
 from __future__ import annotations
@@ -135,7 +136,12 @@ def run_prune(ctx: CompileContext, cfg: PruneConfig) -> dict[str, Any]:
         "finetune_epochs": cfg.finetune_epochs,
         "epochs": cfg.epochs if cfg.method == "group_lasso" else None,
         "min_keep_frac": cfg.min_keep_frac,
-        "flops": {"before": graph.total_macs, "after": new_graph.total_macs, "ratio": res.flops_ratio},
+        "flops": {
+            "before": graph.total_macs,
+            "after": new_graph.total_macs,
+            "ratio": res.flops_ratio,
+            "budget": cfg.flops,
+        },
         "params": {
             "before": params_before,
             "after": count_params(pruned),
@@ -145,6 +151,7 @@ def run_prune(ctx: CompileContext, cfg: PruneConfig) -> dict[str, Any]:
         "channels": channels,
         "kept": kept,
         "skipped": dict(res.skipped),
+        "rounded": dict(res.rounded),  # group -> [kept count before, after rounding to channel_multiple]
         "trajectory": trajectory,
         "notes": [n for n in notes if not n.startswith("skipped ")],
     }

@@ -124,7 +124,7 @@ def test_group_lasso_stage_fine_tunes_and_aligns_channels(spec):
     rec = run_prune(ctx, PruneConfig(flops=0.5, epochs=3, finetune_epochs=1, channel_multiple=8))
     assert rec["method"] == "group_lasso" and 1 <= len(rec["trajectory"]) <= 3
     assert rec["flops"]["ratio"] <= 0.5 and rec["params"]["ratio"] < 1
-    # c3 (16) and f5 (120) are multiples of 8: their kept counts are too; c1 (6) and f6 (84) are not aligned
+    # c3 (16) and f5 (120) are multiples of 8: their kept counts are too; c1 (6) is narrower than one block
     assert rec["channels"]["c3"]["after"] % 8 == 0 and rec["channels"]["f5"]["after"] % 8 == 0
     acc = rec["accuracy"]
     assert acc["original"] > 0.95 and acc["after_finetune"] > 0.9
