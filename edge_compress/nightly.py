@@ -147,6 +147,9 @@ def run_nightly(
         _job(suite, run_id, c, targets[c.target], profiles[c.target], prepared, compile_errors, store)
         for c in cells
     ]
+    ready = getattr(executor, "ready", None)  # the lab: a warm worker on each device's node
+    if ready is not None and jobs:
+        ready(jobs)
     say("measure", total=len(jobs), targets=len({j.target_name for j in jobs}))
     measured = 0
     for outcome in executor.run(jobs, run_cell, failed_outcome):
@@ -442,6 +445,7 @@ def _job(
         "max_count": m.max_count,
         "timeout_s": m.timeout_s,
         "cooldown_s": m.cooldown_s,
+        "detect_throttle": m.detect_throttle,
         "energy": m.energy,
         "profile": profile,
         "accuracy_npz": c.accuracy_npz or (accuracy_npz_for(c.model_ref) if m.accuracy else None),

@@ -115,6 +115,9 @@ class MeasureSettings(_Strict):
     warmup: int = Field(default=10, ge=0)
     max_count: int = Field(default=100_000, ge=1)
     cooldown_s: float = Field(default=5.0, ge=0)
+    detect_throttle: bool = Field(
+        default=True, description="re-measure a cell once (after cooldown_s) when its latency drifts up"
+    )
     timeout_s: float = Field(default=600.0, gt=0)
     runtime: str = "auto"
     core_mask: str | None = Field(default=None, pattern=r"^(0[xX])?[0-9a-fA-F]+$")

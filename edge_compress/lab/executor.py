@@ -13,6 +13,11 @@ device that leaves the cluster costs only its own cells:
 - a target no node advertises (after ``wait_for_targets_s``) or advertised by several nodes
   fails its cells the same way, without running them.
 
+Ray starts worker processes per job (each nightly run): before the measure phase the nightly
+calls :meth:`RayExecutor.ready`, which waits until every device's node has a worker with the
+cell's imports (sent early by :meth:`RayExecutor.warm_up`, so it overlaps with compilation), and
+the first cell on a device does not pay for a process start.
+
 Compilation (:meth:`RayExecutor.prepare_artifacts`) runs as CPU tasks anywhere in the cluster;
 artifacts come back to the head's artifact directory, and reach device hosts through the object
 store into each node's content-hash cache (:mod:`edge_compress.lab.tasks`). Results are yielded
@@ -56,6 +61,7 @@ class RayExecutor:
         depth: int = 2,
         cancel_grace_s: float = 10.0,
         label: str = "",
+        warm_timeout_s: float = 120.0,
     ) -> None:
         from edge_compress.lab.cluster import check_cluster_address
 
@@ -65,13 +71,16 @@ class RayExecutor:
         self.depth = max(1, depth)
         self.cancel_grace_s = cancel_grace_s
         self.label = label
+        self.warm_timeout_s = warm_timeout_s
         self.compiled_on: dict[str, str] = {}  # artifact id -> node name that compiled it
         self.notes: list[str] = []
         self._ray: Any = None
         self._owns = False
         self._shipped: dict[tuple, Any] = {}
         self._waited: set[str] = set()
-        self._warming: list[Any] = []
+        self._warming: dict[str, Any] = {}  # target -> ref of its warm-up task
+        self._ready_board: tuple[int, Any] | None = None  # (run id, board) made by ready()
+        self.warmed: list[dict[str, Any]] = []  # where and when each device's worker got ready
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -85,6 +94,9 @@ class RayExecutor:
     def close(self) -> None:
         self._shipped.clear()
         self._warming.clear()
+        if self._ready_board is not None:
+            self._kill(self._ready_board[1])
+            self._ready_board = None
         if self._ray is not None and self._owns:
             self._ray.shutdown()
         self._ray, self._owns = None, False
@@ -160,15 +172,66 @@ class RayExecutor:
 
     def warm_up(self, names: Iterable[str]) -> None:
         """Start a Ray worker for each device now (on its node, importing what a cell needs), so
-        that it is ready when the device's first cell comes; nothing waits for it."""
+        that it is ready when the device's first cell comes. Ray starts worker processes per job
+        (a nightly run), and on a busy lab host starting one and importing takes seconds: sent
+        early, this overlaps with loading the suite and compiling; :meth:`ready` waits for it."""
         from edge_compress.lab import tasks
 
+        names = [n for n in sorted(set(names)) if n not in self._warming]
+        if not names:
+            return
         ray = self.connect()
         warm = ray.remote(tasks.warm_task)
         for n, cap in self.target_capacity(names).items():
             if cap == 1:
-                opts = {"resources": {target_resource(n): 1}, "num_cpus": 0, "max_retries": 0}
-                self._warming.append(warm.options(**opts).remote())
+                opts = {
+                    "resources": {target_resource(n): 1},
+                    "num_cpus": 0,
+                    "max_retries": 0,
+                    "name": f"warm:{n}",
+                }
+                self._warming[n] = warm.options(**opts).remote(n)
+
+    def ready(self, jobs: Iterable[CellJob]) -> list[dict[str, Any]]:
+        """Get the lab ready for ``jobs`` before the nightly's measure phase: wait (up to
+        ``warm_timeout_s``) until each device's node has a worker ready for its cells
+        (:meth:`warm_up`, sent now for devices not warmed yet) and the run's status board is up,
+        so this time is part of the run, not of its first cells. A device whose warm-up fails or
+        is late only gets a note: its cells run (or fail) as usual."""
+        jobs = list(jobs)
+        names = sorted({j.target_name for j in jobs})
+        self.warm_up(names)
+        refs = {self._warming[n]: n for n in names if n in self._warming}
+        ray = self.connect()
+        board = self._board(jobs) if jobs else None  # its actor starts while the workers do
+        if board is not None:
+            self._ready_board = (jobs[0].run_id, board)
+        t0 = time.time()
+        ready, late = (
+            ray.wait(list(refs), num_returns=len(refs), timeout=self.warm_timeout_s) if refs else ([], [])
+        )
+        out = []
+        for ref in ready:
+            try:
+                rec = ray.get(ref)
+            except Exception as e:  # noqa: BLE001 - the device's cells report their own failure
+                self.notes.append(f"warm-up for target {refs[ref]!r} failed: {_line(e)}")
+                continue
+            out.append({**rec, "waited_s": round(max(0.0, rec["finished_unix"] - t0), 3)})
+        for ref in late:
+            self.notes.append(
+                f"no worker ready for target {refs[ref]!r} after {self.warm_timeout_s:g} s; "
+                "its first cell waits for one"
+            )
+        for n in refs.values():
+            self._warming.pop(n, None)
+        if board is not None:
+            try:
+                ray.get(board.snapshot.remote(), timeout=max(5.0, self.warm_timeout_s - (time.time() - t0)))
+            except Exception:  # noqa: BLE001 - the board only feeds `lab status`
+                pass
+        self.warmed += sorted(out, key=lambda r: r["target"])
+        return out
 
     # -- compilation -----------------------------------------------------------------------------
 
@@ -277,9 +340,14 @@ class RayExecutor:
         remote = ray.remote(tasks.run_cell_task)
         names = sorted({j.target_name for j in jobs})
         capacity = self.wait_for_targets(names)
-        board = self._board(jobs)
+        pre = self._ready_board
+        self._ready_board = None
+        board = pre[1] if pre is not None and pre[0] == jobs[0].run_id else self._board(jobs)
+        if pre is not None and board is not pre[1]:
+            self._kill(pre[1])
         queues: dict[str, deque[CellJob]] = {n: deque(j for j in jobs if j.target_name == n) for n in names}
         inflight: dict[Any, CellJob] = {}
+        submitted: dict[Any, float] = {}  # ref -> when the driver handed the cell to Ray
         count: Counter[str] = Counter()
         lost: dict[Any, float] = {}  # ref -> when its target was seen gone
 
@@ -302,7 +370,8 @@ class RayExecutor:
                     "max_retries": 0,
                     "name": f"cell:{job.key}",
                 }
-                inflight[remote.options(**opts).remote(fn, job, self._files(job), board)] = job
+                ref = remote.options(**opts).remote(fn, job, self._files(job), board)
+                inflight[ref], submitted[ref] = job, time.time()
                 count[n] += 1
 
         try:
@@ -334,7 +403,11 @@ class RayExecutor:
                         exc, where = self._explain(e, job, board)
                         out = fail(job, exc, where)
                     else:
+                        lab = (out.measurement.get("extra") or {}).get("lab")
+                        if isinstance(lab, dict):
+                            lab["submitted_unix"] = submitted.get(ref)
                         self._tell(board, "finished", job.key, str(out.verdict.get("verdict")))
+                    submitted.pop(ref, None)
                     yield out
                     submit(job.target_name)
                 if time.monotonic() - last_check >= max(self.poll_s, 0.5):

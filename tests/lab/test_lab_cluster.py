@@ -155,6 +155,47 @@ def test_compilation_runs_on_a_lab_node_and_the_artifact_reaches_the_head(lab: L
     assert row["status"] == "ok" and row["lab"]["node"] == "lab-a" and 0.5 < row["accuracy"] <= 1.0
 
 
+def test_every_device_has_a_warm_worker_before_its_first_cell(lab: Lab, tmp_path: Path) -> None:
+    """The nightly waits for a worker per device (started on the device's node, with what a
+    cell imports) before its measure phase; no device's first cell waits for a worker to start."""
+    from edge_compress.lab.executor import RayExecutor
+    from edge_compress.nightly import run_nightly
+    from edge_compress.suite import load_suite
+    from runners.inventory import Inventory
+
+    suite_path = write_suite(tmp_path / "suite.yaml", make_models(tmp_path, 2), ALL, name="lab-warm")
+    node_ids = lab.node_ids()
+    events: list[tuple[str, float]] = []
+    db = tmp_path / "w.sqlite"
+    with RayExecutor(lab.address, label="lab-warm") as ex:
+        inv = ex.lab_inventory(Inventory(), wait_for=ALL)  # as `nightly --cluster`: warm-ups sent here
+        suite = load_suite(suite_path, inventory=inv)
+        with ResultStore(db) as store:
+            res = run_nightly(
+                suite,
+                store=store,
+                inventory=inv,
+                executor=ex,
+                artifacts_dir=tmp_path / "artifacts",
+                progress=lambda event, **_: events.append((event, time.time())),
+            )
+        warmed = {w["target"]: w for w in ex.warmed}
+        assert not ex.notes, ex.notes
+    assert res.exit_code == 0 and res.counts == {"no_baseline": 8}, res.counts
+    assert sorted(warmed) == sorted(ALL) and len(ex.warmed) == len(ALL)
+    measure_start = next(t for e, t in events if e == "measure")
+    rows = lab_rows(db, res.run_id)
+    for t in ALL:
+        w, node = warmed[t], NODE_OF[t]
+        assert (w["node"], w["node_id"]) == (node, node_ids[node]), w
+        assert w["finished_unix"] <= measure_start, (t, w, measure_start)
+        first = min((r for r in rows if r["target"] == t), key=lambda r: r["lab"]["started_unix"])
+        assert first["lab"]["node_id"] == w["node_id"] and w["finished_unix"] <= first["lab"]["started_unix"]
+        # it ran in a worker process that was there before the measure phase (Ray may have
+        # started more workers than warm-ups ran on; any of them is warm)
+        assert first["lab"]["worker_started_unix"] <= measure_start, (t, first["lab"], measure_start)
+
+
 def test_a_node_dying_mid_suite_fails_only_its_own_cells(lab: Lab, tmp_path: Path) -> None:
     models = make_models(tmp_path, 3)
     measure = {"min_count": 20, "min_duration_s": 1.5, "warmup": 2, "cooldown_s": 0.1, "timeout_s": 120}

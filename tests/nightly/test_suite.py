@@ -119,3 +119,28 @@ def test_unknown_compile_method_lists_the_known_ones(workdir: Path) -> None:
     pytest.importorskip("edge_compress.compiler")
     msg = _err(write_suite(workdir / "s.yaml", compile=[{"name": "x", "method": "magic"}]))
     assert "'compile.0.method'" in msg and "magic" in msg and "hessian" in msg and "none" in msg
+
+
+@pytest.mark.parametrize("detect", [True, False])
+def test_measure_detect_throttle_reaches_the_runner(workdir: Path, detect: bool) -> None:
+    """``measure.detect_throttle`` (default on) is in every cell's run request."""
+    from edge_compress.executor import LocalPoolExecutor
+    from edge_compress.nightly import _request, run_nightly
+    from edge_compress.store import ResultStore
+    from tests.nightly.conftest import QUICK_MEASURE
+
+    measure = dict(QUICK_MEASURE, **({} if detect else {"detect_throttle": False}))
+    suite = load_suite(write_suite(workdir / "s.yaml", measure=measure))
+    assert suite.measure.detect_throttle is detect
+    requests = []
+
+    class Recording(LocalPoolExecutor):
+        def run(self, jobs, fn, on_error):  # type: ignore[no-untyped-def]
+            jobs = list(jobs)
+            requests.extend(_request(j, j.model_file) for j in jobs)
+            yield from super().run(jobs, fn, on_error)
+
+    with ResultStore(workdir / "r.sqlite") as store:
+        res = run_nightly(suite, store=store, executor=Recording(), artifacts_dir=workdir / "art")
+    assert res.exit_code == 0 and len(requests) == 1
+    assert requests[0].detect_throttle is detect
