@@ -10,6 +10,13 @@ unless the target sets ``trust_on_first_use`` (then it is recorded and reported)
 is always refused, and never retried. Dropped connections are retried with exponential
 back-off. One run per device at a time (thread + file lock); different devices run in parallel.
 ``run`` never raises for target failures: they come back as ``Measurement.failure``.
+
+Connections are reused: after a successful run the session goes back to a per-process pool and
+the target's next run (a nightly run's next cell, a paired re-measure) skips the key exchange,
+authentication and SFTP start (0.3 s on a quiet loopback, over a second on a busy host or a slow
+link). A pooled session is used only while it is alive, idle for less than ``POOL_IDLE_S``, and
+made with the same connection settings and the same known_hosts file contents; anything else,
+and any failure, closes it and connects afresh (with the full host-key check).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import os
 import posixpath
 import select
 import shlex
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -147,6 +155,14 @@ def _reason(e: BaseException) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # a connected session: exec, push, paths
+
+
+class _StalePooledSession(Exception):
+    """A reused pooled session failed at its first step: reconnect without spending a retry."""
+
+    def __init__(self, error: TransportError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass
@@ -325,6 +341,64 @@ def open_session(target: Target, timeout_s: float = 15.0) -> SSHSession:
     return sess
 
 
+POOL_IDLE_S = 60.0  # a pooled session idle longer than this is closed, not reused
+# one pooled session per device address: (settings key, session, last release time)
+_pool: dict[str, tuple[str, SSHSession, float]] = {}
+_pool_lock = threading.Lock()
+
+
+def _address(target: Target) -> str:
+    return f"{target.user or ''}@{target.host}:{target.port}"
+
+
+def _pool_key(target: Target) -> str:
+    """The connection settings of ``target`` and the state of its known_hosts file: a pooled
+    session is reused only for the same settings and the same trusted keys."""
+    kh = target.known_hosts_path
+    try:
+        st = os.stat(kh)
+        kh_state: Any = [st.st_size, st.st_mtime_ns]
+    except OSError:
+        kh_state = None
+    fields = ("host", "port", "user", "key_file", "known_hosts", "trust_on_first_use", "workdir")
+    return json.dumps([{f: getattr(target, f) for f in fields}, kh_state], sort_keys=True, default=str)
+
+
+def pooled_session(target: Target, timeout_s: float = 15.0) -> tuple[SSHSession, bool]:
+    """(session, reused): a live pooled session of ``target`` or a new one (see the module doc)."""
+    with _pool_lock:
+        entry = _pool.pop(_address(target), None)
+    if entry is not None:
+        key, sess, last = entry
+        if key == _pool_key(target) and time.monotonic() - last < POOL_IDLE_S and sess.alive():
+            sess.host_keys_added = []
+            return sess, True
+        sess.close()
+    return open_session(target, timeout_s), False
+
+
+def release_session(sess: SSHSession) -> None:
+    """Return a healthy session to the pool (one per device: an older one is closed)."""
+    if not sess.alive():
+        sess.close()
+        return
+    with _pool_lock:
+        old = _pool.pop(_address(sess.target), None)
+        _pool[_address(sess.target)] = (_pool_key(sess.target), sess, time.monotonic())
+    if old is not None:
+        old[1].close()
+
+
+def close_pooled_sessions() -> int:
+    """Close every pooled session (returns how many)."""
+    with _pool_lock:
+        entries = list(_pool.values())
+        _pool.clear()
+    for _, sess, _ in entries:
+        sess.close()
+    return len(entries)
+
+
 def _resolve(path: str, home: str) -> str:
     if path == "~":
         return home
@@ -401,16 +475,28 @@ class SSHRunner:
 
     def _run_with_retries(self, request: RunRequest, power: dict[str, Any] | None) -> Measurement:
         first: TransportError | None = None
-        for attempt in range(self.retries + 1):
+        stale_retry = True  # a pooled session that turns out dead costs no retry, once
+        attempt = 0
+        while attempt <= self.retries:
             try:
                 m = self._attempt(request, power)
                 m.extra["attempts"] = attempt + 1
                 return m
+            except _StalePooledSession as e:
+                if not stale_retry:
+                    first = first or e.error
+                    if not e.error.retryable or attempt == self.retries:
+                        return self._final_failure(request, first, e.error, attempt)
+                    self._sleep(self.backoff_s * 2**attempt)
+                    attempt += 1
+                stale_retry = False
+                continue
             except TransportError as e:
                 first = first or e
                 if not e.retryable or attempt == self.retries:
                     return self._final_failure(request, first, e, attempt)
                 self._sleep(self.backoff_s * 2**attempt)
+                attempt += 1
             except Exception as e:  # noqa: BLE001 - a bug must not lose the whole nightly run
                 msg = f"unexpected error on target {self.name!r}: {type(e).__name__}: {_reason(e)}."
                 return Measurement.failure(self.name, request.model_path, msg, "infrastructure")
@@ -431,12 +517,18 @@ class SSHRunner:
     def _attempt(self, request: RunRequest, power: dict[str, Any] | None) -> Measurement:
         steps: dict[str, float] = {}
         t = time.monotonic()
-        sess = self.session()  # connect
+        sess, reused = pooled_session(self.target, self.connect_timeout_s)  # connect
         steps["connect"] = time.monotonic() - t
+        healthy = False
         try:
             t = time.monotonic()
-            with sess.step("push"):
-                paths, pushed = self._push(sess, request)
+            try:
+                with sess.step("push"):
+                    paths, pushed = self._push(sess, request)
+            except TransportError as e:
+                if reused and e.retryable:  # the pooled connection died while idle
+                    raise _StalePooledSession(e) from None
+                raise
             rundir = posixpath.join(sess.workdir, "runs", uuid.uuid4().hex)
             try:
                 self._write_request(sess, rundir, request, paths, power)
@@ -449,11 +541,16 @@ class SSHRunner:
                 t = time.monotonic()
                 self._cleanup(sess, rundir)
                 steps["cleanup"] = time.monotonic() - t
+            healthy = m.ok or m.error_kind not in ("infrastructure", "timeout")
         finally:
-            sess.close()
+            if healthy:
+                release_session(sess)
+            else:
+                sess.close()
         m.pushed_bytes = sum(pushed.values())
         m.extra["pushed"] = pushed
         m.extra["steps_s"] = steps
+        m.extra["connection_reused"] = reused
         if sess.host_keys_added:
             m.extra["host_keys_added"] = sess.host_keys_added
         return m

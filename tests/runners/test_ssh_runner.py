@@ -82,6 +82,34 @@ def test_full_bench_then_cache_hit(sshd: SSHServer, tmp_path: Path, model: Path)
     assert blob.exists() and list((work / "runs").iterdir()) == []  # run dirs cleaned up
 
 
+def test_connection_is_reused_between_runs_and_renewed_after_a_drop(
+    sshd: SSHServer, tmp_path: Path, model: Path
+) -> None:
+    """A nightly run builds a runner per cell: the target's next run reuses the open connection;
+    a connection that dropped while idle, or a known_hosts file that changed, means a fresh one."""
+    from runners.ssh import close_pooled_sessions
+    from tests.sshd import _descendants, _kill
+
+    close_pooled_sessions()
+    t = target(sshd, tmp_path / "w")
+    first = SSHRunner(t).run(quick(model))
+    assert first.ok and first.extra["connection_reused"] is False, first.error
+    second = SSHRunner(t).run(quick(model))
+    assert second.ok and second.extra["connection_reused"] is True, second.error
+    # the device drops every connection (the server's session processes die, the listener stays)
+    for pid in _descendants(sshd.process.pid):
+        _kill(pid)
+    third = SSHRunner(t).run(quick(model))
+    assert third.ok, third.error
+    assert third.extra["connection_reused"] is False and third.extra["attempts"] == 1
+    # the trusted keys changed: the connection is made (and the host key checked) again
+    kh = Path(t.known_hosts_path)
+    kh.write_text(kh.read_text() + "# reviewed\n")
+    fourth = SSHRunner(t).run(quick(model))
+    assert fourth.ok and fourth.extra["connection_reused"] is False, fourth.error
+    assert close_pooled_sessions() == 1
+
+
 def test_changed_host_key_is_refused_even_with_tofu(sshd: SSHServer, tmp_path: Path, model: Path) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
     other = " ".join((tmp_path / "other.pub").read_text().split()[:2])
