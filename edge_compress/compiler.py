@@ -11,8 +11,9 @@ Stages (timed, in ``manifest["stages_s"]``):
                    exported files and the parity check all see the smaller model
 ``plan``           the quantization planner (``edge_compress.quant.planner.plan_model``)
 ``simulate``       BN folding, the plan's exact scales, the torch simulation
-``export_onnx``    QDQ ONNX (:mod:`edge_compress.export.onnx`)
-``export_tflite``  static int8 / int4 TFLite, float-I/O and full-integer variants (:mod:`edge_compress.export.tflite`)
+``export_onnx``    QDQ ONNX, or weight-only ONNX (float compute) (:mod:`edge_compress.export.onnx`)
+``export_tflite``  static int8 / int4 TFLite (or weight-only: float compute), float-I/O and
+                   full-integer variants (:mod:`edge_compress.export.tflite`)
 ``parity``         every file in its real runtime vs the simulation (:mod:`edge_compress.export.parity`)
 ``write``          plan.json (with fallbacks), manifest.json, atomic rename into place
 
@@ -74,6 +75,10 @@ class ExportOptions:
     # in ONNX and in the TFLite int8 variant (0: never); the name is kept for existing callers
     onnx_float_compute_k: int = 32
     calibration_samples: int = 256
+    # integer | float | auto: the compute precision of the ONNX file and of the TFLite int8 variant
+    # (float: integer-stored weights, float activations; auto: per model, from the profile and the cost
+    # model, see edge_compress.export.compute). int8-full is integer whatever this says.
+    compute: str = "auto"
 
     def to_json(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -405,6 +410,9 @@ def compile_model(
         raise UserError(f"--parity-threshold must be between 0 and 1, got {parity_threshold}.")
     opts = options or ExportOptions(onnx_int8_weights=default_int8_weights(profile))
     opts = ExportOptions(**{**asdict(opts), "formats": formats})
+    from edge_compress.export.compute import check_choice
+
+    check_choice(opts.compute)
     if keep_float and spec.kind != "onnx":
         raise UserError("--keep-float names nodes of an existing .onnx model; it does not apply here.")
     if plan is not None and spec.kind != "torch":
@@ -480,8 +488,19 @@ def compile_model(
             model_ids = (state_dict_sha256(ctx.model), arch_sha256(ctx.model))
         with timer("plan"):
             if plan is None:
-                outputs = [("onnx", "qdq")] * ("onnx" in formats)
-                outputs += [("tflite", v) for v in opts.tflite_variants] * ("tflite" in formats)
+                from edge_compress.plan import CompressionPlan
+
+                # the files the planner budgets: the integer variants, and the weight-only ones where
+                # the compute choice for a uniform int8 plan is float (the choice is made on the final
+                # plan below: int4 layers can turn it back to integer)
+                pre = _compute_choices(
+                    ctx, CompressionPlan.uniform(ctx.graph, spec.name, profile.name, 8, 8), opts, budget
+                )
+                outputs = [("onnx", v) for v in dict.fromkeys(("qdq", pre["onnx"].variant))] * (
+                    "onnx" in formats
+                )
+                tfl = list(dict.fromkeys([*opts.tflite_variants, *_tflite_variants(opts, pre)]))
+                outputs += [("tflite", v) for v in tfl] * ("tflite" in formats)
                 pbudget = _planner_budget(budget, profile, run_transforms)
                 ctx.plan = _make_plan(ctx, pbudget, method, alpha, outputs)
             else:
@@ -503,6 +522,7 @@ def compile_model(
             sim_val, sim_test = predict(sim, ds.x_val), predict(sim, ds.x_test)
             sim_acc = float(np.mean(sim_test.argmax(1) == ds.y_test))
             sim_calib = predict(sim, calib)
+            choices = _compute_choices(ctx, the_plan, opts, budget, biased_layers(ctx.graph, folded))
 
         described = spec.describe()
         if model_ids is not None:  # the exported model is the transformed one
@@ -527,19 +547,33 @@ def compile_model(
                         if opts.onnx_float_compute_k
                         else set()
                     )
-                    files.append(
-                        export_onnx(
-                            src,
-                            the_plan,
-                            qspec,
-                            grid,
-                            calib,
-                            builder.path(f"{spec.name}.qdq.onnx"),
-                            planned_bytes=0,
-                            int8_weights=opts.onnx_int8_weights,
-                            float_compute=fc,
+                    if choices["onnx"].compute == "float":
+                        from edge_compress.export.onnx import export_onnx_weight_only
+
+                        files.append(
+                            export_onnx_weight_only(
+                                src,
+                                the_plan,
+                                qspec,
+                                grid,
+                                builder.path(f"{spec.name}.weight-only.onnx"),
+                                planned_bytes=0,
+                            )
                         )
-                    )
+                    else:
+                        files.append(
+                            export_onnx(
+                                src,
+                                the_plan,
+                                qspec,
+                                grid,
+                                calib,
+                                builder.path(f"{spec.name}.qdq.onnx"),
+                                planned_bytes=0,
+                                int8_weights=opts.onnx_int8_weights,
+                                float_compute=fc,
+                            )
+                        )
             if "tflite" in formats:
                 with timer("export_tflite"):
                     from edge_compress.export.onnx import tiny_layers
@@ -550,7 +584,7 @@ def compile_model(
                     fc_tfl = tiny_layers(ctx.graph.layers, k) if k else set()
                     lo, hi = float(sim_calib.min()), float(sim_calib.max())
                     margin = 0.1 * (hi - lo)
-                    for variant in opts.tflite_variants:
+                    for variant in _tflite_variants(opts, choices):
                         files.append(
                             export_tflite(
                                 src,
@@ -564,6 +598,7 @@ def compile_model(
                                 variant=variant,
                                 output_range=(lo - margin, hi + margin),
                                 float_compute=fc_tfl,
+                                widen_int4=choices["tflite"].widen_int4,
                             )
                         )
             reports = []
@@ -619,6 +654,7 @@ def compile_model(
                     method,
                     alpha,
                     timer.stages,
+                    choices,
                 )
                 path = builder.commit(f"{spec.name}-{aid[:12]}", manifest, replace=True)
             manifest["stages_s"] = dict(timer.stages)
@@ -677,6 +713,7 @@ def _manifest(
     method: str,
     alpha: float | None,
     stages: dict[str, float],
+    choices: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     layers: dict[str, Any] = {}
     for ef in files:
@@ -726,10 +763,38 @@ def _manifest(
             "transforms": list(ctx.records),
             **ctx.records,
             "export_options": opts.to_json(),
+            # per format: integer or float compute, the predicted latencies behind the choice, how to get the other
+            "compute": {f: c.to_json() for f, c in (choices or {}).items() if f in opts.formats},
             "versions": versions,
             "stages_s": dict(stages),
         }
     )
+
+
+def _compute_choices(
+    ctx: CompileContext,
+    plan: CompressionPlan,
+    opts: ExportOptions,
+    budget: dict[str, float] | None,
+    biased: set[str] | None = None,
+) -> dict[str, Any]:
+    """Format -> :class:`~edge_compress.export.compute.ComputeChoice` of its default file."""
+    from edge_compress.export.compute import choose
+    from edge_compress.export.onnx import tiny_layers
+
+    k = opts.onnx_float_compute_k
+    fc = tiny_layers(ctx.graph.layers, k) if k else set()
+    limit = (ctx.profile.budgets.active() if budget is None else budget).get("model_bytes")
+    return {
+        f: choose(opts.compute, f, ctx.profile, ctx.graph, plan, fc, budget_bytes=limit, biased=biased)
+        for f in FORMATS
+    }
+
+
+def _tflite_variants(opts: ExportOptions, choices: dict[str, Any]) -> list[str]:
+    """The TFLite variants to write: the int8 variant becomes weight-only under float compute."""
+    out = [choices["tflite"].variant if v == "int8" else v for v in opts.tflite_variants]
+    return list(dict.fromkeys(out))
 
 
 def _planner_budget(

@@ -121,12 +121,22 @@ def kernels_from_onnx(path: str | os.PathLike[str]) -> list[Kernel]:
             consumers.setdefault(i, []).append(n)
 
     def const_source(name: str) -> tuple[str, int | None] | None:
-        """(initializer name, storage bits) of a constant weight, looking through DequantizeLinear."""
+        """(initializer name, storage bits) of a constant weight, looking through DequantizeLinear.
+
+        A weight rebuilt from integer storage by ``Cast -> Mul(scale)`` (a weight-only file) is
+        constant-folded by onnxruntime into a float weight when the session is created: the layer
+        runs as a float kernel, so it counts as float (named by the rebuilt tensor)."""
         if name in inits:
             return name, _bits(inits[name].data_type)
         p = producer.get(name)
         if p is not None and p.op_type == "DequantizeLinear" and p.input and p.input[0] in inits:
             return p.input[0], _bits(inits[p.input[0]].data_type) or 8
+        if p is not None and p.op_type == "Mul" and len(p.input) == 2:
+            for a, b in (p.input, p.input[::-1]):
+                c = producer.get(a)
+                if b in inits and c is not None and c.op_type == "Cast" and c.input and c.input[0] in inits:
+                    shapes.setdefault(name, tuple(int(x) for x in inits[c.input[0]].dims))
+                    return name, 32
         return None
 
     def act_bits(name: str) -> int | None:

@@ -56,6 +56,13 @@ class Compute(_Frozen):
         description="the runtimes' kernels block output channels in multiples of this (8: XNNPACK's NEON "
         "tiles, onnxruntime's AVX2 NCHWc blocks); structured pruning rounds kept channel counts to it",
     )
+    integer_speedup: dict[Runtime, float] | None = Field(
+        default=None,
+        description="measured latency of a model's float export divided by that of its int8 export, per "
+        "runtime, on this CPU at batch 1 (quantize / dequantize and layout costs included); below 1 where "
+        "int8 kernels lose to float ones. Absent: the ratio of peak_macs_per_s. Exports use it to choose "
+        "integer or float compute (edge_compress.export.compute)",
+    )
 
     @model_validator(mode="after")
     def _peaks_positive(self) -> Compute:
@@ -64,6 +71,9 @@ class Compute(_Frozen):
                 raise ValueError(f"peak_macs_per_s.{k} must be > 0")
         if "fp32" not in self.peak_macs_per_s:
             raise ValueError("peak_macs_per_s needs at least fp32")
+        for k, v in (self.integer_speedup or {}).items():
+            if v <= 0:
+                raise ValueError(f"integer_speedup.{k} must be > 0")
         return self
 
     @property

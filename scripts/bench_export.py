@@ -4,6 +4,10 @@
 
 For every model: a compile with the planner on the ``host`` profile (its default budgets: int8
 where nothing forces less), and a mixed int4/int8 compile (``alpha`` between all-int4 and all-int8).
+The default export options include ``compute: auto``: on ``host`` the profile's measured
+``integer_speedup`` makes it write weight-only files (integer weights, float compute); the
+integer-compute files of the same plan (``compute: integer``: QDQ ONNX, static int8 TFLite) are
+measured beside them (``onnx_integer``, ``tflite_integer``) with the compile's prediction for both.
 For every file, in its runtime (onnxruntime, LiteRT/XNNPACK), batch 1, one thread: the median
 latency of the exported model and of the fp32 export of the same (BN-folded) model, measured in
 interleaved rounds in the same process (ratio = median over rounds of int8 / fp32). Also the ONNX
@@ -100,6 +104,12 @@ def latency_ratio(
     }
 
 
+def default_variant(art: Any, fmt: str) -> str:
+    """The variant of ``fmt``'s default file (the compile's compute choice)."""
+    c = art.manifest.get("compute", {}).get(fmt)
+    return c["variant"] if c else {"onnx": "qdq", "tflite": "int8"}[fmt]
+
+
 def file_row(art: Any, fmt: str, variant: str, fp32: Path, x1: np.ndarray) -> dict[str, Any]:
     path = art.file(fmt, variant)
     d = art.manifest["files"][path.name]
@@ -119,6 +129,9 @@ def file_row(art: Any, fmt: str, variant: str, fp32: Path, x1: np.ndarray) -> di
         "fallbacks": [f for f in art.manifest["fallbacks"] if f["format"] == fmt and f["variant"] == variant],
         "weight_bits": {n: v["weight_bits"] for n, v in art.manifest["layers"][path.name].items()},
     }
+    c = art.manifest.get("compute", {}).get(fmt)
+    if c is not None and variant != "int8-full":
+        row["compute"] = {k: c[k] for k in ("asked", "compute", "predicted_ms")}
     row.update(latency_ratio(make, fp32, path, x1))
     return row
 
@@ -175,16 +188,29 @@ def bench_model(name: str, method: str, alpha: float, out_dir: Path) -> dict[str
         "sim_acc": art.manifest["accuracy"]["simulated"],
         "planned_bytes": art.manifest["planned_bytes"],
     }
-    res["onnx"] = file_row(art, "onnx", "qdq", fp_onnx, x1)
-    res["tflite"] = file_row(art, "tflite", "int8", fp_tfl, x1)
+    res["compute"] = art.manifest.get("compute")
+    res["onnx"] = file_row(art, "onnx", default_variant(art, "onnx"), fp_onnx, x1)
+    res["tflite"] = file_row(art, "tflite", default_variant(art, "tflite"), fp_tfl, x1)
     res["tflite_int8_full"] = file_row(art, "tflite", "int8-full", fp_tfl, x1)
     for key in ("onnx", "tflite", "tflite_int8_full"):
         res[key]["compile_s"] = round(wall, 2)
         res[key]["stages_s"] = stages
-    # the ONNX trade-off: int8 weights (uint8 x int8 kernels) on the same plan
     plan = CompressionPlan.load(art.path / "plan.json")
     for d in plan.layers.values():
         d.fallback = None
+    # the integer-compute files of the same plan (what compute: auto decided against on this host)
+    arti = compile_model(
+        spec,
+        host,
+        plan=plan,
+        out_dir=out_dir,
+        force=True,
+        parity_gate=False,
+        options=ExportOptions(tflite_variants=("int8",), compute="integer"),
+    )
+    res["onnx_integer"] = file_row(arti, "onnx", "qdq", fp_onnx, x1)
+    res["tflite_integer"] = file_row(arti, "tflite", "int8", fp_tfl, x1)
+    # the ONNX trade-off: int8 weights (uint8 x int8 kernels) on the same plan
     art8 = compile_model(
         spec,
         host,
@@ -192,7 +218,7 @@ def bench_model(name: str, method: str, alpha: float, out_dir: Path) -> dict[str
         out_dir=out_dir,
         force=True,
         parity_gate=False,
-        options=ExportOptions(formats=("onnx",), onnx_int8_weights="int8"),
+        options=ExportOptions(formats=("onnx",), onnx_int8_weights="int8", compute="integer"),
     )
     res["onnx_int8_weights"] = file_row(art8, "onnx", "qdq", fp_onnx, x1)
     # ... and int7 weights (reduce range): the same fast kernels, exact, 8-bit layers on a 7-bit grid
@@ -203,7 +229,7 @@ def bench_model(name: str, method: str, alpha: float, out_dir: Path) -> dict[str
         out_dir=out_dir,
         force=True,
         parity_gate=False,
-        options=ExportOptions(formats=("onnx",), onnx_int8_weights="int7"),
+        options=ExportOptions(formats=("onnx",), onnx_int8_weights="int7", compute="integer"),
     )
     res["onnx_int7_weights"] = file_row(art7, "onnx", "qdq", fp_onnx, x1)
     # a mixed int4 / int8 plan
@@ -222,8 +248,8 @@ def bench_model(name: str, method: str, alpha: float, out_dir: Path) -> dict[str
         "alpha": alpha,
         "planned_bytes": artm.manifest["planned_bytes"],
         "sim_acc": artm.manifest["accuracy"]["simulated"],
-        "onnx": file_row(artm, "onnx", "qdq", fp_onnx, x1),
-        "tflite": file_row(artm, "tflite", "int8", fp_tfl, x1),
+        "onnx": file_row(artm, "onnx", default_variant(artm, "onnx"), fp_onnx, x1),
+        "tflite": file_row(artm, "tflite", default_variant(artm, "tflite"), fp_tfl, x1),
         "weight_bits": {n: d.weight_bits for n, d in planm.layers.items()},
         "compile_s": round(wall_m, 2),
         "stages_s": {**artm.stages_s, "plan": round(planm_s, 2)},
@@ -233,10 +259,12 @@ def bench_model(name: str, method: str, alpha: float, out_dir: Path) -> dict[str
 
 
 def summarize(models: dict[str, Any]) -> dict[str, Any]:
-    """Targets over the default exports (uint8-stored ONNX, TFLite int8 / int8-full); the ONNX
-    weight-storage options are reported beside them."""
+    """Targets over the default exports (ONNX and TFLite at the compile's compute choice, TFLite
+    int8-full); the integer-compute files and the ONNX weight-storage options are reported beside
+    them. The latency target covers the default CPU files: int8-full (integer-only accelerators)
+    is integer by definition and is reported apart."""
     default = ("onnx", "tflite", "tflite_int8_full")
-    options = ("onnx_int8_weights", "onnx_int7_weights")
+    options = ("onnx_integer", "tflite_integer", "onnx_int8_weights", "onnx_int7_weights")
     rows = []
     for name, r in models.items():
         for key in default + options:
@@ -244,8 +272,8 @@ def summarize(models: dict[str, Any]) -> dict[str, Any]:
                 rows.append((name, key, r[key]))
         for key in ("onnx", "tflite"):
             rows.append((name, f"mixed.{key}", r["mixed"][key]))
-    dflt = [(n, k, x) for n, k, x in rows if k in default]
-    exact = [(n, k, x) for n, k, x in rows if k in default or k == "onnx_int7_weights"]
+    dflt = [(n, k, x) for n, k, x in rows if k in ("onnx", "tflite", "mixed.onnx", "mixed.tflite")]
+    exact = [(n, k, x) for n, k, x in rows if k != "onnx_int8_weights"]
     checks = {
         "agreement_ge_0.99": all(x["agreement"] >= 0.99 for n, k, x in rows if k != "onnx_int8_weights"),
         "acc_within_0.3pp_of_simulation": all(
@@ -258,6 +286,9 @@ def summarize(models: dict[str, Any]) -> dict[str, Any]:
             f"{n}.{k}": round(x["latency_ratio_vs_fp32"], 3)
             for n, k, x in dflt
             if x["latency_ratio_vs_fp32"] > 1.05
+        },
+        "int8_full_ratio": {
+            f"{n}.{k}": round(x["latency_ratio_vs_fp32"], 3) for n, k, x in rows if k == "tflite_int8_full"
         },
         "resnet_best_exact_ratio": min(
             (round(x["latency_ratio_vs_fp32"], 3), k) for n, k, x in exact if n == "resnet"
@@ -321,7 +352,7 @@ def main() -> int:
                 + ", ".join(
                     f"{k} agree {r[k]['agreement']:.4f} acc {r[k]['acc']:.4f} bytes {r[k]['bytes']}/{r[k]['planned_bytes']} "
                     f"lat x{r[k]['latency_ratio_vs_fp32']:.2f}"
-                    for k in ("onnx", "tflite", "onnx_int8_weights", "onnx_int7_weights")
+                    for k in ("onnx", "tflite", "onnx_integer", "tflite_integer", "onnx_int7_weights")
                 )
                 + f" ({time.perf_counter() - t:.0f}s)",
                 flush=True,

@@ -2,13 +2,15 @@
 """Fit the exported-file size model (edge_compress/export/size.py) on real exports.
 
 Compiles the zoo models at several plans (all-int4, mixed, all-int8) for the ``host`` profile in
-ONNX and TFLite, measures every file, and fits the container overhead per format and variant
+ONNX and TFLite, with integer compute (QDQ, static int8 / int8-full) and float compute (the
+weight-only variants), measures every file, and fits the container overhead per format and variant
 (``a x quantized channels + b x layers + c``, non-negative least squares) on top of the exact
 parameter bytes. Writes the coefficients with the fit's errors and leave-one-model-out errors to
 ``edge_compress/export/size_model.json``, and the rows to ``benchmarks/size_model.json``.
 
 Refit after upgrading onnxruntime, litert-torch or ai-edge-quantizer (their containers change).
-Usage: scripts/fit_size_model.py [--models lenet5,conv1d,...] [--alphas 0,0.5,1]
+Usage: scripts/fit_size_model.py [--models lenet5,conv1d,...] [--alphas 0,0.5,1] [--compute integer,float]
+(keys not produced by the run keep their coefficients in size_model.json)
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ def main() -> int:
     ap.add_argument("--models", default="lenet5,conv1d,resnet,mobilenetv2,inception")
     ap.add_argument("--alphas", default="0,0.5,1")
     ap.add_argument("--profile", default="host")
+    ap.add_argument(
+        "--compute", default="integer,float", help="compute precisions to export (both: all keys)"
+    )
     args = ap.parse_args()
 
     from edge_compress import __version__
-    from edge_compress.compiler import compile_model
+    from edge_compress.compiler import ExportOptions, compile_model
     from edge_compress.export import size
     from edge_compress.export.base import effective_plan
     from edge_compress.graph import extract_graph
@@ -55,13 +60,23 @@ def main() -> int:
         graph = extract_graph(spec.model, spec.example_input(2))
         folded = dict(fold_batchnorm(spec.model).named_modules())
         biased = {li.name for li in graph.layers if getattr(folded.get(li.name), "bias", None) is not None}
-        for a in (float(x) for x in args.alphas.split(",")):
+        runs = [(float(x), c) for x in args.alphas.split(",") for c in args.compute.split(",")]
+        for a, compute in runs:
+            # float compute: the weight-only files only (int8-full is the same as with integer compute)
+            variants = ("int8", "int8-full") if compute == "integer" else ("int8",)
+            opts = ExportOptions(compute=compute, tflite_variants=variants, onnx_int8_weights="uint8")
             try:
                 art = compile_model(
-                    spec, profile, alpha=a, formats=("onnx", "tflite"), out_dir=td, parity_gate=False
+                    spec,
+                    profile,
+                    alpha=a,
+                    formats=("onnx", "tflite"),
+                    out_dir=td,
+                    parity_gate=False,
+                    options=opts,
                 )
             except Exception as e:  # a model a runtime cannot load: report it, fit on the rest
-                print(f"{name} alpha={a:g}: skipped ({str(e).splitlines()[0][:300]})")
+                print(f"{name} alpha={a:g} {compute}: skipped ({str(e).splitlines()[0][:300]})")
                 skipped.append({"model": name, "alpha": a, "error": str(e).splitlines()[0][:300]})
                 continue
             plan = CompressionPlan.load(art.path / "plan.json")
@@ -76,12 +91,17 @@ def main() -> int:
                         "file": fname,
                         "key": size.key(fmt, f.get("variant")),
                         "bytes": int(f["bytes"]),
-                        "payload": size.payload_bytes(eff, graph, fmt, biased=biased),
+                        "payload": size.payload_bytes(
+                            eff, graph, fmt, biased=biased, variant=f.get("variant")
+                        ),
                         **size.counts(eff, graph),
                     }
                 )
                 print(f"{name} alpha={a:g} {fname}: {f['bytes']} bytes, payload {rows[-1]['payload']}")
     fitted = size.fit(rows)
+    if size.COEFFS_FILE.exists():  # keys this run did not produce keep their fit
+        old = json.loads(size.COEFFS_FILE.read_text())["models"]
+        fitted = {**{k: v for k, v in old.items() if k not in fitted}, **fitted}
     versions = art.manifest.get("versions", {})
     size.COEFFS_FILE.write_text(
         json.dumps(

@@ -76,10 +76,17 @@ def compile_cmd(
         help="Low-rank factorization before quantization: energy=0.95 | params=0.6 | flops=0.7"
         "[,how=auto|spatial|channel][,finetune=2].",
     ),
+    compute: str = typer.Option(
+        "auto",
+        "--compute",
+        help="auto | integer | float: integer kernels (QDQ / static int8) or float kernels on integer-stored "
+        "weights (weight-only) for the ONNX file and the TFLite int8 variant; auto picks per model from the "
+        "profile and the cost model (int8-full stays integer).",
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
     """Compress MODEL for a device profile and export runnable files checked in their runtimes."""
-    from edge_compress.compiler import compile_model
+    from edge_compress.compiler import ExportOptions, compile_model, default_int8_weights
     from edge_compress.factorize.config import parse_factorize
     from edge_compress.modelspec import resolve_model
     from edge_compress.plan import CompressionPlan
@@ -88,6 +95,7 @@ def compile_cmd(
 
     prof = load_profile(profile, profiles_dir)
     bud = parse_budget(budget) if budget else None
+    options = ExportOptions(onnx_int8_weights=default_int8_weights(prof), compute=compute.strip().lower())
     formats = tuple(f.strip().lower() for f in fmt.split(",") if f.strip())
     plan = CompressionPlan.load(plan_path) if plan_path is not None else None
     transforms = {
@@ -111,6 +119,7 @@ def compile_cmd(
             plan=plan,
             keep_float=keep_float or None,
             transforms=transforms,
+            options=options,
         )
         emit_json(
             {
@@ -138,6 +147,7 @@ def compile_cmd(
             plan=plan,
             keep_float=keep_float or None,
             transforms=transforms,
+            options=options,
             progress=lambda stage: status.update(f"{spec.name}: {stage}"),
         )
     print_summary(art.manifest, art.path, cached=art.cached)
@@ -216,6 +226,11 @@ def print_summary(m: dict[str, Any], path: Path, *, cached: bool = False, layers
         f"simulated {_pct(acc.get('simulated'))}"
         + "".join(f", {k} {_pct(v)}" for k, v in (acc.get("runtime") or {}).items())
     )
+    for fmt, c in (m.get("compute") or {}).items():
+        console.print(
+            f"compute ({fmt}): {c['compute']} ({c['asked']}): {c['reason']}; the other: {c['other']}",
+            highlight=False,
+        )
     fb = m.get("fallbacks", [])
     if fb:
         console.print(f"[yellow]{len(fb)} fallback(s)[/] (* above):")

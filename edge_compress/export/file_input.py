@@ -107,6 +107,12 @@ def compile_file(
 
     notes: list[str] = []
     _formats_for(spec.kind, formats, notes)
+    if options.compute != "auto":
+        how = "QDQ (integer compute)" if spec.kind == "onnx" else "weight-only (float compute)"
+        notes.append(
+            f"--compute {options.compute} applies to models compiled from PyTorch; an existing .{spec.kind} "
+            f"model is exported {how}."
+        )
     if method == "hessian":
         notes.append(
             "no gradients in a model file: sensitivity is the measured output-noise gain (noise injection), not a Hessian."

@@ -24,6 +24,10 @@ int8 weights are stored as ``uint8`` with zero point 128 by default (``int8_weig
 same symmetric grid (q + 128), but onnxruntime's x86 AVX2 kernels for uint8 x int8 saturate 16-bit
 intermediate sums (vpmaddubsw) on machines without VNNI, which changed 1.7% of LeNet-5's top-1
 predictions in our measurements; uint8 x uint8 kernels do not saturate and match the simulation.
+
+Float compute (:func:`export_onnx_weight_only`, the ``weight-only`` variant): the plan's integer
+weights as INT8 / INT4 initializers rebuilt by ``Cast -> Mul(scale)``, float activations. For
+targets where integer kernels lose to float ones (see :mod:`edge_compress.export.compute`).
 """
 
 from __future__ import annotations
@@ -769,3 +773,153 @@ def _io(model: onnx.ModelProto) -> dict[str, Any]:
         }
 
     return {"input": desc(model.graph.input[0]), "output": desc(model.graph.output[0])}
+
+
+# --------------------------------------------------------------------------------------------
+# float compute: integer weights, float activations
+
+
+def _int_initializer(q: np.ndarray, bits: int, name: str) -> Any:
+    """``q`` (integers within ``bits``) as an INT4 (packed two per byte, first element in the low
+    nibble), INT8 or INT16 initializer."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    if bits <= 4:
+        flat = q.astype(np.int8).reshape(-1)
+        if flat.size % 2:
+            flat = np.concatenate([flat, np.zeros(1, np.int8)])
+        packed = (flat[0::2].astype(np.uint8) & 0x0F) | ((flat[1::2].astype(np.uint8) & 0x0F) << 4)
+        return helper.make_tensor(name, TensorProto.INT4, list(q.shape), packed.tobytes(), raw=True)
+    dtype = np.int8 if bits <= 8 else np.int16
+    return numpy_helper.from_array(q.astype(dtype), name)
+
+
+def export_onnx_weight_only(
+    float_path: str | Path,
+    plan: CompressionPlan,
+    spec: dict[str, LayerQuant],
+    grid_weights: dict[str, np.ndarray],
+    out_path: str | Path,
+    *,
+    planned_bytes: int,
+    weight_names: dict[str, str] | None = None,
+) -> ExportedFile:
+    """Float-compute export of ``plan``: every quantized layer's weights stored as integers at the
+    plan's bits (INT4 packed / INT8 / INT16, symmetric, the simulation's per-channel scales) and
+    rebuilt as ``Cast(to=FLOAT) -> Mul(scale)``; activations stay float.
+
+    onnxruntime constant-folds ``Cast -> Mul`` on initializers when the session is created (it does
+    not fold ``DequantizeLinear`` on weights: it keeps those for QDQ fusion), so each layer runs as
+    a plain float convolution / GEMM with its NCHWc layout: float speed from an integer file.
+    The rebuilt weights equal the simulation's grid weights bit for bit (one float32 multiply each);
+    the file is checked against ``grid_weights`` before it is written.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(float_path))
+    layers = map_onnx_layers(model, list(plan.layers), weight_names=weight_names)
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    new_nodes: list[Any] = []
+    layer_bits: dict[str, tuple[int | None, int | None]] = {}
+    notes: list[str] = []
+    for name, ref in layers.items():
+        lq = spec[name]
+        if lq.weight_bits is None:
+            layer_bits[name] = (None, None)
+            continue
+        bits = int(lq.weight_bits)
+        grid = grid_weights[name]
+        w = np.ascontiguousarray(grid.T if ref.transposed else grid, dtype=np.float32)
+        s = np.asarray(lq.weight_scale, np.float32).reshape(-1)
+        shape = [1] * w.ndim
+        if s.size > 1:
+            shape[ref.axis] = s.size
+        s = s.reshape(shape)
+        qmax = 2 ** (bits - 1) - 1
+        q = np.clip(np.round(w / s), -qmax, qmax)
+        if not np.array_equal(q.astype(np.float32) * s, w):
+            raise UserError(
+                f"layer {name!r}: its weights are not on the {bits}-bit grid of the simulation's scales."
+            )
+        init = inits[ref.weight]
+        base = ref.weight
+        qname, sname, cname = f"{base}.q", f"{base}.scale", f"{base}.cast"
+        g.initializer.remove(init)
+        g.initializer.append(_int_initializer(q, bits, qname))
+        g.initializer.append(numpy_helper.from_array(s, sname))
+        new_nodes.append(
+            helper.make_node("Cast", [qname], [cname], name=f"{name}.cast", to=TensorProto.FLOAT)
+        )
+        new_nodes.append(helper.make_node("Mul", [cname, sname], [ref.weight], name=f"{name}.scale"))
+        layer_bits[name] = (bits, None)
+        if bits not in (4, 8, 16):
+            notes.append(
+                f"layer {name!r}: the {bits}-bit grid is stored in int{8 if bits <= 8 else 16} (exact values, larger file)."
+            )
+    for k, n in enumerate(new_nodes):
+        g.node.insert(k, n)
+    clean_qdq(model, keep_names={ref.node: name for name, ref in layers.items()})
+    onnx.checker.check_model(model)
+    out_path = Path(out_path)
+    tmp_out = out_path.with_name(out_path.name + ".tmp")
+    onnx.save(model, str(tmp_out))
+    os.replace(tmp_out, out_path)
+    found = inspect_weight_only(model, list(layers))
+    for name, (wb, _) in layer_bits.items():
+        info = found.get(name, {})
+        if wb is not None and (info.get("weight_bits") != storage_bits_of(wb) or info.get("dequantize")):
+            raise UserError(
+                f"layer {name!r}: the float-compute file does not hold its {wb}-bit weights as planned."
+            )
+    return ExportedFile(
+        path=out_path,
+        format="onnx",
+        variant="weight-only",
+        planned_bytes=planned_bytes,
+        layer_bits=layer_bits,
+        fallbacks=[],
+        notes=notes,
+        io=_io(model),
+        layer_map={n: r.node for n, r in layers.items()},
+    )
+
+
+def storage_bits_of(bits: int) -> int:
+    """The integer container of a ``bits``-wide grid in the float-compute file."""
+    return 4 if bits <= 4 else 8 if bits <= 8 else 16
+
+
+def inspect_weight_only(model: onnx.ModelProto, layers: list[str]) -> dict[str, dict[str, Any]]:
+    """Per layer (its node carries the layer's name): how its weight is stored. ``weight_bits`` /
+    ``weight_dtype`` of an integer initializer rebuilt by ``Cast -> Mul(scale)``, ``weight_scale``,
+    and ``dequantize``: the weight comes from a DequantizeLinear (a QDQ file) instead."""
+    from onnx import TensorProto, numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    bits_of = {TensorProto.INT4: 4, TensorProto.INT8: 8, TensorProto.INT16: 16}
+    nodes = {n.name: n for n in g.node}
+    out: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        n = nodes.get(layer)
+        if n is None or len(n.input) < 2:
+            continue
+        info: dict[str, Any] = {"node": n.op_type, "weight_bits": None, "dequantize": False}
+        src = producer.get(n.input[1])
+        if src is not None and src.op_type == "DequantizeLinear":
+            info["dequantize"] = True
+        elif src is not None and src.op_type == "Mul":
+            cast = producer.get(src.input[0])
+            if cast is not None and cast.op_type == "Cast" and cast.input[0] in inits:
+                qw = inits[cast.input[0]]
+                info["weight_bits"] = bits_of.get(qw.data_type)
+                info["weight_dtype"] = TensorProto.DataType.Name(qw.data_type).lower()
+                info["weight_scale"] = (
+                    numpy_helper.to_array(inits[src.input[1]]).astype(np.float32).reshape(-1)
+                )
+                info["weight_storage_bytes"] = len(qw.raw_data)
+        out[layer] = info
+    return out

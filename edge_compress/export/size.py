@@ -9,6 +9,9 @@ exactly from the plan and the format's storage rules (:func:`payload_bytes`):
   (first-layer fallback) stores the grid as float32.
 - TFLite: weights packed at their bit width, a float32 scale and an int64 zero point per channel
   (the schema's types) for the weights and again for the int32 bias.
+- ``weight-only`` (float compute, both formats): weights packed at their bit width with a float32
+  scale per channel (TFLite: and an int64 zero point), float32 biases; ONNX stores no zero point
+  (its ``Cast -> Mul`` is symmetric by construction).
 
 The container (tensor tables, operators, names, activation quantization parameters, alignment,
 metadata, signatures) is predicted by a linear model over counts known before export,
@@ -32,12 +35,13 @@ if TYPE_CHECKING:
     from edge_compress.plan import CompressionPlan
 
 COEFFS_FILE = Path(__file__).with_name("size_model.json")
-KEYS = ("onnx/qdq", "tflite/int8", "tflite/int8-full")
+KEYS = ("onnx/qdq", "onnx/weight-only", "tflite/int8", "tflite/int8-full", "tflite/weight-only")
+WEIGHT_ONLY = "weight-only"
 
 
 def key(fmt: str, variant: str | None) -> str:
     if fmt == "onnx":
-        return "onnx/qdq"
+        return "onnx/weight-only" if variant == WEIGHT_ONLY else "onnx/qdq"
     return f"tflite/{variant or 'int8'}"
 
 
@@ -70,14 +74,22 @@ def storage_bits(bits: int) -> int:
     return 16 if bits <= 16 else 32
 
 
-def layer_payload(plan: CompressionPlan, li: Any, fmt: str, has_bias: bool) -> int:
-    """Exact stored bytes of one layer's parameters under ``plan`` in format ``fmt``."""
+def layer_payload(
+    plan: CompressionPlan, li: Any, fmt: str, has_bias: bool, variant: str | None = None
+) -> int:
+    """Exact stored bytes of one layer's parameters under ``plan`` in format ``fmt`` / ``variant``."""
     d = plan.layers.get(li.name)
     wb = None if d is None else d.weight_bits
     ab = None if d is None else d.act_bits
     c = _out_channels(plan, li)
     n = _weight_params(plan, li)
     float_bytes = 4 * n + (4 * c if has_bias else 0)
+    if variant == WEIGHT_ONLY:
+        if wb is None:
+            return float_bytes
+        per_ch = c if (d is None or d.per_channel) else 1
+        qparams = 4 * per_ch if fmt == "onnx" else 12 * per_ch
+        return math.ceil(n * storage_bits(wb) / 8) + qparams + (4 * c if has_bias else 0)
     if wb is None or (fmt == "onnx" and ab is None):
         # float layer; in ONNX a layer that runs as a float op on its integer grid stores the grid as float32
         return float_bytes
@@ -95,7 +107,12 @@ def layer_payload(plan: CompressionPlan, li: Any, fmt: str, has_bias: bool) -> i
 
 
 def payload_bytes(
-    plan: CompressionPlan, graph: ModelGraph, fmt: str, *, biased: set[str] | None = None
+    plan: CompressionPlan,
+    graph: ModelGraph,
+    fmt: str,
+    *,
+    biased: set[str] | None = None,
+    variant: str | None = None,
 ) -> int:
     """Exact bytes of the stored parameters (weights, biases, per-channel quantization parameters).
 
@@ -104,7 +121,11 @@ def payload_bytes(
     return int(
         sum(
             layer_payload(
-                plan, li, fmt, li.has_bias if biased is None else (li.name in biased or li.has_bias)
+                plan,
+                li,
+                fmt,
+                li.has_bias if biased is None else (li.name in biased or li.has_bias),
+                variant,
             )
             for li in graph.layers
         )
@@ -152,7 +173,10 @@ def predict_file_bytes(
 ) -> int:
     """Predicted size of the exported file: exact parameter bytes plus the fitted container model."""
     return int(
-        round(payload_bytes(plan, graph, fmt, biased=biased) + overhead_bytes(plan, graph, fmt, variant))
+        round(
+            payload_bytes(plan, graph, fmt, biased=biased, variant=variant)
+            + overhead_bytes(plan, graph, fmt, variant)
+        )
     )
 
 

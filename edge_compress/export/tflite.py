@@ -27,7 +27,11 @@ Pipeline (:func:`export_tflite`):
 Variants: ``int8`` keeps a float32 input and output (QUANTIZE / DEQUANTIZE at the edges; the layer
 producing the output runs as a weight-only float op, so logits are not re-quantized), ``int8-full``
 is integer end to end (int8 input and output, for integer-only accelerators; its output grid is
-calibrated on the simulation's logits).
+calibrated on the simulation's logits), ``weight-only`` computes in float: int8 / int4 weights
+behind a DEQUANTIZE, float activations everywhere (the compile's ``compute: float`` choice for CPUs
+where int8 kernels lose). LiteRT's XNNPACK delegate takes the DEQUANTIZE of int8 weights into the
+graph it builds (float speed, measured); int4 ones run on every call (see
+``export.compute.LITERT_INT4_DEQUANTIZE_NS``), which the compute choice accounts for.
 """
 
 from __future__ import annotations
@@ -61,7 +65,9 @@ if TYPE_CHECKING:
     from edge_compress.plan import CompressionPlan
     from edge_compress.quant.fakequant import ActQuant, LayerQuant
 
-VARIANTS = ("int8", "int8-full")
+VARIANTS = ("int8", "int8-full", "weight-only")
+# ai-edge-quantizer 0.10's weight-only (float compute) configs with int4 weights
+_INT4_WEIGHT_ONLY_OPS = ("CONV_2D", "FULLY_CONNECTED")
 _WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 _INT4_OPS = ("CONV_2D", "FULLY_CONNECTED")  # static w4a8 in ai-edge-quantizer's policy
 _SAME_GRID = ("MAX_POOL_2D", "RESHAPE", "TRANSPOSE", "PAD", "SQUEEZE", "EXPAND_DIMS")
@@ -104,6 +110,14 @@ def write_tflite(model_t: Any) -> bytes:
     from ai_edge_litert.tools import flatbuffer_utils
 
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model_t))
+
+
+_DEQUANTIZE = 6  # tflite BuiltinOperator
+
+
+def _builtin(model_t: Any, op: Any) -> int:
+    code = model_t.operatorCodes[op.opcodeIndex]
+    return int(max(code.builtinCode, code.deprecatedBuiltinCode))
 
 
 def _opname(model_t: Any, op: Any) -> str:
@@ -290,9 +304,13 @@ def build_recipe(
     variant: str,
     output_layer: str | None,
     float_compute: set[str] | frozenset[str] = frozenset(),
+    widen_int4: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, tuple[int | None, int | None]], list[Fallback]]:
-    """The ai-edge-quantizer recipe for ``plan``, the bits each layer really gets, and the fallbacks."""
+    """The ai-edge-quantizer recipe for ``plan``, the bits each layer really gets, and the fallbacks.
+    ``widen_int4``: the weight-only variant stores int4 weights as int8 (see :func:`_weight_only_recipe`)."""
     algo = "min_max_uniform_quantize"
+    if variant == "weight-only":
+        return _weight_only_recipe(plan, layers, widen_int4)
     recipe: list[dict[str, Any]] = [
         {"regex": ".*", "operation": "*", "algorithm_key": algo, "op_config": _static(8)}
     ]
@@ -358,6 +376,60 @@ def build_recipe(
     if variant == "int8":
         for io in ("INPUT", "OUTPUT"):
             recipe.append({"regex": ".*", "operation": io, "algorithm_key": "no_quantize", "op_config": {}})
+    return recipe, bits, fallbacks
+
+
+def _weight_only_recipe(
+    plan: CompressionPlan, layers: dict[str, TflLayer], widen_int4: bool = False
+) -> tuple[list[dict[str, Any]], dict[str, tuple[int | None, int | None]], list[Fallback]]:
+    """The ``weight-only`` variant: every quantized layer keeps its planned weight bits (int8 / int4
+    where ai-edge-quantizer has a weight-only config for the op) behind a DEQUANTIZE, activations
+    and every other op stay float. Only weight-bit changes are fallbacks: float activations are
+    what this variant is (the compile records the choice of compute precision)."""
+    algo = "min_max_uniform_quantize"
+    recipe: list[dict[str, Any]] = []
+    bits: dict[str, tuple[int | None, int | None]] = {}
+    fallbacks: list[Fallback] = []
+    for name, ref in layers.items():
+        d = plan.layers[name]
+        wb = d.weight_bits
+        reasons = []
+        if wb is not None and wb not in (4, 8):
+            new = 4 if wb < 4 else 8
+            reasons.append(
+                f"ai-edge-quantizer stores {wb}-bit weights only as int4 or int8: the grid is re-quantized at {new} bits"
+            )
+            wb = new
+        if wb == 4 and ref.op_name not in _INT4_WEIGHT_ONLY_OPS:
+            reasons.append(f"{ref.op_name} has no int4 weight-only config in ai-edge-quantizer 0.10")
+            wb = 8
+        if wb == 4 and widen_int4:
+            reasons.append(
+                "latency: LiteRT's XNNPACK delegate does not take an int4 DEQUANTIZE (it would run on every "
+                "call); stored as int8, which it unpacks once (no byte budget, or the wider file fits it)"
+            )
+            wb = 8
+        if wb is not None:
+            recipe.append(
+                {
+                    "regex": "^" + re.escape(ref.scope) + "$",
+                    "operation": ref.op_name,
+                    "algorithm_key": algo,
+                    "op_config": _weight_only(wb),
+                }
+            )
+        bits[name] = (wb, None)
+        if reasons:
+            fallbacks.append(
+                Fallback(
+                    name,
+                    "tflite",
+                    "weight-only",
+                    bits_label(d.weight_bits, None),
+                    bits_label(wb, None),
+                    "; ".join(reasons),
+                )
+            )
     return recipe, bits, fallbacks
 
 
@@ -470,6 +542,7 @@ def export_tflite(
     variant: str = "int8",
     output_range: tuple[float, float] | None = None,
     float_compute: set[str] | frozenset[str] = frozenset(),
+    widen_int4: bool = False,
 ) -> ExportedFile:
     """Quantize the float .tflite at ``float_path`` (converted from ``torch_model``) to ``plan``.
 
@@ -491,7 +564,8 @@ def export_tflite(
     producer = {o: k for k, op in enumerate(sg.operators) for o in op.outputs}
     output_layer = next((n for n, r in layers.items() if producer.get(sg.outputs[0]) == r.op_index), None)
     fc = {n for n in float_compute if n in layers and _reads_graph_input(model_t, layers[n])}
-    recipe, bits, fallbacks = build_recipe(plan, layers, variant, output_layer, fc)
+    recipe, bits, fallbacks = build_recipe(plan, layers, variant, output_layer, fc, widen_int4)
+    slow = sorted(n for n, (wb, _) in bits.items() if variant == "weight-only" and wb == 4)
     for name in sorted(fc):  # the layout ops between the model input and a float first layer stay float too
         if bits[name][1] is None:
             for op in _input_chain(model_t, layers[name]):
@@ -536,16 +610,19 @@ def export_tflite(
         try:
             with quiet() as log:
                 q = aeq.Quantizer(str(src), recipe)
-                qsv = q.calibrate({sig_key: batches}, num_threads=1)
-                for t, aq in chains.items():
-                    lo, hi = _act_range(aq)
-                    qsv[names[t]] = {"min": np.array([lo], np.float64), "max": np.array([hi], np.float64)}
-                if variant == "int8-full" and output_range is not None:
-                    qsv[names[sg.outputs[0]]] = {
-                        "min": np.array([output_range[0]], np.float64),
-                        "max": np.array([output_range[1]], np.float64),
-                    }
-                result = q.quantize(qsv, enable_progress_report=False)
+                if variant == "weight-only":  # nothing to calibrate: activations stay float
+                    result = q.quantize(enable_progress_report=False)
+                else:
+                    qsv = q.calibrate({sig_key: batches}, num_threads=1)
+                    for t, aq in chains.items():
+                        lo, hi = _act_range(aq)
+                        qsv[names[t]] = {"min": np.array([lo], np.float64), "max": np.array([hi], np.float64)}
+                    if variant == "int8-full" and output_range is not None:
+                        qsv[names[sg.outputs[0]]] = {
+                            "min": np.array([output_range[0]], np.float64),
+                            "max": np.array([output_range[1]], np.float64),
+                        }
+                    result = q.quantize(qsv, enable_progress_report=False)
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001
@@ -555,6 +632,12 @@ def export_tflite(
             ) from None
         qmodel = read_tflite(result.quantized_model)
     notes: list[str] = []
+    if slow:
+        notes.append(
+            f"tflite/weight-only: {len(slow)} layer(s) keep int4 weights ({', '.join(slow)}); LiteRT's XNNPACK "
+            "delegate does not take their DEQUANTIZE, so they are dequantized on every call (several times "
+            "the float latency); integer compute or int8 weights avoid it."
+        )
     layer_map = _finalize(qmodel, layers, spec, bits, chains, names, notes)
     data = write_tflite(qmodel)
     tmp_out = out_path.with_name(out_path.name + ".tmp")
@@ -632,8 +715,14 @@ def _finalize(
                     f"layer {name!r}: TFLite weight scales differ from the simulation's (max rel. {rel.max():.2e})."
                 )
             t.quantization.scale = [float(a if d else b) for a, b, d in zip(scale, want, tiny, strict=True)]
+        w_in = idx[0]
+        deq = next((op for op in sg.operators if list(op.inputs) == [w_in] and len(op.outputs) == 1), None)
+        if (
+            deq is not None and _builtin(qmodel, deq) == _DEQUANTIZE
+        ):  # weight-only: the op reads float weights
+            w_in = deq.outputs[0]
         op_k = next(
-            (k for k, op in enumerate(sg.operators) if len(op.inputs) > 1 and op.inputs[1] == idx[0]), None
+            (k for k, op in enumerate(sg.operators) if len(op.inputs) > 1 and op.inputs[1] == w_in), None
         )
         layer_map[name] = f"op{op_k} {ref.op_name} w:int{wb}"
     for tidx, aq in chains.items():

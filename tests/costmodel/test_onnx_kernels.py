@@ -61,3 +61,48 @@ def test_a_file_without_layers_is_refused(tmp_path: Path) -> None:
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), p)
     with pytest.raises(ValueError, match="no Conv / Gemm / MatMul"):
         kernels_from_onnx(p)
+
+
+def test_weight_only_layers_count_as_the_float_kernels_onnxruntime_runs(tmp_path: Path) -> None:
+    """A weight rebuilt from int8 / int4 storage by Cast -> Mul(scale) is folded by onnxruntime
+    into a float weight at session creation: the layer is the float model's kernel."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((32, 16, 3, 3)).astype(np.float32)
+    scale = (np.abs(w).reshape(32, -1).max(1) / 127).astype(np.float32).reshape(32, 1, 1, 1)
+    q = np.round(w / scale).astype(np.int8)
+
+    def save(path: Path, weight_only: bool) -> Path:
+        nodes, inits = [], []
+        if weight_only:
+            inits += [
+                numpy_helper.from_array(q, "conv.weight.q"),
+                numpy_helper.from_array(scale, "conv.weight.scale"),
+            ]
+            nodes += [
+                helper.make_node("Cast", ["conv.weight.q"], ["conv.weight.cast"], to=TensorProto.FLOAT),
+                helper.make_node("Mul", ["conv.weight.cast", "conv.weight.scale"], ["conv.weight"]),
+            ]
+        else:
+            inits.append(numpy_helper.from_array(q.astype(np.float32) * scale, "conv.weight"))
+        nodes += [
+            helper.make_node("Conv", ["x", "conv.weight"], ["h"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["h"], ["y"]),
+        ]
+        graph = helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 16, 16])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 16, 16])],
+            inits,
+        )
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), path)
+        return path
+
+    float_ks = kernels_from_onnx(save(tmp_path / "float.onnx", False))
+    wo_ks = kernels_from_onnx(save(tmp_path / "wo.onnx", True))
+    assert [k.kind for k in wo_ks] == ["io", "conv"] and wo_ks[1].layer == "conv"
+    assert wo_ks == float_ks and wo_ks[1].precision == "fp32"

@@ -17,6 +17,9 @@ from edge_compress.plan import CompressionPlan
 from edge_compress.profiles import load_profile
 
 MIXED_INT4 = ("c1", "c3", "f5")  # c1 becomes a DEPTHWISE_CONV_2D in TFLite (1 input channel): int4 falls back
+# the integer-compute files (QDQ ONNX, static int8 TFLite): on ``host`` the default (compute "auto")
+# picks float compute, see test_compute.py
+INTEGER = ExportOptions(compute="integer")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -56,7 +59,7 @@ def out_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def art_int8(lenet, host, lenet_graph, out_root):
     plan = CompressionPlan.uniform(lenet_graph, "lenet5", "host", 8, 8)
-    return compile_model(lenet, host, plan=plan, out_dir=out_root)
+    return compile_model(lenet, host, plan=plan, out_dir=out_root, options=INTEGER)
 
 
 @pytest.fixture(scope="session")
@@ -66,5 +69,5 @@ def art_mixed(lenet, host, lenet_graph, out_root):
         host,
         plan=mixed_plan(lenet_graph),
         out_dir=out_root,
-        options=ExportOptions(tflite_variants=("int8",)),
+        options=ExportOptions(tflite_variants=("int8",), compute="integer"),
     )

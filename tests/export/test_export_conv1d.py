@@ -19,7 +19,11 @@ def test_conv1d_exports_and_agrees(host, tmp_path):
     plan = CompressionPlan.uniform(graph, "conv1d", "host", 8, 8)
     plan.layers["conv2"].weight_bits = 4  # a mixed plan on a 1-D model
     art = compile_model(
-        spec, host, plan=plan, out_dir=tmp_path, options=ExportOptions(tflite_variants=("int8",))
+        spec,
+        host,
+        plan=plan,
+        out_dir=tmp_path,
+        options=ExportOptions(tflite_variants=("int8",), compute="integer"),
     )
     m = art.manifest
     assert set(m["files"]) == {"conv1d.qdq.onnx", "conv1d.int8.tflite"}

@@ -90,7 +90,7 @@ def test_inception_compiles_and_all_files_agree(host, tmp_path):
         plan=plan,
         out_dir=tmp_path,
         parity_gate=False,
-        options=ExportOptions(calibration_samples=64),
+        options=ExportOptions(calibration_samples=64, compute="integer"),
     )
     m = art.manifest
     assert set(m["files"]) == {"inception.qdq.onnx", "inception.int8.tflite", "inception.int8-full.tflite"}

@@ -92,8 +92,10 @@ def test_manifest_keys_and_hashes(art_int8):
 def test_recompile_is_a_cache_hit(art_int8, lenet, host, lenet_graph, out_root):
     from edge_compress.compiler import compile_model
 
+    from .conftest import INTEGER
+
     plan = CompressionPlan.uniform(lenet_graph, "lenet5", "host", 8, 8)
-    again = compile_model(lenet, host, plan=plan, out_dir=out_root)
+    again = compile_model(lenet, host, plan=plan, out_dir=out_root, options=INTEGER)
     assert again.cached is True
     assert again.stages_s == {}  # no stage ran
     assert again.path == art_int8.path

@@ -14,7 +14,7 @@ FILES = [("onnx", "qdq"), ("tflite", "int8")]
 
 
 def test_coefficients_are_fitted_for_every_exported_variant():
-    for fmt, variant in (*FILES, ("tflite", "int8-full")):
+    for fmt, variant in (*FILES, ("tflite", "int8-full"), ("onnx", "weight-only"), ("tflite", "weight-only")):
         coef = size.coefficients(fmt, variant)
         assert set(coef) == {"q_channels", "layers", "const"}, (fmt, variant)
         assert all(v >= 0 for v in coef.values())
@@ -34,6 +34,18 @@ def test_payload_counts_packed_int4_and_per_channel_parameters(lenet_graph):
     one = lenet_graph.layers[0]
     p = CompressionPlan.uniform(lenet_graph, "lenet5", "host", 8, 8)
     assert size.layer_payload(p, one, "tflite", False) == one.weight_params + 12 * one.out_channels
+
+
+def test_weight_only_payload_has_no_activation_or_bias_quantization(lenet_graph):
+    u8 = CompressionPlan.uniform(lenet_graph, "lenet5", "host", 8, 8)
+    one = lenet_graph.layers[0]
+    n, c = one.weight_params, one.out_channels
+    # ONNX: int8 weights and a float32 scale per channel (no zero point); TFLite: the schema's float32
+    # scale and int64 zero point per channel; float32 biases in both
+    assert size.layer_payload(u8, one, "onnx", True, "weight-only") == n + 4 * c + 4 * c
+    assert size.layer_payload(u8, one, "tflite", True, "weight-only") == n + 12 * c + 4 * c
+    assert size.layer_payload(u8, one, "tflite", True, "int8") == n + 12 * c + 16 * c
+    assert size.key("onnx", "weight-only") == "onnx/weight-only" and size.key("onnx", "qdq") == "onnx/qdq"
 
 
 def test_planned_bytes_predict_the_exported_files(art_int8, art_mixed):

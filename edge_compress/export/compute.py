@@ -1,0 +1,218 @@
+"""Compute precision of an exported file: integer kernels (QDQ / static int8) or float kernels on
+integer-stored weights (``weight-only``).
+
+A quantized file is smaller either way; whether it is also faster depends on the target's
+kernels. On ARM CPUs (XNNPACK, dot-product instructions) int8 convolutions run well above float
+ones; on an x86 CPU with AVX2 but without VNNI, onnxruntime's and XNNPACK's int8 kernels gain
+little and the quantize / dequantize steps and layout changes around them make the zoo's small
+models slower than their float exports. There, the ``weight-only`` file keeps the plan's int8 /
+int4 weights (and its size) and runs at float speed.
+
+``compute`` (an export option): ``integer`` | ``float`` | ``auto``. ``auto`` predicts the file's
+latency both ways with the cost model's kernels (:func:`edge_compress.costmodel.kernels_of`) on a
+roofline of the profile's per-precision peaks (:func:`predict_ms`); where the profile has a
+measured ``compute.integer_speedup`` for the format's runtime, integer kernels take their float
+time divided by it instead of the ISA peaks. It picks integer compute when it is predicted at
+least as fast as float.
+The decision is per model and per format (ONNX: onnxruntime, TFLite: LiteRT); the full-integer
+TFLite variant (``int8-full``, for integer-only accelerators) is integer by definition.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edge_compress.graph import ModelGraph
+    from edge_compress.plan import CompressionPlan
+    from edge_compress.profiles import DeviceProfile
+
+CHOICES = ("auto", "integer", "float")
+RUNTIME = {"onnx": "onnxruntime", "tflite": "litert"}
+WEIGHT_ONLY = "weight-only"
+INTEGER_VARIANT = {"onnx": "qdq", "tflite": "int8"}
+_INTEGER_PRECISIONS = ("int8", "int4", "int16")
+# LiteRT's XNNPACK delegate takes a DEQUANTIZE of static int8 weights into the graph it builds
+# (float speed, measured), not one of int4 weights: those run on LiteRT's own kernel on every call
+# and split the delegated graph. Measured on this project's x86 host (LiteRT 2.3): resnet with
+# all-int4 weight-only layers 3.8x its float latency, about 13 ns per int4 weight per call.
+LITERT_INT4_DEQUANTIZE_NS = 13.0
+
+
+@dataclass(frozen=True)
+class ComputeChoice:
+    """How one format's default file computes, and why."""
+
+    format: str
+    asked: str  # auto | integer | float
+    compute: str  # integer | float
+    variant: str  # the file variant it produces: qdq / int8 (integer) or weight-only (float)
+    predicted_ms: dict[str, float]  # integer / float: predicted latency of the file (batch 1, 1 thread)
+    basis: str
+    reason: str
+    other: str  # how to get the other choice
+    # TFLite weight-only: int4 layers stored as int8 (LiteRT runs int4 DEQUANTIZE on every call);
+    # only when the wider file fits the byte budget
+    widen_int4: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_choice(compute: str) -> str:
+    from edge_compress.errors import UserError
+
+    if compute not in CHOICES:
+        raise UserError(f"--compute must be one of {', '.join(CHOICES)}, got {compute!r}.")
+    return compute
+
+
+def weight_only_plan(plan: CompressionPlan) -> CompressionPlan:
+    """``plan`` with float activations everywhere (what a weight-only file runs)."""
+    out = copy.deepcopy(plan)
+    for d in out.layers.values():
+        d.act_bits = None
+    return out
+
+
+def integer_speedup(profile: DeviceProfile, runtime: str) -> float | None:
+    """The profile's measured float/int8 latency ratio for ``runtime`` (None: not measured)."""
+    v = (profile.compute.integer_speedup or {}).get(runtime)  # type: ignore[call-overload]
+    return None if v is None else float(v)
+
+
+def predict_ms(
+    profile: DeviceProfile,
+    graph: ModelGraph,
+    plan: CompressionPlan,
+    runtime: str,
+    float_compute: set[str] | frozenset[str] = frozenset(),
+    widen_int4: bool = False,
+) -> tuple[dict[str, float], str]:
+    """Predicted latency (ms, batch 1, one thread) of ``plan``'s file computing in integer and in
+    float, and the basis of the prediction.
+
+    Float: the roofline of the weight-only kernels (fp32 peak, float activations). Integer: the
+    roofline of the integer kernels at the profile's integer peaks, or, when the profile has a
+    measured ``integer_speedup`` for ``runtime``, each integer kernel's float time divided by it
+    (the measured ratio includes the quantize / dequantize and layout costs a roofline of the
+    ISA peaks does not see).
+    """
+    from dataclasses import replace
+
+    from edge_compress.costmodel import DEFAULT_BASE_MS, kernels_of, roofline_ms
+
+    speedup = integer_speedup(profile, runtime)
+
+    def kernel_ms(k: Any) -> float:
+        if speedup is None or k.precision not in _INTEGER_PRECISIONS:
+            return roofline_ms(k, profile)
+        return roofline_ms(replace(k, precision="wonly"), profile) / speedup
+
+    integer = DEFAULT_BASE_MS + sum(kernel_ms(k) for k in kernels_of(graph, plan, float_compute))
+    wonly = kernels_of(graph, weight_only_plan(plan))
+    flt = DEFAULT_BASE_MS + sum(roofline_ms(k, profile) for k in wonly)
+    int4 = 0
+    if (
+        runtime == "litert" and not widen_int4
+    ):  # int4 weights dequantized on every call (depthwise ones are int8)
+        int4 = sum(k.weight_params for k in wonly if _int4(plan, k.layer) and k.kind != "depthwise_conv")
+        flt += int4 * LITERT_INT4_DEQUANTIZE_NS * 1e-6
+    if speedup is None:
+        basis = f"roofline of {profile.name}'s peak MAC/s per precision and memory bandwidth"
+    else:
+        basis = (
+            f"roofline of {profile.name}'s fp32 peak and memory bandwidth; integer kernels at "
+            f"{speedup:g}x their float speed (the profile's measured compute.integer_speedup for {runtime})"
+        )
+    if int4:
+        basis += f"; float: {int4} int4 weights dequantized per call in LiteRT ({LITERT_INT4_DEQUANTIZE_NS:g} ns each, measured)"
+    return {"integer": round(integer, 6), "float": round(flt, 6)}, basis
+
+
+def _int4(plan: CompressionPlan, layer: str) -> bool:
+    d = plan.layers.get(layer)
+    return d is not None and d.weight_bits is not None and d.weight_bits <= 4
+
+
+def widened_plan(plan: CompressionPlan) -> CompressionPlan:
+    """``plan`` with int4 weights stored as int8 and float activations (the widened TFLite weight-only file)."""
+    out = weight_only_plan(plan)
+    for d in out.layers.values():
+        if d.weight_bits is not None and d.weight_bits <= 4:
+            d.weight_bits = 8
+    return out
+
+
+def _widen_fits(
+    plan: CompressionPlan, graph: ModelGraph, budget_bytes: float | None, biased: set[str] | None
+) -> tuple[bool, int]:
+    """Whether the TFLite weight-only file with int4 widened to int8 fits ``budget_bytes``, and its predicted bytes."""
+    from edge_compress.export.size import predict_file_bytes
+
+    n = predict_file_bytes(widened_plan(plan), graph, "tflite", WEIGHT_ONLY, biased=biased)
+    return budget_bytes is None or n <= budget_bytes, n
+
+
+def choose(
+    asked: str,
+    fmt: str,
+    profile: DeviceProfile,
+    graph: ModelGraph,
+    plan: CompressionPlan,
+    float_compute: set[str] | frozenset[str] = frozenset(),
+    *,
+    budget_bytes: float | None = None,
+    biased: set[str] | None = None,
+) -> ComputeChoice:
+    """The compute precision of ``fmt``'s default file under ``asked`` (auto | integer | float).
+
+    TFLite: float compute keeps int4 weights fast only if they are stored as int8 (LiteRT's XNNPACK
+    delegate does not take an int4 DEQUANTIZE); that is done when the wider file fits
+    ``budget_bytes`` (none: always), else the prediction counts the per-call dequantization.
+    """
+    check_choice(asked)
+    runtime = RUNTIME[fmt]
+    widen, wide_bytes = False, 0
+    if fmt == "tflite" and any(_int4(plan, n) for n in plan.layers):
+        widen, wide_bytes = _widen_fits(plan, graph, budget_bytes, biased)
+    pred, basis = predict_ms(profile, graph, plan, runtime, float_compute, widen)
+    if widen:
+        basis += (
+            f"; float: int4 weights stored as int8 (LiteRT runs an int4 DEQUANTIZE on every call), a file of "
+            f"about {wide_bytes} bytes"
+            + ("" if budget_bytes is None else f", within the {budget_bytes:.0f}-byte budget")
+        )
+    quantized = any(d.weight_bits is not None for d in plan.layers.values())
+    if asked != "auto":
+        compute = asked
+        reason = f"asked for (--compute {asked})"
+    elif not quantized:
+        compute, reason = "integer", "no layer is quantized: the file is float either way"
+    elif pred["integer"] <= pred["float"]:
+        compute = "integer"
+        reason = (
+            f"integer kernels predicted at least as fast as float on {profile.name} with {runtime} "
+            f"({pred['integer']:.3g} ms vs {pred['float']:.3g} ms)"
+        )
+    else:
+        compute = "float"
+        reason = (
+            f"integer kernels predicted slower than float on {profile.name} with {runtime} "
+            f"({pred['integer']:.3g} ms vs {pred['float']:.3g} ms): the file keeps the plan's integer "
+            "weights and computes in float"
+        )
+    other = "integer" if compute == "float" else "float"
+    return ComputeChoice(
+        format=fmt,
+        asked=asked,
+        compute=compute,
+        variant=WEIGHT_ONLY if compute == "float" else INTEGER_VARIANT[fmt],
+        predicted_ms=pred,
+        basis=basis,
+        reason=reason,
+        other=f"--compute {other} (ExportOptions(compute={other!r}))",
+        widen_int4=widen and compute == "float",
+    )
