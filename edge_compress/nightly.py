@@ -10,6 +10,7 @@ of the suite's last unfinished run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -641,13 +642,18 @@ def _paired_decision(
     il = job.interleave
     rounds, max_rounds = int(il.get("rounds", 6)), int(il.get("max_rounds", il.get("rounds", 6)))
     looks = LOOKS if max_rounds > rounds else 1
-    items, error = _interleave(runner, job, 0, rounds, il.get("min_duration_s"), warmup=True)
+    one_process = _one_process(runner, suspects)
+    items, error = _interleave(
+        runner, job, 0, rounds, il.get("min_duration_s"), warmup=True, one_process=one_process
+    )
     if error:
         historical.notes.append(f"paired re-measure failed ({error}): decided on historical evidence")
         return historical, items
     verdict = judge(job, m, interleaved=items, suspects=suspects, looks=looks)
     if max_rounds > rounds and _undecided(verdict):
-        more, error = _interleave(runner, job, rounds, max_rounds, il.get("min_duration_s"))
+        more, error = _interleave(
+            runner, job, rounds, max_rounds, il.get("min_duration_s"), one_process=one_process
+        )
         items += more
         if error:
             verdict.notes.append(
@@ -670,13 +676,32 @@ def _undecided(verdict: Any) -> bool:
     )
 
 
+def _one_process(runner: Any, suspects: list[str]) -> bool:
+    """Re-measure A and B in one agent process (the runner supports it and no suspect metric
+    needs a process of its own: peak memory is per process)."""
+    return bool(getattr(runner, "supports_paired", False)) and "peak_memory" not in suspects
+
+
 def _interleave(
-    runner: Any, job: CellJob, first: int, last: int, min_duration_s: float | None, *, warmup: bool = False
+    runner: Any,
+    job: CellJob,
+    first: int,
+    last: int,
+    min_duration_s: float | None,
+    *,
+    warmup: bool = False,
+    one_process: bool = False,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Baseline A and candidate B on the same device, rounds ``first..last-1``, A B / B A alternating."""
+    """Baseline A and candidate B on the same device, rounds ``first..last-1``, A B / B A alternating.
+
+    ``one_process``: one agent run loads both models and times the blocks back to back (no
+    process start, import or model load between A and B: far less noise per round on a busy
+    device); otherwise every block is a run of its own."""
     base_file = job.baseline["model_file"]  # type: ignore[index]
     base_id = job.baseline["artifact_id"]  # type: ignore[index]
     over = {"min_duration_s": min_duration_s} if min_duration_s is not None else {}
+    if one_process:
+        return _interleave_one_process(runner, job, first, last, over, warmup, base_file, base_id)
     out: list[dict[str, Any]] = []
     plan: list[tuple[str, int, str, str | None]] = []
     if warmup:  # the first run of a session is often slower: measured, stored, never compared
@@ -689,6 +714,46 @@ def _interleave(
         if not mm.ok:
             return out, f"{mm.error_kind}: {mm.error}"
         out.append({"role": role, "round": r, "artifact_id": aid, "measurement": mm.to_json()})
+    return out, None
+
+
+def _interleave_one_process(
+    runner: Any,
+    job: CellJob,
+    first: int,
+    last: int,
+    over: dict[str, Any],
+    warmup: bool,
+    base_file: str,
+    base_id: str | None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    from runners.base import Measurement
+
+    blocks = 2 * (last - first) + (1 if warmup else 0)
+    base = _request(job, base_file, **over)
+    req = dataclasses.replace(
+        base,
+        paired_model_path=job.model_file,
+        paired_rounds=last - first,
+        paired_first_round=first,
+        paired_warmup=warmup,
+        detect_throttle=False,  # blocks are short and alternate: a drift shows in both roles
+        timeout_s=max(base.timeout_s, blocks * (base.min_duration_s + 5.0) + 60.0),
+    )
+    mm = runner.run(req)
+    if not mm.ok:
+        return [], f"{mm.error_kind}: {mm.error}"
+    out: list[dict[str, Any]] = []
+    for b in mm.extra.get("paired_blocks") or []:
+        role = b["role"]
+        f, aid = (job.model_file, job.artifact_id) if role == "candidate" else (base_file, base_id)
+        block = Measurement.from_json({**b["result"], "target": mm.target, "model_path": f})
+        block.extra["one_process"] = True
+        out.append(
+            {"role": role, "round": int(b["round"]), "artifact_id": aid, "measurement": block.to_json()}
+        )
+    if len(out) != blocks:
+        return out, f"agent: {len(out)} paired blocks instead of {blocks}"
     return out, None
 
 

@@ -11,7 +11,9 @@ practical threshold of that metric (suite ``thresholds``, percent; accuracy in p
 - Interleaved evidence: when a metric *looks* regressed (its point estimate above
   ``trigger`` x threshold, significant or not: on a noisy device the historical test has little
   power), the baseline artifact A and the candidate B are re-measured on the same device in the
-  same session, after one discarded warm-up run, A B / B A / A B ... for several rounds. Each
+  same session, after one discarded warm-up run, A B / B A / A B ... for several rounds (where
+  the runner can, one agent process loads both models and times the blocks back to back, so no
+  process start or import falls between A and B; peak memory needs a process per block). Each
   round gives a paired log-ratio; the effect is their mean, the CI a t-interval, significance a
   one-sided paired t-test. The verdict then rests on this paired evidence
   (``evidence: "interleaved"``). When the effect exceeds the threshold without being significant

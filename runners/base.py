@@ -53,6 +53,15 @@ class RunRequest:
     energy: bool = True  # read the target's power sensors when present
     profile: str | None = None  # device profile name: the power model for energy estimates
     label: str = ""  # free text carried into the measurement (cell id, variant name)
+    # Paired A/B mode: ``model_path`` is A (the baseline), ``paired_model_path`` B (the candidate);
+    # one agent process loads both and times blocks of ``min_duration_s`` / ``min_count``
+    # alternately, A B / B A ..., for ``paired_rounds`` rounds numbered from ``paired_first_round``
+    # (after one discarded A block with ``paired_warmup``). The blocks come back in
+    # ``Measurement.extra["paired_blocks"]``.
+    paired_model_path: str | None = None
+    paired_rounds: int = 0
+    paired_first_round: int = 0
+    paired_warmup: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -22,6 +22,8 @@ from runners.base import Measurement, RunRequest
 class LocalRunner:
     """Runs the agent in a subprocess here. ``run`` never raises for measurement failures."""
 
+    supports_paired = True  # RunRequest.paired_model_path: A/B blocks in one agent process
+
     def __init__(
         self,
         name: str = "local",
@@ -90,6 +92,7 @@ class LocalRunner:
             inputs_npz=os.path.abspath(request.inputs_npz) if request.inputs_npz else None,
             accuracy_npz=os.path.abspath(request.accuracy_npz) if request.accuracy_npz else None,
             power=power,
+            paired_model=os.path.abspath(request.paired_model_path) if request.paired_model_path else None,
         )
         path = rundir / "request.json"
         path.write_text(json.dumps(payload), encoding="utf-8")

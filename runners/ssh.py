@@ -414,6 +414,8 @@ def _resolve(path: str, home: str) -> str:
 class SSHRunner:
     """Measures artifacts on one SSH target; ``run`` never raises for target failures."""
 
+    supports_paired = True  # RunRequest.paired_model_path: A/B blocks in one agent process
+
     def __init__(
         self,
         target: Target,
@@ -563,7 +565,7 @@ class SSHRunner:
         bundle_dir, sent = sess.push_bundle()
         paths = {"agent": posixpath.join(bundle_dir, "agent.py")}
         pushed = {"agent": sent}
-        for key in ("model_path", "inputs_npz", "accuracy_npz"):
+        for key in ("model_path", "paired_model_path", "inputs_npz", "accuracy_npz"):
             local = getattr(request, key)
             if local:
                 paths[key], pushed[key] = sess.push(local)
@@ -584,6 +586,7 @@ class SSHRunner:
             inputs_npz=paths.get("inputs_npz"),
             accuracy_npz=paths.get("accuracy_npz"),
             power=power,
+            paired_model=paths.get("paired_model_path"),
         )
         with sess.step("push"):
             sess.makedirs(rundir)

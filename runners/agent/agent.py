@@ -137,6 +137,8 @@ def read_request(path: str) -> dict[str, Any]:
 
 def run_request(req: dict[str, Any]) -> dict[str, Any]:
     """Load, warm up, measure (with throttle handling), and summarize one model."""
+    if req.get("paired"):
+        return run_paired(req)
     phases = {"start_s": time.perf_counter() - _T_START}
     t_phase = time.perf_counter()
     import numpy as np
@@ -230,6 +232,106 @@ def run_request(req: dict[str, Any]) -> dict[str, Any]:
         "extra": extra,
         **result,
     }
+
+
+BLOCK_WARMUP = 5  # untimed iterations before each paired block (the other model just ran)
+
+
+def run_paired(req: dict[str, Any]) -> dict[str, Any]:
+    """Paired A/B: load the baseline A (``model``) and the candidate B (``paired.model``) in this
+    one process, then time blocks alternately (round r: A B when r is even, B A when odd), each
+    block bounded like a normal timed loop. No process start, import or model load falls between
+    the two blocks of a round, so what differs between them is the model (and whatever the device
+    does at that moment, which alternation spreads over both). Each block is summarized like a
+    single run (latency samples, stats, energy); peak memory is not per block (one process holds
+    both models), so it is left out. The reply is the last block's fields with every block in
+    ``extra.paired_blocks`` as ``{"role", "round", "result"}`` (role: warmup | baseline | candidate).
+    """
+    phases = {"start_s": time.perf_counter() - _T_START}
+    t_phase = time.perf_counter()
+    from runtimes import load_session, npz_inputs, random_inputs
+
+    phases["import_numpy_s"] = time.perf_counter() - t_phase
+    paired = req["paired"]
+    threads = int(req.get("threads", 1))
+    if threads < 1:
+        raise AgentError("threads must be at least 1.", "usage")
+    rounds, first = int(paired.get("rounds", 0)), int(paired.get("first_round", 0))
+    if rounds < 1:
+        raise AgentError("a paired run needs at least one round.", "usage")
+    affinity = set_affinity(req.get("core_mask"))
+    root = sysfs_root()
+    runtime = str(req.get("runtime", "auto"))
+    t0 = time.perf_counter()
+    sessions = {
+        "baseline": load_session(str(req["model"]), runtime, threads),
+        "candidate": load_session(str(paired["model"]), runtime, threads),
+    }
+    load_ms = (time.perf_counter() - t0) * 1e3
+    calls = {}
+    for role, session in sessions.items():
+        if req.get("inputs_npz"):
+            feeds = npz_inputs(str(req["inputs_npz"]), session.inputs)
+        else:
+            feeds = random_inputs(session.inputs, int(req.get("seed", 0)))
+        calls[role] = session.bind(feeds)
+    for once in calls.values():
+        for _ in range(max(1, int(req.get("warmup", 10)))):
+            once()
+    phases["load_and_warmup_s"] = time.perf_counter() - t0
+    loop = LoopConfig.from_request(req)
+    meter, energy_note = pick_meter(root) if req.get("energy", True) else (None, "energy disabled")
+    order: list[tuple[str, int]] = [("warmup", -1)] if paired.get("warmup") else []
+    for r in range(first, first + rounds):
+        pair = [("baseline", r), ("candidate", r)]
+        order += pair[::-1] if r % 2 else pair
+    blocks = []
+    t_phase = time.perf_counter()
+    for role, r in order:
+        once = calls["baseline" if role == "warmup" else role]
+        for _ in range(BLOCK_WARMUP):
+            once()
+        freq = cpu_freqs(root, affinity)
+        samples, reading = _pass(once, loop, meter, None, False)
+        energy, note = energy_reading(reading, samples, loop.wall_s_last, req, threads)
+        session = sessions["baseline" if role == "warmup" else role]
+        block = {
+            "ok": True,
+            "latency_ms": samples,
+            "stats": summarize(samples, int(req.get("seed", 0))),
+            "energy": energy if req.get("energy", True) else None,
+            "peak_rss_bytes": None,
+            "runtime": session.name,
+            "runtime_version": session.version,
+            "threads": threads,
+            "cpu_affinity": affinity,
+            "machine": platform.machine(),
+            "cpu_freq_mhz": [_mean(freq), _mean(cpu_freqs(root, affinity))] if freq else [],
+            "throttled": False,
+            "remeasured": False,
+            "throttled_samples": 0,
+            "extra": {
+                "paired_block": True,
+                "loop_wall_s": loop.wall_s_last,
+                **(
+                    {"energy_note": "; ".join(x for x in (energy_note, note) if x)}
+                    if note or energy_note
+                    else {}
+                ),
+            },
+        }
+        blocks.append({"role": role, "round": r, "result": block})
+    phases["measure_s"] = time.perf_counter() - t_phase
+    last = dict(blocks[-1]["result"])
+    last["load_ms"] = load_ms
+    last["extra"] = {
+        **last["extra"],
+        "agent_version": AGENT_VERSION,
+        "paired_blocks": blocks,
+        "phases_s": phases,
+        "python": platform.python_version(),
+    }
+    return last
 
 
 class LoopConfig:

@@ -137,6 +137,13 @@ def check_request(req: RunRequest) -> str | None:
         return "threads, min_count and max_count must be at least 1 and warmup at least 0."
     if req.min_duration_s < 0 or req.timeout_s <= 0:
         return "min_duration_s must be >= 0 and timeout_s > 0."
+    if req.paired_model_path is not None:
+        if not os.path.isfile(req.paired_model_path):
+            return f"paired model file {req.paired_model_path} does not exist."
+        if model_suffix(req.paired_model_path) != model_suffix(req.model_path):
+            return "a paired A/B run needs two models of the same format."
+        if req.paired_rounds < 1 or req.paired_first_round < 0:
+            return "a paired A/B run needs at least one round (paired_rounds >= 1)."
     return None
 
 
@@ -161,9 +168,21 @@ def agent_request(
     inputs_npz: str | None = None,
     accuracy_npz: str | None = None,
     power: dict[str, Any] | None = None,
+    paired_model: str | None = None,
 ) -> dict[str, Any]:
     """The JSON the agent reads; paths are the ones on the target."""
+    paired = (
+        {
+            "model": paired_model,
+            "rounds": req.paired_rounds,
+            "first_round": req.paired_first_round,
+            "warmup": req.paired_warmup,
+        }
+        if paired_model
+        else None
+    )
     return {
+        "paired": paired,
         "model": model,
         "runtime": req.runtime,
         "threads": req.threads,

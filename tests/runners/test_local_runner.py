@@ -101,3 +101,61 @@ def test_device_lock_across_processes(tmp_path: Path) -> None:
         proc.wait()
     with host.device_lock("dev-c", 2, cache_dir=tmp_path):
         pass  # released when the holder died
+
+
+def test_paired_blocks_alternate_in_one_process_and_see_the_heavier_model(
+    model: Path, tmp_path: Path
+) -> None:
+    """Paired A/B: one agent loads both models and times A B / B A blocks back to back."""
+    heavy = make_onnx_model(tmp_path / "heavy.onnx", channels=8, size=16, layers=16)  # 8x the conv work
+    m = LocalRunner().run(
+        quick(
+            model,
+            min_duration_s=0.05,
+            paired_model_path=str(heavy),
+            paired_rounds=4,
+            paired_first_round=2,
+            paired_warmup=True,
+            detect_throttle=False,
+        )
+    )
+    assert m.ok, m.error
+    blocks = m.extra["paired_blocks"]
+    assert [(b["role"], b["round"]) for b in blocks] == [
+        ("warmup", -1),
+        ("baseline", 2),
+        ("candidate", 2),
+        ("candidate", 3),
+        ("baseline", 3),
+        ("baseline", 4),
+        ("candidate", 4),
+        ("candidate", 5),
+        ("baseline", 5),
+    ]
+    for b in blocks:
+        r = Measurement.from_json({**b["result"], "target": "local", "model_path": "x"})
+        assert r.ok and r.stats is not None and r.stats.count == len(r.latency_ms) >= 20
+        assert r.peak_rss_bytes is None  # one process holds both models: not a per-model figure
+        assert r.energy is not None and not r.energy.measured
+    med = {(b["role"], b["round"]): b["result"]["stats"]["median_ms"] for b in blocks}
+    slower = [med[("candidate", r)] > med[("baseline", r)] for r in range(2, 6)]
+    assert sum(slower) >= 3, med
+
+
+@pytest.mark.parametrize(
+    "over, needle",
+    [
+        ({"paired_model_path": "/nonexistent/b.onnx", "paired_rounds": 2}, "paired model file"),
+        ({"paired_rounds": 0}, "at least one round"),
+        ({"paired_rounds": 2, "paired_suffix": ".tflite"}, "same format"),
+    ],
+)
+def test_paired_usage_errors(model: Path, tmp_path: Path, over: dict, needle: str) -> None:
+    over = dict(over)
+    suffix = over.pop("paired_suffix", ".onnx")
+    if "paired_model_path" not in over:
+        other = tmp_path / f"b{suffix}"
+        other.write_bytes(model.read_bytes())
+        over["paired_model_path"] = str(other)
+    m = LocalRunner().run(quick(model, **over))
+    assert not m.ok and m.error_kind == "usage" and needle in m.error

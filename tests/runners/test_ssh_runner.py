@@ -268,3 +268,17 @@ def test_targets_setup_creates_a_venv(
     assert report["python"].endswith("/w/venv/bin/python") and (tmp_path / "w/venv/bin/python").exists()
     assert report["probe"]["runtimes"]["numpy"]
     assert "python: " + str(tmp_path / "w/venv/bin/python") in report["inventory_entry"]
+
+
+def test_paired_run_pushes_both_models_and_returns_the_blocks(
+    sshd: SSHServer, tmp_path: Path, model: Path
+) -> None:
+    work = tmp_path / "work"
+    other = make_onnx_model(tmp_path / "other.onnx", layers=2)
+    m = SSHRunner(target(sshd, work)).run(
+        quick(model, paired_model_path=str(other), paired_rounds=1, detect_throttle=False)
+    )
+    assert m.ok, m.error
+    assert [(b["role"], b["round"]) for b in m.extra["paired_blocks"]] == [("baseline", 0), ("candidate", 0)]
+    for f in (model, other):
+        assert (work / "blobs" / sha256_file(f) / f.name).read_bytes() == f.read_bytes()
