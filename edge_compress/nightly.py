@@ -640,20 +640,22 @@ def _paired_decision(
     (Bonferroni), so looking twice does not raise the false-alarm rate.
     """
     il = job.interleave
-    rounds, max_rounds = int(il.get("rounds", 6)), int(il.get("max_rounds", il.get("rounds", 6)))
-    looks = LOOKS if max_rounds > rounds else 1
     one_process = _one_process(runner, suspects)
-    items, error = _interleave(
-        runner, job, 0, rounds, il.get("min_duration_s"), warmup=True, one_process=one_process
-    )
+    if one_process:
+        rounds = int(il.get("block_rounds", 40))
+        max_rounds = int(il.get("max_block_rounds", rounds))
+        duration = il.get("block_s", 0.05)
+    else:
+        rounds, max_rounds = int(il.get("rounds", 6)), int(il.get("max_rounds", il.get("rounds", 6)))
+        duration = il.get("min_duration_s")
+    looks = LOOKS if max_rounds > rounds else 1
+    items, error = _interleave(runner, job, 0, rounds, duration, warmup=True, one_process=one_process)
     if error:
         historical.notes.append(f"paired re-measure failed ({error}): decided on historical evidence")
         return historical, items
     verdict = judge(job, m, interleaved=items, suspects=suspects, looks=looks)
     if max_rounds > rounds and _undecided(verdict):
-        more, error = _interleave(
-            runner, job, rounds, max_rounds, il.get("min_duration_s"), one_process=one_process
-        )
+        more, error = _interleave(runner, job, rounds, max_rounds, duration, one_process=one_process)
         items += more
         if error:
             verdict.notes.append(
@@ -737,6 +739,7 @@ def _interleave_one_process(
         paired_rounds=last - first,
         paired_first_round=first,
         paired_warmup=warmup,
+        min_count=5,  # blocks are bounded by their duration (block_s)
         detect_throttle=False,  # blocks are short and alternate: a drift shows in both roles
         timeout_s=max(base.timeout_s, blocks * (base.min_duration_s + 5.0) + 60.0),
     )

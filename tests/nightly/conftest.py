@@ -29,7 +29,7 @@ def write_suite(path: Path, **fields: Any) -> Path:
         "compile": [{"name": "asis", "method": "none"}],
         "targets": ["local"],
         "measure": dict(QUICK_MEASURE),
-        "interleave": {"rounds": 4, "max_rounds": 4},
+        "interleave": {"rounds": 4, "max_rounds": 4, "block_rounds": 4, "max_block_rounds": 4},
     }
     data.update(fields)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
