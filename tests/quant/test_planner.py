@@ -140,3 +140,30 @@ def test_pareto_sweep_reports_predicted_and_measured_accuracy(lenet_planner, len
         assert p.model_bytes <= p.budget_bytes
         assert 0.0 <= p.measured["acc"] <= 1.0 and np.isfinite(p.predicted["acc_drop_pp"])
     assert pts[-1].measured["acc"] >= pts[0].measured["acc"] - 0.01
+
+
+def test_refinement_keeps_the_allocation_closest_to_fp32(lenet_planner):
+    """Among the ILP's best allocations, the chosen one has the lowest simulated KL divergence from
+    the float model on the evaluation data, whatever its rank by sensitivity; with refinement off,
+    the ILP optimum is kept."""
+    from edge_compress.quant.allocate import allocate_top_k
+
+    pl = lenet_planner
+    plan = pl.plan({}, alpha=0.25)
+    cons = [pl.constraint("model_bytes", plan.budget["model_bytes"])]
+    allocs = allocate_top_k(pl.options, pl.sens, cons, pl.graph.precision_groups, k=pl.refine_top_k)
+    assert len(allocs) > 2
+    kls = [pl.measure(pl.noise_model.plan_for(a.bits, pl.act_bits), pl.eval_x)["kl_to_fp32"] for a in allocs]
+    assert all(np.isfinite(kls)) and min(kls) > 0 and len(set(kls)) == len(kls)
+    best = allocs[int(np.argmin(kls))]
+    assert plan.bits() == best.bits
+    assert any("KL divergence from fp32" in n for n in plan.notes)
+    # handed the allocations worst-first, it still picks the closest one (not the first)
+    worst_first = [allocs[i] for i in np.argsort(kls)[::-1]]
+    notes: list[str] = []
+    assert pl._refine(worst_first, notes) is best and f"#{len(allocs)} of the" in notes[0]
+    pl.refine_top_k = 1
+    try:
+        assert pl.plan({}, alpha=0.25).bits() == allocs[0].bits
+    finally:
+        pl.refine_top_k = 5
