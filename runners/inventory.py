@@ -77,6 +77,12 @@ class Target(BaseModel):
     retries: int = Field(
         default=2, ge=0, le=10, description="ssh: reconnect attempts after a dropped connection"
     )
+    warm_agent: bool = Field(
+        default=True,
+        description="ssh: keep one agent process per connection that has imported numpy and the "
+        "runtimes and forks a fresh child per run (saves interpreter start-up and imports per run; "
+        "costs that process's memory on the target while the connection is pooled)",
+    )
 
     @field_validator("env", mode="before")
     @classmethod

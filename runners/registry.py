@@ -26,6 +26,7 @@ def runner_for(target: Target) -> Runner:
         profile=target.profile or "host",
         env=target.env,
         emulated=target.emulated,
+        warm_agent=target.warm_agent,
     )
 
 

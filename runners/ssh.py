@@ -182,6 +182,9 @@ class SSHSession:
     home: str
     workdir: str
     host_keys_added: list[str] = field(default_factory=list)
+    # warm agents started on this connection, by interpreter command and agent path
+    warm: dict[tuple[str, str], WarmAgent] = field(default_factory=dict)
+    warm_failed: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @property
     def where(self) -> str:
@@ -192,6 +195,9 @@ class SSHSession:
         return bool(t is not None and t.is_active())
 
     def close(self) -> None:
+        for w in list(self.warm.values()):
+            w.close()
+        self.warm.clear()
         with contextlib.suppress(Exception):
             self.sftp.close()
         with contextlib.suppress(Exception):
@@ -302,6 +308,86 @@ class SSHSession:
             return ExecResult(code, out.decode(errors="replace"), (err or b"").decode(errors="replace"))
         finally:
             chan.close()
+
+
+class WarmAgent:
+    """The agent's ``--serve`` mode on an open connection: one long-lived process per target that
+    has imported numpy and the runtimes, forking a fresh child for each run (see
+    ``runners/agent/agent.py: serve``). Saves the interpreter start and the imports of every run
+    (0.4-1 s on a quiet Pi-class board, several seconds under emulation or load). It lives on its
+    own SSH channel and ends with it: closing the connection (pool idle time-out, failure) or the
+    channel ends the agent."""
+
+    def __init__(self, sess: SSHSession, command: str, timeout_s: float) -> None:
+        self.sess = sess
+        transport = sess.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise sess.lost("execute")
+        self.chan = transport.open_session(timeout=30)
+        self.chan.exec_command(command)
+        self._buf = bytearray()
+        self.errors = bytearray()
+        try:
+            hello = self._read_line(time.monotonic() + timeout_s)
+        except TransportError:
+            if not sess.alive():
+                raise
+            hello = None  # the agent exited at once: this interpreter cannot serve
+        if hello is None or not hello.get("ready"):
+            with contextlib.suppress(Exception):
+                while self.chan.recv_stderr_ready():
+                    self.errors += self.chan.recv_stderr(65536)
+            tail = self.errors.decode(errors="replace").strip().splitlines()[-1:]
+            self.close()
+            raise RuntimeError("the warm agent did not start" + (f": {tail[0][:200]}" if tail else ""))
+        self.key: tuple[str, str] = ("", "")
+        self.pid = int(hello.get("pid", 0))
+        self.preloaded = list(hello.get("preloaded", []))
+        self.runs = 0
+        self.last_pid: int | None = None
+
+    def alive(self) -> bool:
+        return not self.chan.closed and not self.chan.exit_status_ready() and self.sess.alive()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.chan.close()
+
+    def run(self, rundir: str, deadline: float) -> dict[str, Any] | None:
+        """Send one run dir; the agent's reply, or None when ``deadline`` passes first."""
+        self.chan.sendall((json.dumps({"dir": rundir}) + "\n").encode())
+        reply = self._read_line(deadline)
+        if reply is not None:
+            self.runs += 1
+            self.last_pid = reply.get("pid")
+        return reply
+
+    def _read_line(self, deadline: float) -> dict[str, Any] | None:
+        """The next JSON line on stdout; None at the deadline; TransportError when the channel ends."""
+        while True:
+            i = self._buf.find(b"\n")
+            if i >= 0:
+                line = bytes(self._buf[:i])
+                del self._buf[: i + 1]
+                try:
+                    return json.loads(line)
+                except ValueError:
+                    continue  # not protocol output
+            while self.chan.recv_stderr_ready():
+                self.errors += self.chan.recv_stderr(65536)
+                del self.errors[:-8192]
+            if self.chan.recv_ready():
+                data = self.chan.recv(65536)
+                if data:
+                    self._buf += data
+                    continue
+            if self.chan.closed or self.chan.exit_status_ready() and not self.chan.recv_ready():
+                raise self.sess.lost("execute (the warm agent ended)")
+            if not self.sess.alive():
+                raise self.sess.lost("execute")
+            if time.monotonic() > deadline:
+                return None
+            select.select([self.chan], [], [], 0.1)
 
 
 def _drain(chan: Any, transport: Any, deadline: float) -> tuple[bytes | None, bytes | None]:
@@ -451,6 +537,29 @@ class SSHRunner:
 
     # -- run -------------------------------------------------------------------------------------
 
+    def prepare(self, timeout_s: float = 120.0) -> dict[str, Any]:
+        """Get the target ready for its first run: connect (pooled), push the agent, start the warm
+        agent. Raises TransportError; a warm agent that cannot start is reported, not raised."""
+        sess, reused = pooled_session(self.target, self.connect_timeout_s)
+        ok = False
+        try:
+            with sess.step("push"):
+                bundle_dir, sent = sess.push_bundle()
+            agent = posixpath.join(bundle_dir, "agent.py")
+            w = self.warm_agent(sess, agent, timeout_s)
+            ok = True
+        finally:
+            if ok:
+                release_session(sess)
+            else:
+                sess.close()
+        info: dict[str, Any] = {"connection_reused": reused, "agent_pushed_bytes": sent}
+        if w is not None:
+            info.update(warm_agent_pid=w.pid, preloaded=w.preloaded)
+        elif self.target.warm_agent:
+            info["warm_agent_unavailable"] = sess.warm_failed.get((self.python_command(), agent), "")
+        return info
+
     def run(self, request: RunRequest) -> Measurement:
         """Push, run the agent, collect; failures are returned as ``Measurement.failure``."""
         t0 = time.monotonic()
@@ -532,16 +641,20 @@ class SSHRunner:
                     raise _StalePooledSession(e) from None
                 raise
             rundir = posixpath.join(sess.workdir, "runs", uuid.uuid4().hex)
+            removed = False
             try:
                 self._write_request(sess, rundir, request, paths, power)
                 steps["push"] = time.monotonic() - t
                 t = time.monotonic()
-                result = self._execute(sess, rundir, paths["agent"], request)
+                result, mode = self._execute_any(sess, rundir, paths["agent"], request)
+                removed = mode["agent_mode"] == "warm"  # the warm agent removed the run dir
                 m = self._collect(result, request)
+                m.extra.update(mode)
                 steps["execute"] = time.monotonic() - t
             finally:
                 t = time.monotonic()
-                self._cleanup(sess, rundir)
+                if not removed:
+                    self._cleanup(sess, rundir)
                 steps["cleanup"] = time.monotonic() - t
             healthy = m.ok or m.error_kind not in ("infrastructure", "timeout")
         finally:
@@ -592,6 +705,74 @@ class SSHRunner:
             sess.makedirs(rundir)
             with sess.sftp.open(posixpath.join(rundir, "request.json"), "w") as f:
                 f.write(json.dumps(payload))
+
+    def warm_agent(self, sess: SSHSession, agent: str, timeout_s: float) -> WarmAgent | None:
+        """The session's warm agent for ``agent`` (started when needed); None when the target
+        does not use one or it cannot start here (the reason is kept in ``sess.warm_failed``)."""
+        if not self.target.warm_agent:
+            return None
+        py = self.python_command()
+        key = (py, agent)
+        if key in sess.warm_failed:
+            return None
+        w = sess.warm.get(key)
+        if w is not None and w.alive():
+            return w
+        if w is not None:
+            w.close()
+            del sess.warm[key]
+        command = f"cd {shlex.quote(sess.workdir)} && exec {py} {shlex.quote(agent)} --serve"
+        try:
+            with sess.step("execute"):
+                w = WarmAgent(sess, command, timeout_s)
+        except RuntimeError as e:
+            sess.warm_failed[key] = str(e)
+            return None
+        w.key = key
+        sess.warm[key] = w
+        return w
+
+    def _execute_any(
+        self, sess: SSHSession, rundir: str, agent: str, request: RunRequest
+    ) -> tuple[ExecResult, dict[str, Any]]:
+        """Run through the warm agent when there is one, else one agent process for this run."""
+        w = self.warm_agent(sess, agent, max(60.0, request.timeout_s))
+        if w is not None:
+            result = self._execute_warm(w, sess, rundir, request)
+            if result is not None:
+                return result, {
+                    "agent_mode": "warm",
+                    "warm_agent_pid": w.pid,
+                    "warm_agent_runs": w.runs,
+                    "run_pid": w.last_pid,
+                }
+        mode: dict[str, Any] = {"agent_mode": "cold"}
+        why = sess.warm_failed.get((self.python_command(), agent))
+        if why and self.target.warm_agent:
+            mode["warm_agent_unavailable"] = why
+        return self._execute(sess, rundir, agent, request), mode
+
+    def _execute_warm(
+        self, w: WarmAgent, sess: SSHSession, rundir: str, request: RunRequest
+    ) -> ExecResult | None:
+        """One run through the warm agent; None when the agent could not fork (then a cold run)."""
+        with sess.step("execute"):
+            reply = w.run(rundir, time.monotonic() + request.timeout_s)
+            if reply is None:  # kill the run; the agent answers once its child is gone
+                self._kill(sess, rundir)
+                if w._read_line(time.monotonic() + 20.0) is None:
+                    w.close()
+                raise TransportError(
+                    f"the run on {sess.where} exceeded its timeout of {request.timeout_s:g} s; "
+                    "the agent was killed",
+                    "timeout",
+                )
+        if "rc" not in reply:  # e.g. fork failed: this run and the next ones run cold
+            sess.warm_failed[w.key] = str(reply.get("error", reply))
+            sess.warm.pop(w.key, None)
+            w.close()
+            return None
+        return ExecResult(int(reply["rc"]), str(reply.get("stdout", "")), str(reply.get("stderr", "")))
 
     def _execute(self, sess: SSHSession, rundir: str, agent: str, request: RunRequest) -> ExecResult:
         """Run the agent in the run dir, which the same command removes afterwards (one round trip);

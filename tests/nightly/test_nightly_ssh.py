@@ -25,7 +25,13 @@ def test_suite_over_two_ssh_targets(
         s.write_inventory(
             inv, f"board{i}", python=sys.executable, workdir=str(workdir / f"remote{i}"), profile="host"
         )
-    suite = write_suite(workdir / "suite.yaml", targets=["board0", "board1"])
+    # this test is about the plumbing over ssh; practical thresholds wide enough that a busy CI
+    # machine does not turn load into a verdict (the statistics have their own tests)
+    suite = write_suite(
+        workdir / "suite.yaml",
+        targets=["board0", "board1"],
+        thresholds={"latency_median": "50%", "latency_p99": "100%", "energy": "100%"},
+    )
     db = workdir / "lab.sqlite"
     args = ("nightly", str(suite), "--inventory", str(inv), "--store", f"sqlite:///{db}", "--json")
 

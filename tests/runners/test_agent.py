@@ -288,3 +288,74 @@ def test_bootstrap_ci_is_deterministic_and_covers(agent_mod: Any) -> None:
     assert ci1[0] < np.median(a) < ci1[1] and ci1[1] - ci1[0] < 0.1
     s = agent_mod.summarize(list(a), seed=0)
     assert s["count"] == 2000 and tuple(s["median_ci95_ms"]) == ci1
+
+
+@pytest.mark.parametrize("n", [301, 2000])
+def test_bootstrap_ci_matches_brute_force_resampling(agent_mod: Any, n: int) -> None:
+    """The order-statistic draw has the distribution of resampling: its interval matches one from
+    20,000 brute-force resampled medians (odd and even n, skewed data with ties)."""
+    rng = np.random.default_rng(11)
+    a = np.round(rng.lognormal(0, 0.4, n), 2)  # rounded: ties, as timer resolution makes them
+    brute = np.median(a[rng.integers(0, n, size=(20000, n))], axis=1)
+    lo, hi = np.percentile(brute, [2.5, 97.5])
+    ci = agent_mod.bootstrap_median_ci(a, seed=1, resamples=20000)
+    width = hi - lo
+    assert abs(ci[0] - lo) < 0.08 * width and abs(ci[1] - hi) < 0.08 * width, (ci, (lo, hi))
+    # and its bootstrap distribution, not just the interval: same mean and spread
+    u = np.random.default_rng(2)
+    x = np.sort(a)
+    k = (n + 1) // 2 if n % 2 else n // 2
+    u1 = u.beta(k, n - k + 1, 20000)
+    if n % 2:
+        fast = x[np.ceil(u1 * n).astype(int) - 1]
+    else:
+        u2 = u1 + (1 - u1) * (1 - u.random(20000) ** (1 / (n - k)))
+        fast = 0.5 * (x[np.ceil(u1 * n).astype(int) - 1] + x[np.ceil(u2 * n).astype(int) - 1])
+    assert abs(fast.mean() - brute.mean()) < 0.05 * brute.std()
+    assert fast.std() == pytest.approx(brute.std(), rel=0.05)
+
+
+def test_serve_forks_a_fresh_run_per_line_and_cleans_up(
+    bundle_dir: Path, onnx_model: Path, tmp_path: Path
+) -> None:
+    """``agent.py --serve``: a ready line, then one reply per run dir (the run's JSON document and
+    stderr, from a forked child that is not the serving process), the run dir removed; a bad line
+    is answered with an error and the agent keeps serving; end of input ends it."""
+    proc = subprocess.Popen(
+        [sys.executable, str(bundle_dir / "agent.py"), "--serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        hello = json.loads(proc.stdout.readline())
+        assert hello["ready"] is True and hello["pid"] == proc.pid
+        assert {"numpy", "runtimes", "onnxruntime"} <= set(hello["preloaded"])
+        replies = []
+        for i, req in enumerate([quick(onnx_model, seed=1), {"model": str(tmp_path / "missing.onnx")}]):
+            run = tmp_path / f"run{i}"
+            run.mkdir()
+            (run / "request.json").write_text(json.dumps(req))
+            proc.stdin.write(json.dumps({"dir": str(run)}) + "\n")
+            proc.stdin.flush()
+            replies.append(json.loads(proc.stdout.readline()))
+            assert not run.exists()
+        ok, missing = replies
+        assert ok["rc"] == 0 and ok["pid"] not in (proc.pid, missing["pid"])
+        res = json.loads(ok["stdout"])
+        assert res["ok"] and res["stats"]["count"] >= 30 and res["peak_rss_bytes"] > 10e6
+        # the imports were done before the fork: the run did not import numpy itself
+        assert res["extra"]["phases_s"]["import_numpy_s"] < res["extra"]["phases_s"]["measure_s"]
+        bad = json.loads(missing["stdout"])
+        assert missing["rc"] == 1 and bad["ok"] is False and bad["error_kind"] == "usage"
+        proc.stdin.write("not json\n")
+        proc.stdin.flush()
+        assert "bad job line" in json.loads(proc.stdout.readline())["error"]
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

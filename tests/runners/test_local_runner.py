@@ -65,6 +65,43 @@ def test_timeout(model: Path) -> None:
     assert m.error_kind == "timeout" and not m.ok and m.latency_ms == []
 
 
+def test_timeout_kills_the_run_and_the_warm_agent_keeps_serving(model: Path) -> None:
+    import psutil
+
+    r = LocalRunner("warm-timeout")
+    first = r.run(quick(model))
+    assert first.ok and first.extra["agent_mode"] == "warm", first.error
+    m = r.run(quick(model, min_duration_s=60, timeout_s=2))
+    assert m.error_kind == "timeout" and not m.ok
+    again = r.run(quick(model))
+    assert again.ok and again.extra["warm_agent_pid"] == first.extra["warm_agent_pid"], again.error
+    agent = psutil.Process(first.extra["warm_agent_pid"])
+    assert [c for c in agent.children() if c.is_running() and c.status() != psutil.STATUS_ZOMBIE] == []
+
+
+def test_warm_agent_runs_each_measurement_in_a_fresh_child(model: Path) -> None:
+    """Runs go through one warm agent per target (a new forked child each time); an agent that
+    died is replaced at the next run; ``warm_agent=False`` starts one process per run."""
+    import psutil
+
+    r = LocalRunner("warm-test")
+    a, b = r.run(quick(model)), r.run(quick(model))
+    assert a.ok and b.ok, (a.error, b.error)
+    assert a.extra["agent_mode"] == b.extra["agent_mode"] == "warm"
+    assert a.extra["warm_agent_pid"] == b.extra["warm_agent_pid"]
+    assert len({a.extra["run_pid"], b.extra["run_pid"], a.extra["warm_agent_pid"]}) == 3
+    assert a.peak_rss_bytes and a.peak_rss_bytes > 10e6
+    agent = psutil.Process(a.extra["warm_agent_pid"])
+    agent.kill()
+    agent.wait(10)
+    c = r.run(quick(model))  # the dead agent's run falls back to one process, the next is warm again
+    d = r.run(quick(model))
+    assert c.ok and d.ok, (c.error, d.error)
+    assert d.extra["agent_mode"] == "warm" and d.extra["warm_agent_pid"] != a.extra["warm_agent_pid"]
+    cold = LocalRunner("cold-test", warm_agent=False).run(quick(model))
+    assert cold.ok and cold.extra["agent_mode"] == "cold", cold.error
+
+
 def test_device_lock_serializes_threads(tmp_path: Path) -> None:
     order: list[str] = []
 

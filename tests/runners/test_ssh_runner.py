@@ -282,3 +282,61 @@ def test_paired_run_pushes_both_models_and_returns_the_blocks(
     assert [(b["role"], b["round"]) for b in m.extra["paired_blocks"]] == [("baseline", 0), ("candidate", 0)]
     for f in (model, other):
         assert (work / "blobs" / sha256_file(f) / f.name).read_bytes() == f.read_bytes()
+
+
+def test_warm_agent_serves_runs_and_restarts_when_it_dies(
+    sshd: SSHServer, tmp_path: Path, model: Path
+) -> None:
+    """Runs on a pooled connection go through one warm agent (same serving process, a new child
+    per run); an agent that died while idle is restarted for the next run without a retry;
+    ``warm_agent: false`` runs one agent process per run."""
+    from runners.ssh import close_pooled_sessions
+
+    close_pooled_sessions()
+    t = target(sshd, tmp_path / "w")
+    first = SSHRunner(t).run(quick(model))
+    second = SSHRunner(t).run(quick(model))
+    for m in (first, second):
+        assert m.ok, m.error
+        assert m.extra["agent_mode"] == "warm" and m.peak_rss_bytes and m.peak_rss_bytes > 10e6
+    assert first.extra["warm_agent_pid"] == second.extra["warm_agent_pid"]
+    assert second.extra["warm_agent_runs"] == first.extra["warm_agent_runs"] + 1
+    assert len({first.extra["run_pid"], second.extra["run_pid"], first.extra["warm_agent_pid"]}) == 3
+    assert list((tmp_path / "w" / "runs").iterdir()) == []
+    agent = psutil.Process(first.extra["warm_agent_pid"])
+    agent.kill()
+    agent.wait(10)
+    third = SSHRunner(t).run(quick(model))
+    assert third.ok and third.extra["agent_mode"] == "warm", third.error
+    assert third.extra["warm_agent_pid"] != first.extra["warm_agent_pid"] and third.extra["attempts"] == 1
+    cold = SSHRunner(target(sshd, tmp_path / "c", warm_agent=False)).run(quick(model))
+    assert cold.ok and cold.extra["agent_mode"] == "cold" and "warm_agent_pid" not in cold.extra
+    close_pooled_sessions()
+    deadline = time.monotonic() + 10  # the warm agent ends with its connection
+    while psutil.pid_exists(third.extra["warm_agent_pid"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not psutil.pid_exists(third.extra["warm_agent_pid"])
+
+
+def test_interpreter_without_serve_falls_back_to_one_process_per_run(
+    sshd: SSHServer, tmp_path: Path, model: Path
+) -> None:
+    """A target whose interpreter cannot run the warm agent still measures, one agent process per
+    run, and says why."""
+    from runners.ssh import close_pooled_sessions
+
+    close_pooled_sessions()
+    wrapper = tmp_path / "python-no-serve"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'case "$2" in --serve) echo "serving is disabled on this board" >&2; exit 3;; esac\n'
+        f'exec {shlex.quote(sys.executable)} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    t = target(sshd, tmp_path / "w")
+    t = t.model_copy(update={"python": str(wrapper)})
+    for _ in range(2):
+        m = SSHRunner(t).run(quick(model))
+        assert m.ok and m.extra["agent_mode"] == "cold", m.error
+        assert "serving is disabled on this board" in m.extra["warm_agent_unavailable"]
+    close_pooled_sessions()
