@@ -176,6 +176,9 @@ def run_phase(
                 "wall_s": r["wall_s"],  # the runner's run(): ssh, push, agent, cleanup
                 "steps_s": inner.get("steps_s") or {},
                 "agent_phases_s": inner.get("phases_s") or {},
+                "connection_reused": inner.get("connection_reused"),
+                "agent_mode": inner.get("agent_mode"),
+                "warm_agent_runs": inner.get("warm_agent_runs"),
             }
         )
     return {
@@ -255,6 +258,14 @@ def throughput(run: dict[str, Any]) -> dict[str, Any]:
         "agent_imports": mean([c["agent_phases_s"].get("import_numpy_s") for c in cells]),
         "agent_load_and_warmup": mean([c["agent_phases_s"].get("load_and_warmup_s") for c in cells]),
         "agent_timed_loops": mean([c["agent_phases_s"].get("measure_s") for c in cells]),
+        "agent_summary": mean([c["agent_phases_s"].get("accuracy_energy_summary_s") for c in cells]),
+    }
+    # how often a cell found its device's connection and warm agent already open in its worker
+    reuse = {
+        "connection_reused": mean([float(bool(c.get("connection_reused"))) for c in cells]),
+        "warm_agent_reused_across_cells": mean(
+            [float((c.get("warm_agent_runs") or 0) > 1) for c in cells if c.get("agent_mode") == "warm"]
+        ),
     }
     warmed = run.get("warmed") or []
     firsts = [min(cs, key=lambda c: c["started"]) for cs in by_target.values()]
@@ -283,6 +294,7 @@ def throughput(run: dict[str, Any]) -> dict[str, Any]:
         "startup": startup,
         "mean_cell_s": round(sum(c["finished"] - c["started"] for c in cells) / n, 2),
         "cell_breakdown_s": breakdown,
+        "reuse_fraction": reuse,
         "dispatch": dispatch,
         "overhead_s_per_cell": round(idle / len(cells), 3),
         # once the devices' Ray workers run: a device's idle time between two of its cells

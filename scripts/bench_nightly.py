@@ -14,7 +14,8 @@ Phases (all through ``run_nightly`` and a real SQLite store, targets measured in
 3. store size per 1,000 measurements (``store_bytes_per_1k``);
 4. a cold run (empty caches: compiler export cache, artifacts, target work dirs; trained zoo
    weights and data sets kept) against a fully cached
-   re-run (``cached_rerun_s`` vs ``cold_run_s``, target cached <= 0.2 x cold). This uses the
+   re-run (``cached_rerun_s``: median of three re-runs, vs ``cold_run_s``; target cached <= 0.2 x
+   cold). This uses the
    compiler on a zoo model when ``edge_compress.compiler`` is available, else raw model files.
 
 Usage: python scripts/bench_nightly.py [--quick] [--out benchmarks/nightly.json]
@@ -44,7 +45,7 @@ import yaml  # noqa: E402
 
 CHANNELS, SIZE, LAYERS = 32, 16, 20  # 8 extra channels in one layer pair = +2.5 % MACs
 SLOWDOWNS = (2, 5, 10, 20)
-LADDER = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128)  # extra channels tried for the sizes
+LADDER = (4, 8, 10, 12, 14, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128)  # extra channels tried for the sizes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -516,9 +517,12 @@ def cold_vs_cached(work: Path, servers: list[Any], measure: dict[str, Any]) -> d
             t0 = time.monotonic()
             r1 = nightly(suite, inv, store, accept=True, artifacts=cold / "artifacts")
             cold_s = time.monotonic() - t0
-            t0 = time.monotonic()
-            r2 = nightly(suite, inv, store, artifacts=cold / "artifacts")
-            cached_s = time.monotonic() - t0
+            reruns = []  # three cached re-runs: one is at the mercy of whatever else the host does
+            for _ in range(3):
+                t0 = time.monotonic()
+                r2 = nightly(suite, inv, store, artifacts=cold / "artifacts")
+                reruns.append(time.monotonic() - t0)
+            cached_s = float(np.median(reruns))
     finally:
         if old_cache is None:
             os.environ.pop("EDGE_COMPRESS_CACHE", None)
@@ -533,6 +537,7 @@ def cold_vs_cached(work: Path, servers: list[Any], measure: dict[str, Any]) -> d
         else "raw ONNX file (edge_compress.compiler not available): cold = first artifact copy, agent and model push",
         "cold_run_s": round(cold_s, 2),
         "cached_rerun_s": round(cached_s, 2),
+        "cached_reruns_s": [round(x, 2) for x in reruns],
         "cached_over_cold": round(cached_s / cold_s, 3),
         "cold_compiled": r1.compiled,
         "cached_compiled": r2.compiled,

@@ -1,22 +1,25 @@
 """The Ray executor: nightly cells on a device lab of many hosts.
 
-Each cell is a Ray task requesting exactly its target's resource (``target:<name>: 1``), which
-only the node reaching that device advertises: Ray routes the cell to that host and never runs
-two cells on one device at once. The executor keeps at most ``depth`` cells of a target in Ray
-(one running, the next one waiting on the resource) and the rest in its own queue, so that a
-device that leaves the cluster costs only its own cells:
+Each device gets a worker for the run: a Ray actor (``tasks.DeviceWorker``) requesting exactly
+its target's resource (``target:<name>: 1``), which only the node reaching that device
+advertises. Ray places it on that host, and while it lives no other cell can use the device;
+its cells are calls on it, run one at a time in one process, so the device's open SSH
+connection and warm agent carry from cell to cell. The executor keeps at most ``depth`` cells
+of a target in Ray (one running, the next one queued at its worker) and the rest in its own
+queue, so that a device that leaves the cluster costs only its own cells:
 
-- a cell running on a node that dies fails with Ray's node / worker error; it is recorded as an
+- a cell running on a node that dies fails with Ray's actor / node error; it is recorded as an
   infrastructure failure of that cell (with the node it ran on), measured again on the next run;
 - when a target's resource disappears from the cluster (its node is gone), its waiting cells are
-  cancelled and recorded the same way, and the suite goes on with the other devices;
+  failed the same way (its worker is ended), and the suite goes on with the other devices;
 - a target no node advertises (after ``wait_for_targets_s``) or advertised by several nodes
   fails its cells the same way, without running them.
 
-Ray starts worker processes per job (each nightly run): before the measure phase the nightly
-calls :meth:`RayExecutor.ready`, which waits until every device's node has a worker with the
-cell's imports (sent early by :meth:`RayExecutor.warm_up`, so it overlaps with compilation), and
-the first cell on a device does not pay for a process start.
+Device workers start before the measure phase: the nightly calls :meth:`RayExecutor.ready`,
+which waits until every device's worker is up with the cell's imports, its connection open and
+its warm agent started (sent early by :meth:`RayExecutor.warm_up`, so it overlaps with
+compilation), so the first cell on a device does not pay for any of it. They end with the
+measure phase (:meth:`RayExecutor.run`) or the executor, which frees the devices.
 
 Compilation (:meth:`RayExecutor.prepare_artifacts`) runs as CPU tasks anywhere in the cluster;
 artifacts come back to the head's artifact directory, and reach device hosts through the object
@@ -78,7 +81,8 @@ class RayExecutor:
         self._owns = False
         self._shipped: dict[tuple, Any] = {}
         self._waited: set[str] = set()
-        self._warming: dict[str, Any] = {}  # target -> ref of its warm-up task
+        self._warming: dict[str, Any] = {}  # target -> ref of its warm-up call
+        self._devices: dict[str, Any] = {}  # target -> its DeviceWorker actor (holds the device)
         self._ready_board: tuple[int, Any] | None = None  # (run id, board) made by ready()
         self.warmed: list[dict[str, Any]] = []  # where and when each device's worker got ready
 
@@ -94,6 +98,7 @@ class RayExecutor:
     def close(self) -> None:
         self._shipped.clear()
         self._warming.clear()
+        self._release_devices()
         if self._ready_board is not None:
             self._kill(self._ready_board[1])
             self._ready_board = None
@@ -175,22 +180,46 @@ class RayExecutor:
         that it is ready when the device's first cell comes. Ray starts worker processes per job
         (a nightly run), and on a busy lab host starting one and importing takes seconds: sent
         early, this overlaps with loading the suite and compiling; :meth:`ready` waits for it."""
-        from edge_compress.lab import tasks
 
-        names = [n for n in sorted(set(names)) if n not in self._warming]
+        names = [n for n in sorted(set(names)) if n not in self._warming and n not in self._devices]
         if not names:
             return
-        ray = self.connect()
-        warm = ray.remote(tasks.warm_task)
         for n, cap in self.target_capacity(names).items():
             if cap == 1:
-                opts = {
-                    "resources": {target_resource(n): 1},
-                    "num_cpus": 0,
-                    "max_retries": 0,
-                    "name": f"warm:{n}",
-                }
-                self._warming[n] = warm.options(**opts).remote(n)
+                self._warming[n] = self._device(n).warm.remote()
+
+    def _device(self, n: str) -> Any:
+        """The device's worker actor (created on first use): it holds the device's resource, so
+        Ray places it on the node that reaches the device and no other cell can use the device
+        while it lives; its calls run one at a time."""
+        from edge_compress.lab import tasks
+
+        actor = self._devices.get(n)
+        if actor is None:
+            ray = self.connect()
+            actor = (
+                ray.remote(tasks.DeviceWorker)
+                .options(
+                    resources={target_resource(n): 1},
+                    num_cpus=0,
+                    max_restarts=0,
+                    max_task_retries=0,
+                    max_concurrency=1,
+                )
+                .remote(n)
+            )
+            self._devices[n] = actor
+        return actor
+
+    def _release_devices(self, names: Iterable[str] | None = None) -> None:
+        """End device workers (all by default), which frees their devices for other drivers."""
+        for n in list(self._devices if names is None else names):
+            actor = self._devices.pop(n, None)
+            if actor is not None and self._ray is not None:
+                try:
+                    self._ray.kill(actor, no_restart=True)
+                except Exception:  # noqa: BLE001 - already gone with its node
+                    pass
 
     def ready(self, jobs: Iterable[CellJob]) -> list[dict[str, Any]]:
         """Get the lab ready for ``jobs`` before the nightly's measure phase: wait (up to
@@ -330,14 +359,12 @@ class RayExecutor:
     # -- cells -----------------------------------------------------------------------------------
 
     def run(self, jobs: Iterable[CellJob], fn: Work, on_error: OnError) -> Iterator[CellOutcome]:
-        """Run every job as a Ray task on its device's node; yield outcomes in completion order."""
-        from edge_compress.lab import tasks
+        """Run every job on its device's worker; yield outcomes in completion order."""
 
         jobs = list(jobs)
         if not jobs:
             return
         ray = self.connect()
-        remote = ray.remote(tasks.run_cell_task)
         names = sorted({j.target_name for j in jobs})
         capacity = self.wait_for_targets(names)
         pre = self._ready_board
@@ -364,13 +391,11 @@ class RayExecutor:
         def submit(n: str) -> None:
             while queues.get(n) and count[n] < self.depth:
                 job = queues[n].popleft()
-                opts = {
-                    "resources": {target_resource(n): 1},
-                    "num_cpus": 0,
-                    "max_retries": 0,
-                    "name": f"cell:{job.key}",
-                }
-                ref = remote.options(**opts).remote(fn, job, self._files(job), board)
+                ref = (
+                    self._device(n)
+                    .run_cell.options(name=f"cell:{job.key}")
+                    .remote(fn, job, self._files(job), board)
+                )
                 inflight[ref], submitted[ref] = job, time.time()
                 count[n] += 1
 
@@ -414,11 +439,8 @@ class RayExecutor:
                     last_check = time.monotonic()
                     yield from self._drop_lost_targets(queues, inflight, count, lost, fail, board)
         finally:
-            for ref in inflight:  # the consumer stopped early: nothing new starts
-                try:
-                    ray.cancel(ref, force=True)
-                except Exception:  # noqa: BLE001
-                    pass
+            # the consumer stopped early (or the run ended): nothing new starts, the devices are freed
+            self._release_devices(names)
             self._kill(board)
             self._shipped.clear()
 
@@ -452,10 +474,7 @@ class RayExecutor:
                 if first and self._where(board, job.key) is not None and self.cancel_grace_s > 0:
                     continue  # it started on the lost node: wait for its result or Ray's error
                 if first or now - lost[ref] > self.cancel_grace_s:
-                    try:
-                        self.connect().cancel(ref, force=True)
-                    except Exception:  # noqa: BLE001
-                        pass
+                    self._release_devices([n])  # its calls fail with the actor's death
                 if now - lost[ref] > 2 * self.cancel_grace_s + 5:  # not even the cancel came back
                     inflight.pop(ref)
                     lost.pop(ref)

@@ -154,9 +154,40 @@ def warm_task(target: str = "") -> dict[str, Any]:
     from runners.inventory import load_inventory
     from runners.registry import runner_for
 
+    prepared: dict[str, Any] = {}
     if target:  # the device's runner module (paramiko for ssh), as its cells construct it
-        runner_for(load_inventory(None).get(target))
-    return {**node_identity(), "target": target, "started_unix": t0, "finished_unix": time.time()}
+        runner = runner_for(load_inventory(None).get(target))
+        prepare = getattr(runner, "prepare", None)
+        if prepare is not None:  # connection, agent files and warm agent, ready for the first cell
+            try:
+                prepared = prepare()
+            except Exception as e:  # the cell reports the device's problem; warming is best effort
+                prepared = {"error": str(e)}
+    return {
+        **node_identity(),
+        "target": target,
+        "prepared": prepared,
+        "started_unix": t0,
+        "finished_unix": time.time(),
+    }
+
+
+class DeviceWorker:
+    """One device's worker on its node (the executor makes it a Ray actor that holds the device's
+    resource ``target:<name>``): the device's cells run here one after another, in one process,
+    so its open connection and warm agent (the runner's per-process pool) carry from cell to
+    cell. A plain task per cell lands on whichever worker process of the node is idle, which
+    for a device with a few cells per night means a new connection and a new agent almost
+    every time."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def warm(self) -> dict[str, Any]:
+        return warm_task(self.target)
+
+    def run_cell(self, fn: Any, job: Any, files: dict[str, FileRef], board: Any = None) -> Any:
+        return run_cell_task(fn, job, files, board)
 
 
 def describe_task(names: list[str]) -> dict[str, Any]:
