@@ -108,7 +108,7 @@ def _scalars(data: Any, prefix: str = "", depth: int = 0, limit: int = 60) -> li
     out: list[tuple[str, Any]] = []
     if isinstance(data, dict) and depth < 6:
         for k, v in data.items():
-            if k in ("machine", "date", "notes"):
+            if k in ("machine", "environment", "date", "notes"):
                 continue
             out += _scalars(v, f"{prefix}.{k}" if prefix else str(k), depth + 1, limit)
     elif isinstance(data, (int, float, bool)) or (isinstance(data, str) and len(data) < 80):
@@ -134,7 +134,7 @@ def render() -> str:
             lines += [f"## {f.stem}", "", f"_unreadable: {e}_", ""]
             continue
         date = data.get("date") or dt.datetime.fromtimestamp(f.stat().st_mtime).strftime("%Y-%m-%d")
-        machine = data.get("machine") or "unrecorded"
+        machine = data.get("machine") or data.get("environment") or "unrecorded"
         if isinstance(machine, dict):
             machine = ", ".join(f"{k}={v}" for k, v in machine.items())
         script = SCRIPTS.get(f.stem, f"bench_{f.stem}.py")

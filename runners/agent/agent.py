@@ -86,24 +86,35 @@ def main(argv: list[str] | None = None) -> int:
 # warm agent
 
 
-def preload() -> list[str]:
-    """Import what every run imports (numpy, the agent's modules, the installed runtimes) once,
-    in the warm agent, so each forked run starts with them loaded. Returns what was loaded."""
-    loaded = []
-    for module in ("numpy", "runtimes", "energy", "throttle", "onnxruntime"):
-        try:
-            __import__(module)
-            loaded.append(module)
-        except Exception:  # absent or broken: the run imports (and reports) it itself
-            continue
-    for module in ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"):
-        try:
-            __import__(module)
-            loaded.append(module.split(".")[0])
-            break
-        except Exception:
-            continue
-    return loaded
+def preload(suffix: str | None = None, runtime: str = "auto") -> list[str]:
+    """Import what a run imports, once, in the warm agent, so each forked run starts with it
+    loaded: numpy and the agent's modules at start; a runtime when the first model of its
+    format comes (``suffix``), so a run's process holds the same modules as a cold agent running
+    that model would (and its peak RSS is not inflated by a runtime it does not use).
+    Returns what is loaded."""
+    if suffix is None:
+        wanted: list[tuple[str, ...]] = [("numpy",), ("runtimes",), ("energy",), ("throttle",)]
+    elif suffix == ".onnx":
+        wanted = [("onnxruntime",)]
+    elif suffix == ".tflite":
+        order = ["ai_edge_litert.interpreter", "tflite_runtime.interpreter"]
+        if runtime == "tflite_runtime":
+            order.reverse()
+        wanted = [tuple(order)]  # the first one that imports, as runtimes.load_session picks
+    else:
+        wanted = []
+    for alternatives in wanted:
+        for module in alternatives:
+            try:
+                __import__(module)
+                _PRELOADED.add(module.split(".")[0])
+                break
+            except Exception:  # absent or broken: the run imports (and reports) it itself
+                continue
+    return sorted(_PRELOADED)
+
+
+_PRELOADED: set[str] = set()
 
 
 def serve(out: Any) -> int:
@@ -113,8 +124,8 @@ def serve(out: Any) -> int:
     once, then reads ``{"dir": RUN_DIR}`` lines on stdin. For each it forks; the child runs
     ``RUN_DIR/request.json`` exactly as ``agent.py request.json`` would (its pid in
     ``RUN_DIR/agent.pid``, stdin from /dev/null, stderr to a file) and exits. The agent then
-    replies ``{"dir", "rc", "pid", "stdout", "stderr"}`` (the child's one JSON document and its
-    stderr), removes RUN_DIR, and waits for the next line. It exits at end of input: when the
+    replies ``{"dir", "rc", "pid", "preloaded", "stdout", "stderr"}`` (the child's one JSON document
+    and its stderr), removes RUN_DIR, and waits for the next line. It exits at end of input: when the
     host closes the channel, or the connection drops.
 
     A forked child is a fresh process for everything measured: its own address space (the
@@ -140,6 +151,13 @@ def serve(out: Any) -> int:
 
 def _serve_one(rundir: str) -> dict[str, Any]:
     import shutil
+
+    try:  # the model's runtime, imported here once so this and later runs inherit it
+        with open(os.path.join(rundir, "request.json"), encoding="utf-8") as f:
+            req = json.load(f)
+        preload(os.path.splitext(str(req.get("model", "")))[1].lower(), str(req.get("runtime", "auto")))
+    except Exception:  # the run itself reports an unreadable request
+        pass
 
     res_path, err_path = os.path.join(rundir, ".result.json"), os.path.join(rundir, ".stderr.txt")
     try:
@@ -173,7 +191,7 @@ def _serve_one(rundir: str) -> dict[str, Any]:
             os._exit(rc)
     _, status = os.waitpid(pid, 0)
     rc = os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else status >> 8
-    reply: dict[str, Any] = {"dir": rundir, "rc": rc, "pid": pid}
+    reply: dict[str, Any] = {"dir": rundir, "rc": rc, "pid": pid, "preloaded": sorted(_PRELOADED)}
     for key, path in (("stdout", res_path), ("stderr", err_path)):
         try:
             with open(path, encoding="utf-8", errors="replace") as f:

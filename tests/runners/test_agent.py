@@ -332,7 +332,9 @@ def test_serve_forks_a_fresh_run_per_line_and_cleans_up(
     try:
         hello = json.loads(proc.stdout.readline())
         assert hello["ready"] is True and hello["pid"] == proc.pid
-        assert {"numpy", "runtimes", "onnxruntime"} <= set(hello["preloaded"])
+        # numpy and the agent's modules at start; a runtime only once a model of its format comes
+        assert {"numpy", "runtimes"} <= set(hello["preloaded"])
+        assert not {"onnxruntime", "ai_edge_litert", "tflite_runtime"} & set(hello["preloaded"])
         replies = []
         for i, req in enumerate([quick(onnx_model, seed=1), {"model": str(tmp_path / "missing.onnx")}]):
             run = tmp_path / f"run{i}"
@@ -344,6 +346,7 @@ def test_serve_forks_a_fresh_run_per_line_and_cleans_up(
             assert not run.exists()
         ok, missing = replies
         assert ok["rc"] == 0 and ok["pid"] not in (proc.pid, missing["pid"])
+        assert "onnxruntime" in ok["preloaded"] and "ai_edge_litert" not in ok["preloaded"]
         res = json.loads(ok["stdout"])
         assert res["ok"] and res["stats"]["count"] >= 30 and res["peak_rss_bytes"] > 10e6
         # the imports were done before the fork: the run did not import numpy itself
