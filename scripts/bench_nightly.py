@@ -45,7 +45,7 @@ import yaml  # noqa: E402
 
 CHANNELS, SIZE, LAYERS = 32, 16, 20  # 8 extra channels in one layer pair = +2.5 % MACs
 SLOWDOWNS = (2, 5, 10, 20)
-LADDER = (4, 8, 10, 12, 14, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128)  # extra channels tried for the sizes
+LADDER = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128)  # extra channels tried for the sizes
 
 
 # ---------------------------------------------------------------------------------------------

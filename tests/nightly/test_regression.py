@@ -155,3 +155,31 @@ def test_noisy_history_always_asks_for_paired_evidence() -> None:
         "latency_median", lat(300), lat(300, shift=0.97, seed=1), threshold_pct=5.0, history=history
     )
     assert v.effective_threshold_pct > 5.0 and v.suspect and v.verdict == "ok"
+
+
+def _busy_block(rng: np.random.Generator, n: int = 50, tail: float = 1.0) -> np.ndarray:
+    """A short timed block on a shared machine: a tight body and rare, large stalls."""
+    x = rng.lognormal(0.0, 0.03, n)
+    stalls = rng.random(n) < 0.03
+    x[stalls] *= 1.0 + tail * rng.uniform(0.5, 2.0, stalls.sum())
+    return x
+
+
+def test_interleaved_p99_pools_rounds_and_ignores_unlucky_blocks() -> None:
+    """p99 from interleaved short blocks: unchanged models on a device with random stalls never
+    make a p99 regression (30 nights of 40 rounds), while a real tail slowdown (stalls twice as
+    long) is found; the verdict comes from the pooled p99 with a bootstrap over rounds."""
+    false_alarms = 0
+    for night in range(30):
+        rng = np.random.default_rng(night)
+        rounds = [(_busy_block(rng), _busy_block(rng)) for _ in range(40)]
+        v = rg.interleaved_latency("latency_p99", rounds, threshold_pct=10.0)
+        false_alarms += v.verdict == "regression"
+        assert "round bootstrap" in v.note
+    assert false_alarms == 0
+    rng = np.random.default_rng(99)
+    slower = [(_busy_block(rng), _busy_block(rng, tail=2.5)) for _ in range(40)]
+    v = rg.interleaved_latency("latency_p99", slower, threshold_pct=10.0)
+    assert v.verdict == "regression" and v.effect_pct > 10 and v.ci_pct[0] > 0
+    # the median of the same rounds is unchanged: only the tail moved
+    assert rg.interleaved_latency("latency_median", slower, threshold_pct=3.0).verdict == "ok"
