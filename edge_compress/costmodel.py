@@ -15,7 +15,10 @@ residual adds), plus one ``io`` kernel for the model's input / output conversion
   with every observation they were fitted on, in the result store and / or a file
   (:mod:`edge_compress.costmodel_store`), so a refit after new measurements uses all of them;
   nightly runs feed their measurements in (the kernels of a measured file are read from the file
-  itself: :mod:`edge_compress.costmodel_onnx`).
+  itself: :mod:`edge_compress.costmodel_onnx`). With enough whole-model measurements the model
+  latency is a fitted power of the kernels' sum (``CostModel.to_latency``; measured latency on a
+  shared host is not additive in the kernels): the per-kernel times and the planner's
+  coefficients live on the additive scale, budgets are mapped onto it (``from_latency``).
 
 Energy per inference = (idle_w + (active_w - idle_w) x cores_used / cores) x latency, labelled an
 estimate unless scaled by measured energy. Peak memory = runtime base + weight bytes + the largest
@@ -424,10 +427,30 @@ class CostModel:
     rel_error: float = UNCALIBRATED_REL_ERROR
     observations: list[dict[str, Any]] = field(default_factory=list)
     fit_info: dict[str, Any] = field(default_factory=dict)
+    # Measured latency = g(additive time), g(t) = ref x (t / ref)^power up to ``latency_linear_above``
+    # and its tangent beyond (no power-law extrapolation past the measured range). Power 1: g = id.
+    latency_power: float = 1.0
+    latency_ref_ms: float = 1.0
+    latency_linear_above: float | None = None
 
     @property
     def calibrated(self) -> bool:
         return bool(self.coeffs)
+
+    def to_latency(self, t_ms: float) -> float:
+        """The latency (ms) of a model whose kernels add up to ``t_ms`` (base included)."""
+        return latency_curve(t_ms, self.latency_power, self.latency_ref_ms, self.latency_linear_above)
+
+    def from_latency(self, ms: float) -> float:
+        """The additive time whose latency is ``ms`` (inverse of :meth:`to_latency`)."""
+        b, ref, knee = self.latency_power, self.latency_ref_ms, self.latency_linear_above
+        if b == 1.0 or ms <= 0:
+            return max(0.0, ms)
+        if knee is not None:
+            g_knee = latency_curve(knee, b, ref, None)
+            if ms > g_knee:
+                return knee + (ms - g_knee) / (b * (knee / ref) ** (b - 1.0))
+        return ref * (ms / ref) ** (1.0 / b)
 
     # -- latency -------------------------------------------------------------------------
     def kernel_ms(self, k: Kernel) -> float:
@@ -439,14 +462,14 @@ class CostModel:
 
     def predict_kernels(self, kernels: list[Kernel]) -> float:
         """Median latency in ms of a list of kernels (one model)."""
-        return self.base_ms + sum(self.kernel_ms(k) for k in kernels)
+        return self.to_latency(self.base_ms + sum(self.kernel_ms(k) for k in kernels))
 
     def predict(self, graph: ModelGraph, plan: CompressionPlan | None = None) -> CostPrediction:
         return self.predict_from_kernels(kernels_of(graph, plan))
 
     def predict_from_kernels(self, kernels: list[Kernel]) -> CostPrediction:
-        per = {k.name: self.kernel_ms(k) for k in kernels}
-        lat = self.base_ms + sum(per.values())
+        per = {k.name: self.kernel_ms(k) for k in kernels}  # on the additive scale
+        lat = self.to_latency(self.base_ms + sum(per.values()))
         p = self.profile
         energy = self.energy_j(lat) * 1e3
         return CostPrediction(
@@ -551,6 +574,9 @@ class CostModel:
             "memory_base_bytes": self.memory_base_bytes,
             "energy_scale": self.energy_scale,
             "rel_error": self.rel_error,
+            "latency_power": self.latency_power,
+            "latency_ref_ms": self.latency_ref_ms,
+            "latency_linear_above": self.latency_linear_above,
             "fit_info": self.fit_info,
             "observations": self.observations if with_observations else [],
         }
@@ -571,9 +597,22 @@ class CostModel:
             memory_base_bytes=d.get("memory_base_bytes"),
             energy_scale=d.get("energy_scale"),
             rel_error=float(d.get("rel_error", UNCALIBRATED_REL_ERROR)),
+            latency_power=float(d.get("latency_power", 1.0)) if current else 1.0,
+            latency_ref_ms=float(d.get("latency_ref_ms", 1.0)),
+            latency_linear_above=d.get("latency_linear_above") if current else None,
             observations=list(d.get("observations") or []),
             fit_info=dict(d.get("fit_info") or {}),
         )
+
+
+def latency_curve(t_ms: float, power: float, ref_ms: float, linear_above: float | None) -> float:
+    """``ref x (t / ref)^power``, continued by its tangent above ``linear_above`` (see CostModel)."""
+    if power == 1.0 or t_ms <= 0:
+        return max(0.0, t_ms)
+    if linear_above is not None and t_ms > linear_above:
+        g = ref_ms * (linear_above / ref_ms) ** power
+        return g + power * (linear_above / ref_ms) ** (power - 1.0) * (t_ms - linear_above)
+    return ref_ms * (t_ms / ref_ms) ** power
 
 
 def precision_fallback(prec: str) -> str | None:
@@ -603,6 +642,8 @@ def layer_costs_by_bits(
 ) -> tuple[dict[tuple[str, int], float], float]:
     """(coeffs[(layer, bits)] = predicted ms of that layer's kernels at those weight bits,
     fixed ms of everything not in ``options``: the io kernel, the call overhead, float layers).
+
+    Both are on the model's additive scale: compare their sum with ``cm.from_latency(limit)``.
 
     Each layer is priced inside the uniform plan of those bits (its next-kernel context);
     ``float_compute``: layers the exporter runs in float whatever their bits."""
@@ -640,7 +681,7 @@ def latency_constraint(
     from edge_compress.quant.allocate import Constraint
 
     coeffs, fixed = layer_costs_by_bits(cm, graph, options, act_bits)
-    return Constraint("latency_ms", coeffs, limit_ms - fixed, " ms")
+    return Constraint("latency_ms", coeffs, cm.from_latency(limit_ms) - fixed, " ms")
 
 
 def energy_constraint(
@@ -655,7 +696,8 @@ def energy_constraint(
 
     coeffs, fixed = layer_costs_by_bits(cm, graph, options, act_bits)
     mj = cm.energy_j(1.0) * 1e3  # mJ per ms of latency
-    return Constraint("energy_mj", {k: v * mj for k, v in coeffs.items()}, limit_mj - fixed * mj, " mJ")
+    limit = (cm.from_latency(limit_mj / mj) - fixed) * mj
+    return Constraint("energy_mj", {k: v * mj for k, v in coeffs.items()}, limit, " mJ")
 
 
 def planner_options(
@@ -713,7 +755,10 @@ def budget_constraints(
             scale, unit = cm.energy_j(1.0) * 1e3 * slack, " mJ"  # mJ per ms of latency
         c = {k: v * scale for k, v in coeffs.items()}
         kw = {"offset": fixed * scale} if has_offset else {}
-        out.append(Constraint(name, c, limit - fixed * scale, unit, **kw))
+        # the budget on the additive scale the coefficients live on (identity unless the fit
+        # found measured latency to grow non-linearly with the kernels' sum)
+        limit_add = cm.from_latency(limit / scale) * scale
+        out.append(Constraint(name, c, limit_add - fixed * scale, unit, **kw))
     basis = (
         f"the calibrated cost model of {cm.target!r}"
         if cm.calibrated

@@ -101,6 +101,7 @@ def test_fit_recovers_known_coefficients(host) -> None:
     assert cm.base_ms == pytest.approx(TRUE_BASE_MS, rel=0.05)
     assert cm.p99_ratio == pytest.approx(1.5)
     assert cm.fit_info["cv_within10_pct"] == pytest.approx(100.0)
+    assert cm.latency_power == 1.0  # additive data: no latency curve
 
 
 def test_more_data_improves_the_fit(host) -> None:
@@ -159,3 +160,33 @@ def test_json_round_trip_and_store(host, cache) -> None:
         loaded.observe(ks2, latency_ms=lat)
     record_and_refit(loaded)
     assert len(load_costmodel("lab-board", host).observations) == 80
+
+
+def test_latency_curve_is_fitted_and_round_trips(host) -> None:
+    """Measured latency = ref x (additive time / ref)^0.8: the fit finds the exponent (on the
+    0.05 grid), predicts held-out models, stores it, and keeps additive data additive."""
+    from edge_compress.costmodel_fit import POWER_GRID
+
+    assert 0.8 in POWER_GRID
+    ref = float(np.median([lat for _, lat in _synthetic(300, host)]))
+
+    def curved(data):
+        return [(ks, ref * (lat / ref) ** 0.8) for ks, lat in data]
+
+    cm = _fitted(host, curved(_synthetic(300, host)), ridge=0.01)
+    assert cm.latency_power == pytest.approx(0.8)
+    assert cm.latency_linear_above is not None
+    for ks, lat in curved(_synthetic(50, host, seed=42)):
+        assert cm.predict_kernels(ks) == pytest.approx(lat, rel=0.03)
+    back = CostModel.from_json(json.loads(json.dumps(cm.to_json())), host)
+    ks = _synthetic(1, host, seed=5)[0][0]
+    assert back.latency_power == 0.8 and back.predict_kernels(ks) == pytest.approx(cm.predict_kernels(ks))
+    # the curve and its inverse, below and above the knee (linear continuation there)
+    for t in (0.3 * cm.latency_linear_above, 3.0 * cm.latency_linear_above):
+        assert cm.from_latency(cm.to_latency(t)) == pytest.approx(t)
+    k = cm.latency_linear_above
+    slope = (cm.to_latency(3 * k) - cm.to_latency(2 * k)) / k
+    assert slope == pytest.approx(0.8 * (k / cm.latency_ref_ms) ** -0.2)
+    # additive data and few observations: no curve
+    assert _fitted(host, _synthetic(300, host), ridge=0.01).latency_power == 1.0
+    assert _fitted(host, curved(_synthetic(12, host))).latency_power == 1.0

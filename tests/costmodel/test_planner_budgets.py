@@ -80,3 +80,24 @@ def test_uncalibrated_budgets_use_the_optimistic_bound(host, lenet) -> None:
     usage = c.usage(bits) + (1.0 - c.limit)
     assert usage == pytest.approx(cm.predict(g, plan8).energy_mj / (1 + 2 * cm.rel_error))
     assert budget_constraints(cm, g, {"model_bytes": 1e6}) == ([], [])
+
+
+def test_budgets_follow_a_non_linear_latency_curve(host, lenet) -> None:
+    """With measured latency a power of the kernels' sum, a budget is met exactly where the
+    prediction reaches it (the limit is mapped onto the additive scale of the coefficients)."""
+    cm = CostModel(host, target="curved")
+    cm.coeffs = {c: {"roofline": s} for c, s in SCALES.items()}
+    g = lenet.graph
+    fc = float_compute_layers(g)
+    plans = {b: CompressionPlan.uniform(g, "lenet5", "host", b, 8) for b in (4, 8)}
+    t = {b: cm.predict_from_kernels(kernels_of(g, p, fc)).latency_ms for b, p in plans.items()}
+    cm.latency_power, cm.latency_ref_ms, cm.latency_linear_above = 0.8, t[4], 0.5 * (t[4] + t[8])
+    lat = {b: cm.predict_from_kernels(kernels_of(g, p, fc)).latency_ms for b, p in plans.items()}
+    assert lat[4] == pytest.approx(t[4]) and lat[8] < t[8]  # compressed above the reference point
+    options = planner_options(g, host)[0]
+    for b in (4, 8):
+        (c,), _ = budget_constraints(cm, g, {"latency_median_ms": lat[b]}, float_compute=fc)
+        bits = {n: b for n in options}
+        assert c.usage(bits) == pytest.approx(c.limit, rel=1e-9)
+        (c,), _ = budget_constraints(cm, g, {"latency_median_ms": 0.99 * lat[b]}, float_compute=fc)
+        assert c.usage(bits) > c.limit
