@@ -17,6 +17,11 @@ authentication and SFTP start (0.3 s on a quiet loopback, over a second on a bus
 link). A pooled session is used only while it is alive, idle for less than ``POOL_IDLE_S``, and
 made with the same connection settings and the same known_hosts file contents; anything else,
 and any failure, closes it and connects afresh (with the full host-key check).
+
+Runs go through the target's warm agent on that connection (``WarmAgent``: ``agent.py --serve``
+on its own channel, forking a fresh child per run; see ``runners/agent/agent.py: serve``) unless
+the target sets ``warm_agent: false``; a target whose interpreter cannot start it runs one agent
+process per run, and the measurement says which (``extra.agent_mode``).
 """
 
 from __future__ import annotations
