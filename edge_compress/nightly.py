@@ -498,6 +498,21 @@ def accuracy_npz_for(model_ref: str) -> str | None:
     return str(path)
 
 
+def agent_mode(extra: dict[str, Any] | None) -> str:
+    """How the agent process of a measurement started: ``warm`` (forked from a warm agent) or
+    ``cold`` (a process of its own: every measurement stored before warm agents existed)."""
+    return str((extra or {}).get("agent_mode") or "cold")
+
+
+def _stored_extra(row: dict[str, Any]) -> dict[str, Any]:
+    try:
+        doc = json.loads(row.get("extra_json") or "{}")
+    except ValueError:
+        return {}
+    extra = doc.get("extra") if isinstance(doc, dict) else None
+    return extra if isinstance(extra, dict) else {}
+
+
 def baseline_ref(store: Any, key: str, suite: Suite, run_id: int, fmt: str | None) -> dict[str, Any] | None:
     """What a cell job needs of its baseline: the measurement, its raw samples, its artifact file
     (verified, for the paired re-measure) and the run-to-run history of the cell."""
@@ -538,6 +553,7 @@ def baseline_ref(store: Any, key: str, suite: Suite, run_id: int, fmt: str | Non
         "throttled": flags.tolist(),
         "throttled_samples": row.get("throttled_samples") or 0,
         "peak_rss_bytes": row.get("peak_rss_bytes"),
+        "agent_mode": agent_mode(_stored_extra(row)),
         "energy_j": row.get("energy_j"),
         "accuracy": row.get("accuracy"),
         "accuracy_samples": row.get("accuracy_samples"),
@@ -813,18 +829,32 @@ def judge(
                 candidate_throttled=cand_flags,
             )
         )
-    metrics.append(
-        rg.compare_scalar(
-            "peak_memory",
-            b.get("peak_rss_bytes"),
-            m.peak_rss_bytes,
-            history=hist.get("peak_memory"),
-            threshold_pct=float(th["peak_memory"]),
-            alpha=alpha,
-            noise_k=k,
-            trigger=trig,
+    b_mode, c_mode = b.get("agent_mode") or "cold", agent_mode(m.extra)
+    if b_mode != c_mode:  # a forked child's peak RSS is not a cold process's: no verdict either way
+        metrics.append(
+            rg.MetricVerdict(
+                "peak_memory",
+                "not_comparable",
+                baseline=b.get("peak_rss_bytes"),
+                candidate=m.peak_rss_bytes,
+                threshold_pct=float(th["peak_memory"]),
+                note=f"baseline measured by a {b_mode} agent, candidate by a {c_mode} one: peak RSS not "
+                "comparable (accept this run to make it the baseline)",
+            )
         )
-    )
+    else:
+        metrics.append(
+            rg.compare_scalar(
+                "peak_memory",
+                b.get("peak_rss_bytes"),
+                m.peak_rss_bytes,
+                history=hist.get("peak_memory"),
+                threshold_pct=float(th["peak_memory"]),
+                alpha=alpha,
+                noise_k=k,
+                trigger=trig,
+            )
+        )
     metrics.append(
         rg.compare_scalar(
             "energy",
@@ -909,7 +939,12 @@ def _paired(
         else:
             out.append(mv)
             continue
-        if new.verdict == "inconclusive" and mv.verdict in ("not_measured", "no_baseline"):
+        # nothing to replace it with: the metric was not measured in the rounds (one-process paired
+        # blocks have no peak RSS of their own), or there was no comparable value before either
+        no_pairs = (new.n_baseline or 0) < 2
+        if new.verdict == "inconclusive" and (
+            no_pairs or mv.verdict in ("not_measured", "no_baseline", "not_comparable")
+        ):
             out.append(mv)
             continue
         hist_note = f"historical: {mv.verdict}, {mv.effect_pct:+.1f}%" if mv.effect_pct is not None else ""

@@ -48,7 +48,7 @@ NOISE_FLOOR = 0.005  # relative spread below which history is treated as 0.5 % n
 @dataclass
 class MetricVerdict:
     metric: str
-    verdict: str  # ok | regression | improvement | inconclusive | no_baseline | not_measured
+    verdict: str  # ok | regression | improvement | inconclusive | no_baseline | not_measured | not_comparable
     evidence: str | None = None  # historical | interleaved | exact
     baseline: float | None = None
     candidate: float | None = None

@@ -127,3 +127,32 @@ def test_budget_violation_and_unreachable_target(workdir: Path, capsys: pytest.C
     suite_el = root.find("testsuite")
     assert suite_el.get("tests") == "4" and suite_el.get("errors") == "2" and suite_el.get("failures") == "0"
     assert len(root.findall(".//testcase/error")) == 2
+
+
+def test_peak_memory_is_not_compared_across_agent_modes(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A baseline measured by a process of its own and a candidate forked from a warm agent have
+    different peak-RSS baselines: no peak-memory verdict between them (and no regression from it);
+    once both are measured the same way, peak memory is compared again."""
+    inv = workdir / "inventory.yaml"
+
+    def board(warm: bool) -> None:
+        entry = {"transport": "local", "profile": "host", "warm_agent": warm}
+        inv.write_text(yaml.safe_dump({"targets": {"board": entry}}))
+
+    suite = write_suite(workdir / "suite.yaml", targets=["board"])
+    args = ("nightly", str(suite), "--inventory", str(inv), "--store", str(workdir / "r.sqlite"), "--json")
+    board(False)
+    rc, stdout, stderr = run_main(capsys, *args, "--accept")
+    assert rc == 0, stderr
+    board(True)
+    rc, stdout, stderr = run_main(capsys, *args, "--accept")
+    cell = json.loads(stdout)["cells"][0]
+    peak = next(m for m in cell["metrics"] if m["metric"] == "peak_memory")
+    assert peak["verdict"] == "not_comparable" and "cold agent" in peak["note"], peak
+    assert cell["verdict"] != "regression" or "peak_memory" not in str(cell.get("regressed_metrics"))
+    rc, stdout, stderr = run_main(capsys, *args)
+    cell = json.loads(stdout)["cells"][0]
+    peak = next(m for m in cell["metrics"] if m["metric"] == "peak_memory")
+    assert peak["verdict"] != "not_comparable" and peak["baseline"] and peak["candidate"], peak
