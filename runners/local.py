@@ -111,7 +111,8 @@ class LocalRunner:
         agent = host.stage_bundle() / "agent.py"
         mode: dict[str, Any] = {"agent_mode": "cold"}
         if self.warm_agent:
-            key = json.dumps([self.name, self.python, str(agent), sorted(self.env.items())])
+            fmt = os.path.splitext(request.model_path)[1].lower()  # one warm agent per model format
+            key = json.dumps([self.name, self.python, str(agent), sorted(self.env.items()), fmt])
             w, why = _warm_agent(key, [self.python, str(agent), "--serve"], self._env())
             if w is not None:
                 reply = w.run(rundir, request.timeout_s)

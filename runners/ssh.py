@@ -187,8 +187,8 @@ class SSHSession:
     home: str
     workdir: str
     host_keys_added: list[str] = field(default_factory=list)
-    # warm agents started on this connection, by interpreter command and agent path
-    warm: dict[tuple[str, str], WarmAgent] = field(default_factory=dict)
+    # warm agents started on this connection, by interpreter command, agent path and model format
+    warm: dict[tuple[str, str, str], WarmAgent] = field(default_factory=dict)
     warm_failed: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @property
@@ -315,6 +315,11 @@ class SSHSession:
             chan.close()
 
 
+def model_format(path: str) -> str:
+    """The model format a warm agent is kept for: the file suffix (".onnx", ".tflite")."""
+    return os.path.splitext(path)[1].lower()
+
+
 class WarmAgent:
     """The agent's ``--serve`` mode on an open connection: one long-lived process per target that
     has imported numpy and the runtimes, forking a fresh child for each run (see
@@ -345,7 +350,7 @@ class WarmAgent:
             tail = self.errors.decode(errors="replace").strip().splitlines()[-1:]
             self.close()
             raise RuntimeError("the warm agent did not start" + (f": {tail[0][:200]}" if tail else ""))
-        self.key: tuple[str, str] = ("", "")
+        self.key: tuple[str, str, str] = ("", "", "")
         self.pid = int(hello.get("pid", 0))
         self.preloaded = list(hello.get("preloaded", []))
         self.runs = 0
@@ -357,6 +362,12 @@ class WarmAgent:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.chan.close()
+
+    def preload(self, suffix: str, deadline: float) -> list[str]:
+        """Have the agent import the runtime of ``suffix`` models now (before the first run)."""
+        self.chan.sendall((json.dumps({"preload": suffix}) + "\n").encode())
+        reply = self._read_line(deadline)
+        return list((reply or {}).get("preloaded") or [])
 
     def run(self, rundir: str, deadline: float) -> dict[str, Any] | None:
         """Send one run dir; the agent's reply, or None when ``deadline`` passes first."""
@@ -542,16 +553,26 @@ class SSHRunner:
 
     # -- run -------------------------------------------------------------------------------------
 
-    def prepare(self, timeout_s: float = 120.0) -> dict[str, Any]:
-        """Get the target ready for its first run: connect (pooled), push the agent, start the warm
-        agent. Raises TransportError; a warm agent that cannot start is reported, not raised."""
+    def prepare(self, formats: tuple[str, ...] = (".onnx",), timeout_s: float = 120.0) -> dict[str, Any]:
+        """Get the target ready for its first runs of models of ``formats``: connect (pooled), push
+        the agent, start a warm agent per format with its runtime imported. Raises TransportError;
+        a warm agent that cannot start is reported, not raised."""
         sess, reused = pooled_session(self.target, self.connect_timeout_s)
         ok = False
+        preloaded: dict[str, list[str]] = {}
+        pids: dict[str, int] = {}
+        w = None
         try:
             with sess.step("push"):
                 bundle_dir, sent = sess.push_bundle()
             agent = posixpath.join(bundle_dir, "agent.py")
-            w = self.warm_agent(sess, agent, timeout_s)
+            for fmt in formats:
+                w = self.warm_agent(sess, agent, timeout_s, fmt)
+                if w is None:
+                    break
+                with sess.step("execute"):
+                    preloaded[fmt] = w.preload(fmt, time.monotonic() + timeout_s)
+                pids[fmt] = w.pid
             ok = True
         finally:
             if ok:
@@ -560,7 +581,7 @@ class SSHRunner:
                 sess.close()
         info: dict[str, Any] = {"connection_reused": reused, "agent_pushed_bytes": sent}
         if w is not None:
-            info.update(warm_agent_pid=w.pid, preloaded=w.preloaded)
+            info.update(warm_agent_pids=pids, preloaded=preloaded)
         elif self.target.warm_agent:
             info["warm_agent_unavailable"] = sess.warm_failed.get((self.python_command(), agent), "")
         return info
@@ -711,15 +732,17 @@ class SSHRunner:
             with sess.sftp.open(posixpath.join(rundir, "request.json"), "w") as f:
                 f.write(json.dumps(payload))
 
-    def warm_agent(self, sess: SSHSession, agent: str, timeout_s: float) -> WarmAgent | None:
-        """The session's warm agent for ``agent`` (started when needed); None when the target
-        does not use one or it cannot start here (the reason is kept in ``sess.warm_failed``)."""
+    def warm_agent(self, sess: SSHSession, agent: str, timeout_s: float, fmt: str) -> WarmAgent | None:
+        """The session's warm agent for ``agent`` and models of format ``fmt`` (".onnx", ".tflite";
+        one per format, so a run inherits only its own runtime), started when needed; None when
+        the target does not use one or it cannot start here (the reason is kept in
+        ``sess.warm_failed``)."""
         if not self.target.warm_agent:
             return None
         py = self.python_command()
-        key = (py, agent)
-        if key in sess.warm_failed:
+        if (py, agent) in sess.warm_failed:
             return None
+        key = (py, agent, fmt)
         w = sess.warm.get(key)
         if w is not None and w.alive():
             return w
@@ -731,7 +754,7 @@ class SSHRunner:
             with sess.step("execute"):
                 w = WarmAgent(sess, command, timeout_s)
         except RuntimeError as e:
-            sess.warm_failed[key] = str(e)
+            sess.warm_failed[(py, agent)] = str(e)
             return None
         w.key = key
         sess.warm[key] = w
@@ -741,7 +764,7 @@ class SSHRunner:
         self, sess: SSHSession, rundir: str, agent: str, request: RunRequest
     ) -> tuple[ExecResult, dict[str, Any]]:
         """Run through the warm agent when there is one, else one agent process for this run."""
-        w = self.warm_agent(sess, agent, max(60.0, request.timeout_s))
+        w = self.warm_agent(sess, agent, max(60.0, request.timeout_s), model_format(request.model_path))
         if w is not None:
             result = self._execute_warm(w, sess, rundir, request)
             if result is not None:
@@ -752,7 +775,7 @@ class SSHRunner:
                     "run_pid": w.last_pid,
                 }
         mode: dict[str, Any] = {"agent_mode": "cold"}
-        why = sess.warm_failed.get((self.python_command(), agent))
+        why = sess.warm_failed.get((self.python_command(), agent))  # start-up failures are per interpreter
         if why and self.target.warm_agent:
             mode["warm_agent_unavailable"] = why
         return self._execute(sess, rundir, agent, request), mode
@@ -773,7 +796,7 @@ class SSHRunner:
                     "timeout",
                 )
         if "rc" not in reply:  # e.g. fork failed: this run and the next ones run cold
-            sess.warm_failed[w.key] = str(reply.get("error", reply))
+            sess.warm_failed[w.key[:2]] = str(reply.get("error", reply))
             sess.warm.pop(w.key, None)
             w.close()
             return None

@@ -121,7 +121,9 @@ def serve(out: Any) -> int:
     """Warm agent: a process that has imported numpy and the runtimes and forks one child per run.
 
     Protocol (JSON lines): the agent writes ``{"ready": true, "pid", "agent_version", "preloaded"}``
-    once, then reads ``{"dir": RUN_DIR}`` lines on stdin. For each it forks; the child runs
+    once, then reads ``{"dir": RUN_DIR}`` lines on stdin (or ``{"preload": ".onnx" | ".tflite"}``,
+    answered with ``{"preloaded"}``: import that format's runtime now). For each run dir it forks;
+    the child runs
     ``RUN_DIR/request.json`` exactly as ``agent.py request.json`` would (its pid in
     ``RUN_DIR/agent.pid``, stdin from /dev/null, stderr to a file) and exits. The agent then
     replies ``{"dir", "rc", "pid", "preloaded", "stdout", "stderr"}`` (the child's one JSON document
@@ -132,7 +134,8 @@ def serve(out: Any) -> int:
     kernel starts its peak-RSS mark at the RSS inherited from the agent, which matches a cold
     process after the same imports), its own runtime sessions and thread pools, and the
     request's thread count and CPU affinity; only interpreter start-up and the imports are
-    saved. Runs are sequential: one device, one measurement at a time.
+    saved. Runs are sequential: one device, one measurement at a time. The host keeps one warm
+    agent per model format, so a run inherits only its own runtime whatever ran before it.
     """
     loaded = preload()
     _reply(out, {"ready": True, "pid": os.getpid(), "agent_version": AGENT_VERSION, "preloaded": loaded})
@@ -141,8 +144,11 @@ def serve(out: Any) -> int:
             continue
         try:
             job = json.loads(line)
+            if "preload" in job:
+                _reply(out, {"preloaded": preload(str(job["preload"]), str(job.get("runtime", "auto")))})
+                continue
             rundir = str(job["dir"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             _reply(out, {"error": 'bad job line (expected {"dir": RUN_DIR})'})
             continue
         _reply(out, _serve_one(rundir))

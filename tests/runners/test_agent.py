@@ -353,6 +353,9 @@ def test_serve_forks_a_fresh_run_per_line_and_cleans_up(
         assert res["extra"]["phases_s"]["import_numpy_s"] < res["extra"]["phases_s"]["measure_s"]
         bad = json.loads(missing["stdout"])
         assert missing["rc"] == 1 and bad["ok"] is False and bad["error_kind"] == "usage"
+        proc.stdin.write(json.dumps({"preload": ".tflite"}) + "\n")
+        proc.stdin.flush()
+        assert set(json.loads(proc.stdout.readline())["preloaded"]) >= {"numpy", "onnxruntime"}
         proc.stdin.write("not json\n")
         proc.stdin.flush()
         assert "bad job line" in json.loads(proc.stdout.readline())["error"]

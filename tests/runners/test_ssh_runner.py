@@ -303,6 +303,12 @@ def test_warm_agent_serves_runs_and_restarts_when_it_dies(
     assert second.extra["warm_agent_runs"] == first.extra["warm_agent_runs"] + 1
     assert len({first.extra["run_pid"], second.extra["run_pid"], first.extra["warm_agent_pid"]}) == 3
     assert list((tmp_path / "w" / "runs").iterdir()) == []
+    # one warm agent per model format, its runtime imported up front: an ONNX run inherits
+    # onnxruntime and nothing else, whatever ran on the connection before
+    info = SSHRunner(t).prepare(formats=(".onnx", ".tflite"))
+    assert info["warm_agent_pids"][".onnx"] == first.extra["warm_agent_pid"]
+    assert info["warm_agent_pids"][".tflite"] != first.extra["warm_agent_pid"]
+    assert "onnxruntime" in info["preloaded"][".onnx"] and "onnxruntime" not in info["preloaded"][".tflite"]
     agent = psutil.Process(first.extra["warm_agent_pid"])
     agent.kill()
     agent.wait(10)
