@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from typing import Any
 
 import numpy as np
@@ -69,6 +70,13 @@ def emulated_runner():
         reason = f"no inventory ({e})"
     else:
         reason = "no 'emulated-pi' target in the inventory"
+    if inv is not None and TARGET in inv.targets:
+        t = inv.targets[TARGET]
+        try:  # `emulated_pi.sh down` stops the sshd but leaves the inventory entry
+            socket.create_connection((t.host, t.port), timeout=5).close()
+        except OSError as e:
+            reason = f"nothing answers at {t.host}:{t.port}, the inventory's entry ({e})"
+            inv = None
     if inv is None or TARGET not in inv.targets:
         msg = f"the emulated Pi is not up ({reason}): run scripts/emulated_pi.sh up"
         if os.environ.get("EDGE_COMPRESS_REQUIRE_EMULATED_PI") == "1":
