@@ -69,8 +69,8 @@ class ExportOptions:
     tflite_variants: tuple[str, ...] = ("int8", "int8-full")
     # int8 weight storage in ONNX: uint8 (zero point 128: exact everywhere, no faster than float on AVX2 without
     # VNNI) | int8 (fast uint8 x int8 kernels; they saturate on AVX2 without VNNI) | int7 (fast and exact: the
-    # 8-bit layers get a 7-bit grid, recorded as fallbacks)
-    onnx_int8_weights: str = "uint8"
+    # 8-bit layers get a 7-bit grid, recorded as fallbacks) | auto (see resolve_int8_weights)
+    onnx_int8_weights: str = "auto"
     # first-layer convs with a smaller reduction (cin x kernel area) run float on their weight grid,
     # in ONNX and in the TFLite int8 variant (0: never); the name is kept for existing callers
     onnx_float_compute_k: int = 32
@@ -93,6 +93,18 @@ def default_int8_weights(profile: DeviceProfile) -> str:
     if x86 and ("no avx-512 vnni" in cpu or "no vnni" in cpu or "vnni" not in cpu):
         return "uint8"
     return "int8"
+
+
+def resolve_int8_weights(value: str, profile: DeviceProfile) -> str:
+    """The ONNX int8 weight storage for ``value`` (an ``ExportOptions.onnx_int8_weights``): ``auto`` is the
+    storage the profile's integer kernels were measured with (``compute.integer_kernels.onnxruntime``:
+    int7 on x86 without VNNI, the grid whose integer files are the fast ones there), else
+    :func:`default_int8_weights`."""
+    if value != "auto":
+        return value
+    from edge_compress.export.compute import integer_int8_weights
+
+    return integer_int8_weights(profile, "onnxruntime") or default_int8_weights(profile)
 
 
 @dataclass
@@ -408,7 +420,7 @@ def compile_model(
         raise UserError(f"--format {','.join(formats) or '(empty)'}: use onnx, tflite or both.")
     if not 0.0 <= parity_threshold <= 1.0:
         raise UserError(f"--parity-threshold must be between 0 and 1, got {parity_threshold}.")
-    opts = options or ExportOptions(onnx_int8_weights=default_int8_weights(profile))
+    opts = options or ExportOptions()
     opts = ExportOptions(**{**asdict(opts), "formats": formats})
     from edge_compress.export.compute import check_choice
 
@@ -570,7 +582,7 @@ def compile_model(
                                 calib,
                                 builder.path(f"{spec.name}.qdq.onnx"),
                                 planned_bytes=0,
-                                int8_weights=opts.onnx_int8_weights,
+                                int8_weights=resolve_int8_weights(opts.onnx_int8_weights, profile),
                                 float_compute=fc,
                             )
                         )

@@ -88,7 +88,8 @@ def _project(model: nn.Module, plan: CompressionPlan | None, calib_x: np.ndarray
         grid = {
             n: wq[n].weight.detach().numpy().copy() for n, lq in qspec.items() if lq.weight_bits is not None
         }
-        opts = ExportOptions()
+        # the cost model's int8 class is measured on uint8-stored (zero point 128) weights, the exact storage on every CPU
+        opts = ExportOptions(onnx_int8_weights="uint8")
         fc = float_compute_layers(extract_graph(model, example)) if opts.onnx_float_compute_k else set()
         export_onnx(
             src,

@@ -42,6 +42,38 @@ class Cluster(_Frozen):
     core_mask: str | None = Field(default=None, description="hex taskset mask selecting this cluster")
 
 
+class IntegerKernels(_Frozen):
+    """Measured cost of one runtime's integer (QDQ) convolution / matmul kernels on this CPU, relative to
+    its float ones: an integer kernel takes ``float_ratio`` x its float time, plus ``ns_per_output`` per
+    output element (quantize / requantize, layout) and ``us_per_kernel`` per kernel (the Q/DQ nodes
+    around it). Fitted by ``edge_compress.export.kernel_fit`` on single convolutions of a grid of widths
+    and sizes, each timed as a float file and as an integer file (``scripts/fit_integer_kernels.py``)."""
+
+    float_ratio: float = Field(gt=0)
+    ns_per_output: float = Field(ge=0)
+    us_per_kernel: float = Field(ge=0)
+    int8_weights: Literal["int8", "int7", "uint8"] | None = Field(
+        default=None,
+        description="how the measured integer files store 8-bit weights (int7: onnxruntime's reduce-range "
+        "grid, the fast exact path on x86 without VNNI); the integer exports use the same",
+    )
+    int4_float_ratio: float | None = Field(
+        default=None,
+        gt=0,
+        description="an int4-weight kernel's time in the integer file over its float time (median over the "
+        "grid); absent: int4 kernels are costed like int8 ones",
+    )
+    ratio_error_pct: float = Field(
+        default=0.0,
+        ge=0,
+        lt=100,
+        description="the fit's mean relative error on a kernel's integer/float ratio; compute: auto picks "
+        "integer only where it is predicted faster by more than this (operators the model does not see, "
+        "such as integer pooling kernels, make whole-model errors larger still)",
+    )
+    source: str = Field(min_length=3)
+
+
 class Compute(_Frozen):
     cpu: str
     clusters: tuple[Cluster, ...] = Field(min_length=1)
@@ -62,6 +94,11 @@ class Compute(_Frozen):
         "runtime, on this CPU at batch 1 (quantize / dequantize and layout costs included); below 1 where "
         "int8 kernels lose to float ones. Absent: the ratio of peak_macs_per_s. Exports use it to choose "
         "integer or float compute (edge_compress.export.compute)",
+    )
+    integer_kernels: dict[Runtime, IntegerKernels] | None = Field(
+        default=None,
+        description="per runtime, a measured per-kernel model of integer vs float kernel time (width "
+        "dependent); where present it replaces integer_speedup for that runtime",
     )
 
     @model_validator(mode="after")

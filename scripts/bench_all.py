@@ -23,7 +23,11 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "benchmarks"
 
 # benchmark files written by scripts not named bench_<stem>.py
-SCRIPTS = {"size_model": "fit_size_model.py", "reproduction": "reproduce.py"}
+SCRIPTS = {
+    "size_model": "fit_size_model.py",
+    "reproduction": "reproduce.py",
+    "integer_kernels": "fit_integer_kernels.py",
+}
 
 # (json file stem, key path with * wildcards, comparison, target, description)
 TARGETS: list[tuple[str, str, str, float, str]] = [
@@ -55,6 +59,13 @@ TARGETS: list[tuple[str, str, str, float, str]] = [
         1.05,
         "exported latency / fp32 (default TFLite)",
     ),
+    (
+        "export",
+        "summary.checks.widest_default_ratio",
+        "<=",
+        0.8,
+        "widest zoo model (resnet): best default file latency / fp32, either runtime",
+    ),
     *(
         ("export", f"models.*.{v}.latency_ratio_vs_fp32", "info", 0.0, f"latency / fp32, forced variant {v}")
         for v in (
@@ -79,6 +90,20 @@ TARGETS: list[tuple[str, str, str, float, str]] = [
     ("costmodel", "select.mean_regret_pp", "<=", 0.5, "selection regret vs exhaustive (pp)"),
     ("lab", "speedup_3_over_1", ">=", 2.5, "cells per minute, 3 lab nodes / 1 node"),
     ("lab", "overhead_s_per_cell", "<=", 0.5, "Ray scheduling overhead per cell (s)"),
+    (
+        "integer_kernels",
+        "fit.mape_pct",
+        "info",
+        0,
+        "per-kernel integer/float model: mean error of the predicted ratio (%)",
+    ),
+    (
+        "integer_kernels",
+        "zoo.*.predicted_integer_over_float",
+        "info",
+        0,
+        "predicted integer / weight-only latency, uniform int8 (measured: export onnx_int7_weights)",
+    ),
     ("size_model", "fit.*.max_abs_err_pct", "<=", 10, "file-size model: max error on the zoo exports (%)"),
     ("quant", "models.*.mixed_acc.0.5", "info", 0, "mixed precision at alpha=0.5: accuracy"),
 ]

@@ -86,7 +86,7 @@ def compile_cmd(
     json_out: bool = JsonOpt,
 ) -> None:
     """Compress MODEL for a device profile and export runnable files checked in their runtimes."""
-    from edge_compress.compiler import ExportOptions, compile_model, default_int8_weights
+    from edge_compress.compiler import ExportOptions, compile_model
     from edge_compress.factorize.config import parse_factorize
     from edge_compress.modelspec import resolve_model
     from edge_compress.plan import CompressionPlan
@@ -95,7 +95,7 @@ def compile_cmd(
 
     prof = load_profile(profile, profiles_dir)
     bud = parse_budget(budget) if budget else None
-    options = ExportOptions(onnx_int8_weights=default_int8_weights(prof), compute=compute.strip().lower())
+    options = ExportOptions(compute=compute.strip().lower())
     formats = tuple(f.strip().lower() for f in fmt.split(",") if f.strip())
     plan = CompressionPlan.load(plan_path) if plan_path is not None else None
     transforms = {

@@ -11,9 +11,12 @@ int4 weights (and its size) and runs at float speed.
 ``compute`` (an export option): ``integer`` | ``float`` | ``auto``. ``auto`` predicts the file's
 latency both ways with the cost model's kernels (:func:`edge_compress.costmodel.kernels_of`) on a
 roofline of the profile's per-precision peaks (:func:`predict_ms`); where the profile has a
-measured ``compute.integer_speedup`` for the format's runtime, integer kernels take their float
-time divided by it instead of the ISA peaks. It picks integer compute when it is predicted at
-least as fast as float.
+measured ``compute.integer_kernels`` model for the format's runtime, each integer kernel takes its
+float time times a measured ratio plus per-output-element and per-kernel costs
+(:mod:`edge_compress.export.kernel_fit`): wide layers gain, narrow ones lose, and the model's mix of
+them decides; with only a scalar ``compute.integer_speedup``, integer kernels take their float time
+divided by it; with neither, the ISA peaks. It picks integer compute when it is predicted at
+least as fast as float (with a measured kernel model: faster by more than the model's error).
 The decision is per model and per format (ONNX: onnxruntime, TFLite: LiteRT); the full-integer
 TFLite variant (``int8-full``, for integer-only accelerators) is integer by definition.
 """
@@ -56,6 +59,9 @@ class ComputeChoice:
     # TFLite weight-only: int4 layers stored as int8 (LiteRT runs int4 DEQUANTIZE on every call);
     # only when the wider file fits the byte budget
     widen_int4: bool = False
+    # ONNX integer files: 8-bit weight storage of the kernels the prediction was measured on (int7 on x86
+    # without VNNI: the fast exact path); None: the export option decides
+    int8_weights: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +89,17 @@ def integer_speedup(profile: DeviceProfile, runtime: str) -> float | None:
     return None if v is None else float(v)
 
 
+def integer_kernels(profile: DeviceProfile, runtime: str) -> Any:
+    """The profile's measured per-kernel integer model for ``runtime`` (None: not measured)."""
+    return (profile.compute.integer_kernels or {}).get(runtime)  # type: ignore[call-overload]
+
+
+def integer_int8_weights(profile: DeviceProfile, runtime: str) -> str | None:
+    """How the integer files the profile's kernel model was measured on store 8-bit weights (None: not said)."""
+    model = integer_kernels(profile, runtime)
+    return None if model is None else model.int8_weights
+
+
 def predict_ms(
     profile: DeviceProfile,
     graph: ModelGraph,
@@ -103,13 +120,20 @@ def predict_ms(
     from dataclasses import replace
 
     from edge_compress.costmodel import DEFAULT_BASE_MS, kernels_of, roofline_ms
+    from edge_compress.export.kernel_fit import predict_integer_ms
 
     speedup = integer_speedup(profile, runtime)
+    model = integer_kernels(profile, runtime)
 
     def kernel_ms(k: Any) -> float:
-        if speedup is None or k.precision not in _INTEGER_PRECISIONS:
+        if k.precision not in _INTEGER_PRECISIONS or (speedup is None and model is None):
             return roofline_ms(k, profile)
-        return roofline_ms(replace(k, precision="wonly"), profile) / speedup
+        as_float = roofline_ms(replace(k, precision="wonly"), profile)
+        if model is not None:
+            if k.precision == "int4" and model.int4_float_ratio is not None:
+                return as_float * model.int4_float_ratio
+            return predict_integer_ms(as_float, k.out_elems, model)
+        return as_float / speedup  # type: ignore[operator]
 
     integer = DEFAULT_BASE_MS + sum(kernel_ms(k) for k in kernels_of(graph, plan, float_compute))
     wonly = kernels_of(graph, weight_only_plan(plan))
@@ -120,7 +144,15 @@ def predict_ms(
     ):  # int4 weights dequantized on every call (depthwise ones are int8)
         int4 = sum(k.weight_params for k in wonly if _int4(plan, k.layer) and k.kind != "depthwise_conv")
         flt += int4 * LITERT_INT4_DEQUANTIZE_NS * 1e-6
-    if speedup is None:
+    if model is not None:
+        basis = (
+            f"roofline of {profile.name}'s fp32 peak and memory bandwidth; each integer kernel at "
+            f"{model.float_ratio:g}x its float time + {model.ns_per_output:g} ns per output element + "
+            f"{model.us_per_kernel:g} us"
+            + ("" if model.int4_float_ratio is None else f", int4 kernels at {model.int4_float_ratio:g}x")
+            + f" (the profile's measured compute.integer_kernels.{runtime})"
+        )
+    elif speedup is None:
         basis = f"roofline of {profile.name}'s peak MAC/s per precision and memory bandwidth"
     else:
         basis = (
@@ -186,16 +218,26 @@ def choose(
             + ("" if budget_bytes is None else f", within the {budget_bytes:.0f}-byte budget")
         )
     quantized = any(d.weight_bits is not None for d in plan.layers.values())
+    model = integer_kernels(profile, runtime)
+    margin = 0.0 if model is None else model.ratio_error_pct / 100
     if asked != "auto":
         compute = asked
         reason = f"asked for (--compute {asked})"
     elif not quantized:
         compute, reason = "integer", "no layer is quantized: the file is float either way"
-    elif pred["integer"] <= pred["float"]:
+    elif pred["integer"] <= pred["float"] * (1 - margin):
         compute = "integer"
         reason = (
             f"integer kernels predicted at least as fast as float on {profile.name} with {runtime} "
-            f"({pred['integer']:.3g} ms vs {pred['float']:.3g} ms)"
+            f"({pred['integer']:.3g} ms vs {pred['float']:.3g} ms"
+            + (f", a gain above the kernel model's {100 * margin:g}% error)" if margin else ")")
+        )
+    elif pred["integer"] <= pred["float"]:
+        compute = "float"
+        reason = (
+            f"integer kernels predicted faster than float on {profile.name} with {runtime} by less than the "
+            f"kernel model's {100 * margin:g}% error ({pred['integer']:.3g} ms vs {pred['float']:.3g} ms): the "
+            "file keeps the plan's integer weights and computes in float"
         )
     else:
         compute = "float"
@@ -215,4 +257,7 @@ def choose(
         reason=reason,
         other=f"--compute {other} (ExportOptions(compute={other!r}))",
         widen_int4=widen and compute == "float",
+        int8_weights=integer_int8_weights(profile, runtime)
+        if fmt == "onnx" and compute == "integer"
+        else None,
     )

@@ -357,6 +357,8 @@ def _compile_onnx(
                     if w.kind == "conv" and math.prod(w.shape[1:]) < options.onnx_float_compute_k:
                         fc.add(w.layer)
             out = builder.path(f"{spec.name}.qdq.onnx")
+            from edge_compress.compiler import default_int8_weights
+
             ef = export_onnx(
                 src,
                 plan,
@@ -365,7 +367,12 @@ def _compile_onnx(
                 calib,
                 out,
                 planned_bytes=0,
-                int8_weights=options.onnx_int8_weights,
+                # no compute choice is made for file inputs: auto is the exact storage for the profile
+                int8_weights=(
+                    default_int8_weights(profile)
+                    if options.onnx_int8_weights == "auto"
+                    else options.onnx_int8_weights
+                ),
                 float_compute=fc,
                 static_batch=fb == 1,
                 weight_names={w.layer: w.initializer for w in weights},

@@ -18,8 +18,9 @@ from edge_compress.profiles import load_profile
 
 MIXED_INT4 = ("c1", "c3", "f5")  # c1 becomes a DEPTHWISE_CONV_2D in TFLite (1 input channel): int4 falls back
 # the integer-compute files (QDQ ONNX, static int8 TFLite): on ``host`` the default (compute "auto")
-# picks float compute, see test_compute.py
-INTEGER = ExportOptions(compute="integer")
+# picks float compute for LeNet-5, see test_compute.py; ONNX int8 weights stored exactly (uint8, zero
+# point 128) rather than on the host's fast 7-bit grid (test_kernel_fit.py)
+INTEGER = ExportOptions(compute="integer", onnx_int8_weights="uint8")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -69,5 +70,5 @@ def art_mixed(lenet, host, lenet_graph, out_root):
         host,
         plan=mixed_plan(lenet_graph),
         out_dir=out_root,
-        options=ExportOptions(tflite_variants=("int8",), compute="integer"),
+        options=ExportOptions(tflite_variants=("int8",), compute="integer", onnx_int8_weights="uint8"),
     )

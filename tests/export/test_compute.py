@@ -83,7 +83,7 @@ def test_auto_picks_float_on_host_and_integer_on_arm(lenet_graph):
         host = choose("auto", fmt, load_profile("host"), lenet_graph, plan, fc)
         assert host.compute == "float" and host.variant == "weight-only"
         assert host.predicted_ms["integer"] > host.predicted_ms["float"]
-        assert "integer_speedup" in host.basis
+        assert {"onnx": "integer_kernels", "tflite": "integer_speedup"}[fmt] in host.basis
         for arm in ("rpi4", "rpi5"):
             c = choose("auto", fmt, load_profile(arm), lenet_graph, plan, fc)
             assert c.compute == "integer" and c.variant == {"onnx": "qdq", "tflite": "int8"}[fmt]
@@ -124,7 +124,7 @@ def test_manifest_records_the_choice_and_how_to_get_the_other(art_auto):
         assert c["asked"] == "auto" and c["compute"] == "float" and c["variant"] == "weight-only"
         assert c["predicted_ms"]["integer"] > c["predicted_ms"]["float"] > 0
         assert "slower than float" in c["reason"] and "--compute integer" in c["other"]
-        assert "integer_speedup" in c["basis"]
+        assert {"onnx": "integer_kernels", "tflite": "integer_speedup"}[fmt] in c["basis"]
     assert m["compute"]["tflite"]["widen_int4"] and not m["compute"]["onnx"]["widen_int4"]
     # TFLite: the int4 layers are stored as int8, recorded as fallbacks with the reason
     wide = {f["layer"]: f for f in m["fallbacks"] if f["variant"] == "weight-only"}
