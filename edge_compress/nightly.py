@@ -884,7 +884,7 @@ def judge(
         v.evidence = "interleaved"
         v.interleaved_rounds = len({i["round"] for i in interleaved if i["round"] >= 0})
         v.notes.append(
-            f"re-measured baseline and candidate interleaved ({', '.join(suspects or [])} looked regressed)"
+            f"re-measured baseline and candidate interleaved ({', '.join(suspects or [])} looked changed)"
         )
     v.metrics = metrics
     v.verdict = rg.cell_verdict_name(metrics, v.budget_violations, has_baseline=True)

@@ -179,13 +179,16 @@ def _decide(
     sig_down = p_down is not None and p_down < alpha
     up_center = center_effect is None or center_effect > thr
     down_center = center_effect is None or center_effect < -thr
-    # looks regressed: the point estimate alone decides (a noisy device may hide a real slowdown
+    # looks changed: the point estimate alone decides (a noisy device may hide a real slowdown
     # from the historical test), against the baseline run or the history; on a device whose
     # run-to-run noise had to widen the threshold, the historical evidence cannot rule a
     # regression out at all. The paired re-measure then supplies the evidence.
+    # An apparent improvement is suspect too: a baseline run measured in a slow spell makes an
+    # unchanged candidate look faster, and an improvement verdict is only worth reporting once the
+    # paired re-measure confirms it.
     mv.suspect = (
-        eff > trigger * mv.threshold_pct
-        or (center_effect is not None and center_effect > trigger * mv.threshold_pct)
+        abs(eff) > trigger * mv.threshold_pct
+        or (center_effect is not None and abs(center_effect) > trigger * mv.threshold_pct)
         or thr > mv.threshold_pct
     )
     if center_effect is not None:
