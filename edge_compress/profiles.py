@@ -219,15 +219,34 @@ def _search_dirs(extra: list[str | Path] | None = None) -> list[Path]:
     return dirs
 
 
+# parsed profile files by (path, mtime, size): a nightly run resolves the same profiles for every
+# cell, and parsing is most of a cached run's host-side time otherwise
+_PARSED: dict[tuple[str, int, int], dict[str, Any]] = {}
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
+    import copy
+
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read profile ({e.strerror}).") from None
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _PARSED:
+        _PARSED[key] = _parse_yaml(path)
+    return copy.deepcopy(_PARSED[key])  # callers merge into it (extends:)
+
+
+def _parse_yaml(path: Path) -> dict[str, Any]:
     import yaml
 
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when the wheel has it
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise UserError(f"{path}: cannot read profile ({e.strerror}).") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -354,6 +354,11 @@ def main() -> int:
             "runs": fp_runs,
             "false_positive_runs": fp_count,
             "interleaved_cells": sum(c["evidence"] == "interleaved" for r in fp_rows for c in r["cells"]),
+            # the mirror image of a false positive: an unchanged model reported faster (exit 0, but noise in
+            # the report)
+            "false_improvement_cells": sum(
+                c["verdict"] == "improvement" for r in fp_rows for c in r["cells"]
+            ),
             "cells": sum(len(r["cells"]) for r in fp_rows),
             "wall_s": round(time.monotonic() - t0, 1),
             "per_run": fp_rows,

@@ -74,6 +74,17 @@ def test_extends_and_override(tmp_path):
     assert load_profile("phone").budgets.model_bytes != 1234
 
 
+def test_an_edited_profile_is_read_again(tmp_path):
+    # parsed files are reused within a process (a nightly run resolves them per cell), never stale
+    _write(tmp_path, "my-pi", {"extends": "rpi4", "budgets": {"latency_p99_ms": 7}})
+    first = load_profile("my-pi", [tmp_path])
+    assert first.budgets.latency_p99_ms == 7
+    _write(tmp_path, "my-pi", {"extends": "rpi4", "budgets": {"latency_p99_ms": 11.5}})
+    assert load_profile("my-pi", [tmp_path]).budgets.latency_p99_ms == 11.5
+    # a caller mutating what it got does not change the next load
+    assert load_profile("my-pi", [tmp_path]) == load_profile("my-pi", [tmp_path])
+
+
 def test_env_var_dirs(tmp_path, monkeypatch):
     _write(tmp_path, "envdev", {"extends": "host", "description": "from env"})
     monkeypatch.setenv("EDGE_COMPRESS_PROFILES", str(tmp_path))
