@@ -62,6 +62,11 @@ class RunRequest:
     paired_rounds: int = 0
     paired_first_round: int = 0
     paired_warmup: bool = False
+    # Host-speed reference: every N timed calls (0: off) the agent also times a fixed numpy matmul
+    # workload, between calls (never inside a sample); ``extra["host_reference"]`` then carries its
+    # median and the model's median over it, a figure that cancels the host's own speed drift
+    # (shared or frequency-scaled CPUs) when runs are compared across time.
+    reference_every: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

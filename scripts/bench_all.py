@@ -79,6 +79,13 @@ TARGETS: list[tuple[str, str, str, float, str]] = [
     ("prune", "models.*.prune.0.5.group_lasso.flops_ratio", "~", 0.5, "achieved FLOPs ratio at budget 0.5"),
     ("runners", "overhead_pct", "<=", 1.0, "agent overhead vs bare loop (%)"),
     ("runners", "cv_median_pct", "<=", 3.0, "CV of the median over 5 runs (%)"),
+    (
+        "runners",
+        "cv_median_over_reference_pct",
+        "info",
+        0,
+        "CV of the same runs' medians over the host-speed reference (%)",
+    ),
     ("runners", "push_cached_ratio", "<=", 0.1, "cached push time / first push time"),
     ("runners", "parallel_wall_ratio.8", "<=", 1.5, "8 targets in parallel: wall time / one target"),
     ("throttle", "imm_detect_delay_samples", "<=", 10, "IMM detection delay (samples, median)"),

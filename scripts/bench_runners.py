@@ -8,7 +8,9 @@ Writes ``benchmarks/runners.json``:
   in one process, on a ~1 ms model: the median over interleaved pairs (alternating order) of the
   relative difference of the two medians; side by side, the same model timed by a plain
   ``timeit`` loop and by ``onnxruntime.tools.onnxruntime_test`` (its own session, default threads);
-* ``cv_median_pct``: coefficient of variation of the median over 5 full LocalRunner runs;
+* ``cv_median_pct``: coefficient of variation of the median over 5 full LocalRunner runs, and
+  ``cv_median_over_reference_pct``: the same runs' medians divided by the agent's host-speed
+  reference (``RunRequest.reference_every``), which cancels the host's own speed drift;
 * ``push_cached_ratio``: time of a second (cached) SFTP push over time of the first, on a loopback
   sshd, for a 16 MiB artifact (the small model's ratio is reported too);
 * ``parallel_wall_ratio``: N = 1, 4, 8 loopback sshd targets measured in parallel with a
@@ -145,17 +147,24 @@ def bench_cv(model: Path, repeats: int, duration_s: float) -> dict[str, Any]:
     from runners.local import LocalRunner
 
     runner = LocalRunner()
-    req = RunRequest(str(model), min_count=200, min_duration_s=duration_s, warmup=50, cooldown_s=1.0)
-    medians, throttled = [], 0
+    req = RunRequest(
+        str(model), min_count=200, min_duration_s=duration_s, warmup=50, cooldown_s=1.0, reference_every=10
+    )
+    medians, normalized, throttled = [], [], 0
     for _ in range(repeats):
         m = runner.run(req)
         if not m.ok or m.stats is None:
             raise RuntimeError(f"local run failed: {m.error}")
         medians.append(m.stats.median_ms)
+        normalized.append(m.extra["host_reference"]["latency_median_over_reference"])
         throttled += bool(m.throttled)
     mean = statistics.fmean(medians)
     return {
         "cv_median_pct": statistics.stdev(medians) / mean * 100,
+        # the same runs' medians over the agent's host-speed reference (a fixed matmul timed every 10
+        # calls, between calls): the run-to-run spread left once the host's speed drift is divided out
+        "cv_median_over_reference_pct": statistics.stdev(normalized) / statistics.fmean(normalized) * 100,
+        "medians_over_reference": normalized,
         "medians_ms": medians,
         "runs": repeats,
         "min_duration_s": duration_s,

@@ -345,6 +345,15 @@ def run_request(req: dict[str, Any]) -> dict[str, Any]:
         }
     )
     stats = summarize(samples, int(req.get("seed", 0)))
+    if loop.reference is not None and loop.reference_ms:
+        ref_median = float(np.median(loop.reference_ms))
+        extra["host_reference"] = {
+            "workload": REFERENCE_WORKLOAD,
+            "every": loop.reference_every,
+            "count": len(loop.reference_ms),
+            "median_ms": ref_median,
+            "latency_median_over_reference": float(np.median(samples)) / ref_median,
+        }
     phases["accuracy_energy_summary_s"] = time.perf_counter() - t_phase
     return {
         "ok": True,
@@ -478,15 +487,46 @@ class LoopConfig:
         self.max_count = max(self.min_count, max_count)
         self.cooldown_s = max(0.0, cooldown_s)
         self.wall_s_last = 0.0  # wall time (s) of the last timed loop
+        # host-speed reference (see RunRequest.reference_every): a callable returning ms, timed every
+        # ``reference_every`` samples between calls; its samples of the last loop
+        self.reference: Callable[[], float] | None = None
+        self.reference_every = 0
+        self.reference_ms: list[float] = []
 
     @classmethod
     def from_request(cls, req: dict[str, Any]) -> LoopConfig:
-        return cls(
+        cfg = cls(
             int(req.get("min_count", 50)),
             float(req.get("min_duration_s", 1.0)),
             int(req.get("max_count", 100_000)),
             float(req.get("cooldown_s", 5.0)),
         )
+        every = int(req.get("reference_every") or 0)
+        if every < 0:
+            raise AgentError("reference_every must be 0 (off) or a positive call count.", "usage")
+        if every:
+            cfg.reference, cfg.reference_every = host_reference(), every
+        return cfg
+
+
+REFERENCE_WORKLOAD = "2 x (96x96 @ 96x96) float32 numpy matmul"
+
+
+def host_reference() -> Callable[[], float]:
+    """A fixed CPU workload timed in ms (:data:`REFERENCE_WORKLOAD`): the host's speed at that moment."""
+    import numpy as np
+
+    a = np.random.default_rng(0).random((96, 96), dtype=np.float32)
+
+    def run() -> float:
+        t = time.perf_counter()
+        a @ a
+        a @ a
+        return (time.perf_counter() - t) * 1e3
+
+    for _ in range(5):
+        run()
+    return run
 
 
 class Watch:
@@ -547,6 +587,8 @@ def timed_loop(
     samples: list[float] = []
     append = samples.append
     n, min_count, max_count, min_dur = 0, cfg.min_count, cfg.max_count, cfg.min_duration_s
+    ref, every = cfg.reference, cfg.reference_every
+    cfg.reference_ms = []
     start = clock()
     while True:
         t0 = clock()
@@ -556,6 +598,8 @@ def timed_loop(
         n += 1
         if n >= max_count or (n >= min_count and t1 - start >= min_dur):
             break
+        if ref is not None and n % every == 0:
+            cfg.reference_ms.append(ref())
         if watch is not None and n - watch.fed >= THROTTLE_BATCH:
             watch.feed(samples)
             if stop_on_throttle and watch.flagged:

@@ -199,6 +199,7 @@ def agent_request(
         "energy": req.energy,
         "power": power if req.energy else None,
         "label": req.label,
+        "reference_every": req.reference_every,
     }
 
 

@@ -43,9 +43,23 @@ def test_local_run_matches_samples(model: Path) -> None:
     assert Measurement.from_json(m.to_json()) == m
 
 
+def test_host_reference_is_timed_between_calls_and_reported(model: Path) -> None:
+    m = LocalRunner().run(quick(model, min_count=60, reference_every=10))
+    assert m.ok, m.error
+    ref = m.extra["host_reference"]
+    n = len(m.latency_ms)
+    assert ref["every"] == 10 and ref["count"] == (n - 1) // 10  # never after the last call
+    assert ref["median_ms"] > 0 and "matmul" in ref["workload"]
+    assert ref["latency_median_over_reference"] == pytest.approx(np.median(m.latency_ms) / ref["median_ms"])
+    # off by default: nothing is added to the loop
+    plain = LocalRunner().run(quick(model))
+    assert plain.ok and "host_reference" not in plain.extra
+
+
 @pytest.mark.parametrize(
     ("kw", "needle"),
     [
+        ({"reference_every": -1}, "reference_every"),
         ({"model_path": "/nonexistent/m.onnx"}, "does not exist"),
         ({"core_mask": "xyz"}, "not hexadecimal"),
         ({"inputs_npz": "/nonexistent.npz"}, "inputs file"),
