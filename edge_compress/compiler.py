@@ -32,7 +32,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -582,7 +582,7 @@ def compile_model(
                                 calib,
                                 builder.path(f"{spec.name}.qdq.onnx"),
                                 planned_bytes=0,
-                                int8_weights=resolve_int8_weights(opts.onnx_int8_weights, profile),
+                                int8_weights=choices["onnx"].int8_weights,
                                 float_compute=fc,
                             )
                         )
@@ -797,10 +797,14 @@ def _compute_choices(
     k = opts.onnx_float_compute_k
     fc = tiny_layers(ctx.graph.layers, k) if k else set()
     limit = (ctx.profile.budgets.active() if budget is None else budget).get("model_bytes")
-    return {
+    out = {
         f: choose(opts.compute, f, ctx.profile, ctx.graph, plan, fc, budget_bytes=limit, biased=biased)
         for f in FORMATS
     }
+    if out["onnx"].compute == "integer":  # the storage the QDQ file gets (an explicit option wins)
+        storage = resolve_int8_weights(opts.onnx_int8_weights, ctx.profile)
+        out["onnx"] = replace(out["onnx"], int8_weights=storage)
+    return out
 
 
 def _tflite_variants(opts: ExportOptions, choices: dict[str, Any]) -> list[str]:

@@ -22,13 +22,10 @@ median time over float is ``int4_float_ratio``. The result goes into a profile's
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import tempfile
-import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,28 +77,6 @@ def _module(kind: str, c: int, k: int) -> Any:
     return nn.Sequential(nn.Conv2d(c, c, k, padding=k // 2, groups=groups), nn.ReLU())
 
 
-def _time_ms(sessions: list[Any], feed: dict[str, np.ndarray], seconds: float) -> list[float]:
-    """Median per-call time of each session, timed in alternating blocks."""
-    for s in sessions:
-        for _ in range(10):
-            s.run(None, feed)
-    t0 = time.perf_counter()
-    n = 0
-    while time.perf_counter() - t0 < 0.05:
-        sessions[0].run(None, feed)
-        n += 1
-    block = max(1, n)
-    samples: list[list[float]] = [[] for _ in sessions]
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(samples[0]) < 5:
-        for i, s in enumerate(sessions):
-            t = time.perf_counter()
-            for _ in range(block):
-                s.run(None, feed)
-            samples[i].append((time.perf_counter() - t) / block * 1e3)
-    return [float(np.median(x)) for x in samples]
-
-
 def measure_point(
     kind: str,
     channels: int,
@@ -112,12 +87,13 @@ def measure_point(
     seconds: float = 1.0,
     workdir: Path | None = None,
 ) -> KernelPoint:
-    """Time one kernel as a float ONNX file and as onnxruntime's QDQ file (one thread)."""
-    import onnxruntime as ort
+    """Time one kernel as a float ONNX file and as onnxruntime's QDQ files (``int8_weights`` and
+    int4 weights), interleaved in this process with one thread
+    (:func:`edge_compress.costmodel_ort.time_interleaved`)."""
     import torch
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     from edge_compress.costmodel import kernels_of, roofline_ms
+    from edge_compress.costmodel_ort import time_interleaved
     from edge_compress.graph import extract_graph
     from edge_compress.plan import CompressionPlan
 
@@ -138,23 +114,11 @@ def measure_point(
                 opset_version=21,
                 dynamo=False,
             )
-        batches = iter([{"x": x[i : i + 1].numpy()} for i in range(len(x))])
-
-        class _Reader(CalibrationDataReader):
-            def get_next(self) -> dict[str, np.ndarray] | None:
-                return next(batches, None)
-
-        with _quiet():
-            _quantize(fp, qp, _Reader(), int8_weights, quantize_static, QuantFormat, QuantType)
-            batches = iter([{"x": x[i : i + 1].numpy()} for i in range(len(x))])
-            _quantize(fp, q4, _Reader(), "int4", quantize_static, QuantFormat, QuantType)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.inter_op_num_threads = 1
-        sessions = [
-            ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]) for p in (fp, qp, q4)
-        ]
-        f_ms, q_ms, q4_ms = _time_ms(sessions, {"x": x[:1].numpy()}, seconds)
+        calib = x.numpy()
+        _quantize(fp, qp, calib, int8_weights)
+        _quantize(fp, q4, calib, "int4")
+        timed = time_interleaved([fp, qp, q4], rounds=100_000, per_round=10, max_seconds=seconds)
+        f_ms, q_ms, q4_ms = (float(np.median(timed[str(p)])) for p in (fp, qp, q4))
     graph = extract_graph(model, x[:1])
     plan = CompressionPlan.uniform(graph, "kernel", profile.name, None, None)
     (k,) = [k for k in kernels_of(graph, plan) if k.kind != "io"]
@@ -172,29 +136,33 @@ def measure_point(
     )
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """onnxruntime's quantizer logs a pre-processing hint per call on the root logger."""
-    logging.disable(logging.WARNING)
+def _quantize(fp: Path, out: Path, calib: np.ndarray, weights: str) -> None:
+    """onnxruntime's static QDQ quantizer, per-channel weights: ``int7`` (reduce range), ``int8``,
+    ``uint8`` or ``int4``; activations uint8 calibrated on ``calib`` one sample at a time."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(calib[i : i + 1] for i in range(len(calib)))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            b = next(self._it, None)
+            return None if b is None else {"x": b}
+
+    logging.disable(logging.WARNING)  # the quantizer logs a pre-processing hint per call
     try:
-        yield
+        quantize_static(
+            str(fp),
+            str(out),
+            _Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=weights == "int7",
+            activation_type=QuantType.QUInt8,
+            weight_type={"uint8": QuantType.QUInt8, "int4": QuantType.QInt4}.get(weights, QuantType.QInt8),
+        )
     finally:
         logging.disable(logging.NOTSET)
-
-
-def _quantize(
-    fp: Path, qp: Path, reader: Any, int8_weights: str, quantize_static: Any, fmt: Any, qt: Any
-) -> None:
-    quantize_static(
-        str(fp),
-        str(qp),
-        reader,
-        quant_format=fmt.QDQ,
-        per_channel=True,
-        reduce_range=int8_weights == "int7",
-        activation_type=qt.QUInt8,
-        weight_type={"uint8": qt.QUInt8, "int4": qt.QInt4}.get(int8_weights, qt.QInt8),
-    )
 
 
 @dataclass(frozen=True)
