@@ -9,7 +9,9 @@ Sections (keys of the JSON):
 - models.<name>.prune.<budget>.<group_lasso|l1>.{acc, flops_ratio, latency_ratio, params, ...} for the
   residual (resnet) and MobileNetV2-style (mobilenetv2) zoo models, plus models.<name>.fp32_acc;
   latency_ratio is measured here with onnxruntime (fp32 ONNX, batch 1, one thread), pruned and
-  unpruned model interleaved in the same run, median of many repeats.
+  unpruned model interleaved in the same run, median of many repeats. Both methods run with each
+  of ``--seeds`` (default 0,1,2): ``acc`` / ``val_acc`` are means over the seeds (``acc_sd``,
+  ``per_seed``), the other figures and the timed model are the first seed's.
 - group_lasso_trajectories.<name>.<budget>: per epoch loss, predicted FLOPs ratio, multiplier, live channels.
 - svd.<name>.curve: [{params_ratio, acc, acc_ft}] for lenet5 and resnet (without / with a short fine-tune).
 - redundancy.<name>.{ps, predicted, montecarlo, layers, single_points_of_failure}.
@@ -47,7 +49,7 @@ from edge_compress.zoo import load_zoo  # noqa: E402
 
 # Group-lasso settings per model (tuned on the validation split; see the issue's report).
 # Group-lasso settings: the library defaults (at most 8 penalized epochs, stopping at the budget,
-# then 3 fine-tune epochs; L1 gets the same 3). Tuned on the validation split, see the issue report.
+# then 6 fine-tune epochs; L1 gets the same 6). Tuned on the validation split, see the issue report.
 # Both methods round kept channel counts to multiples of 8 (onnxruntime's AVX2 convolution blocks):
 # unaligned counts (45 instead of 48) measured no faster than the unpruned model here.
 ALIGN = 8
@@ -114,7 +116,44 @@ def latency_ratios(
 
 
 # ------------------------------------------------------------------------------------- sections
-def bench_prune(models: list[str], budgets: list[float], quick: bool, repeats: int, out: dict) -> None:
+def _row(z: Any, res: Any, t0: float) -> dict[str, Any]:
+    return {
+        "acc": z.evaluate(res.model),
+        "val_acc": z.evaluate(res.model, split="val"),
+        "flops_ratio": res.flops_ratio,
+        "params": res.params,
+        "params_ratio": res.params_ratio,
+        "kept": {str(k): len(v) for k, v in res.keep.items()},
+        "rounded": res.rounded,
+        "notes": res.notes,
+        "time_s": time.time() - t0,
+    }
+
+
+def _over_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first seed's row (its model is the one timed), with accuracy the mean over all seeds.
+
+    The zoo's test split has a few hundred samples (one sample = 0.28 pp on digits) and a pruned
+    model's accuracy moves by about 1 pp with the fine-tuning seed, so one seed cannot rank two
+    methods that differ by less; every seed's figures stay in ``per_seed``.
+    """
+    out = dict(rows[0])
+    if len(rows) > 1:
+        acc = [r["acc"] for r in rows]
+        out["acc"] = float(np.mean(acc))
+        out["acc_sd"] = float(np.std(acc, ddof=1))
+        out["val_acc"] = float(np.mean([r["val_acc"] for r in rows]))
+        out["flops_ratio_max"] = max(r["flops_ratio"] for r in rows)
+        out["flops_ratio_min"] = min(r["flops_ratio"] for r in rows)
+        out["per_seed"] = [
+            {k: r[k] for k in ("seed", "acc", "val_acc", "flops_ratio", "params")} for r in rows
+        ]
+    return out
+
+
+def bench_prune(
+    models: list[str], budgets: list[float], quick: bool, repeats: int, out: dict, seeds: list[int]
+) -> None:
     for name in models:
         z = load_zoo(name)
         ds = z.dataset
@@ -126,55 +165,47 @@ def bench_prune(models: list[str], budgets: list[float], quick: bool, repeats: i
             fp32_val_acc=z.evaluate(split="val"),
             macs=g.total_macs,
             params=sum(p.numel() for p in z.model.parameters()),
+            seeds=seeds,
             prune={},
         )
-        cfg_kw = dict(GL.get(name, {}))
-        if quick:
-            cfg_kw.update(QUICK_GL)
-        cfg = GroupLassoConfig(**cfg_kw)
         pruned: dict[str, torch.nn.Module] = {}
         for b in budgets:
             key = f"{b:g}"
-            row: dict[str, Any] = {}
-            t = time.time()
-            gl = group_lasso_prune(z.model, g, b, ds.x_train, ds.y_train, cfg, x_val=ds.x_val, y_val=ds.y_val)
-            row["group_lasso"] = {
-                "acc": z.evaluate(gl.model),
-                "flops_ratio": gl.flops_ratio,
-                "params": gl.params,
-                "params_ratio": gl.params_ratio,
-                "kept": {str(k): len(v) for k, v in gl.keep.items()},
-                "rounded": gl.rounded,
-                "notes": gl.notes,
-                "time_s": time.time() - t,
-            }
-            out["group_lasso_trajectories"].setdefault(name, {})[key] = gl.trajectory
-            log(f"{name} @ {key}: group lasso acc {row['group_lasso']['acc']:.4f} flops {gl.flops_ratio:.3f}")
-            t = time.time()
-            l1 = l1_prune(
-                z.model,
-                g,
-                b,
-                ds.x_train,
-                ds.y_train,
-                finetune_epochs=cfg.finetune_epochs,
-                finetune_lr=cfg.finetune_lr,
-                seed=cfg.seed,
-                channel_multiple=cfg.channel_multiple,
-            )
-            row["l1"] = {
-                "acc": z.evaluate(l1.model),
-                "flops_ratio": l1.flops_ratio,
-                "params": l1.params,
-                "params_ratio": l1.params_ratio,
-                "kept": {str(k): len(v) for k, v in l1.keep.items()},
-                "rounded": l1.rounded,
-                "notes": l1.notes,
-                "time_s": time.time() - t,
-            }
-            log(f"{name} @ {key}: L1 one-shot acc {row['l1']['acc']:.4f} flops {l1.flops_ratio:.3f}")
-            pruned[f"{key}/group_lasso"], pruned[f"{key}/l1"] = gl.model, l1.model
-            entry["prune"][key] = row
+            rows: dict[str, list[dict[str, Any]]] = {"group_lasso": [], "l1": []}
+            for seed in seeds:
+                cfg_kw = dict(GL.get(name, {}), seed=seed)
+                if quick:
+                    cfg_kw.update(QUICK_GL)
+                cfg = GroupLassoConfig(**cfg_kw)
+                t = time.time()
+                gl = group_lasso_prune(
+                    z.model, g, b, ds.x_train, ds.y_train, cfg, x_val=ds.x_val, y_val=ds.y_val
+                )
+                rows["group_lasso"].append({"seed": seed, **_row(z, gl, t)})
+                if seed == seeds[0]:
+                    out["group_lasso_trajectories"].setdefault(name, {})[key] = gl.trajectory
+                    pruned[f"{key}/group_lasso"] = gl.model
+                t = time.time()
+                l1 = l1_prune(
+                    z.model,
+                    g,
+                    b,
+                    ds.x_train,
+                    ds.y_train,
+                    finetune_epochs=cfg.finetune_epochs,
+                    finetune_lr=cfg.finetune_lr,
+                    seed=seed,
+                    channel_multiple=cfg.channel_multiple,
+                )
+                rows["l1"].append({"seed": seed, **_row(z, l1, t)})
+                if seed == seeds[0]:
+                    pruned[f"{key}/l1"] = l1.model
+                log(
+                    f"{name} @ {key} seed {seed}: group lasso acc {rows['group_lasso'][-1]['acc']:.4f} "
+                    f"flops {gl.flops_ratio:.3f}; L1 one-shot acc {rows['l1'][-1]['acc']:.4f} "
+                    f"flops {l1.flops_ratio:.3f}"
+                )
+            entry["prune"][key] = {m: _over_seeds(r) for m, r in rows.items()}
         t = time.time()
         control = copy.deepcopy(z.model)  # an identical model: its ratio shows the measurement's noise
         lat = latency_ratios(z.model, {**pruned, "control": control}, z.example_input(1), repeats)
@@ -329,10 +360,19 @@ def summary(out: dict) -> dict:
             gl, l1 = row.get("group_lasso", {}), row.get("l1", {})
             pre = f"{name}.{b}"
             if gl:
-                s[f"{pre}.gl_flops_within_5pct"] = abs(gl["flops_ratio"] / float(b) - 1) <= 0.05
+                worst = max(
+                    abs(gl.get(k, gl["flops_ratio"]) / float(b) - 1)
+                    for k in ("flops_ratio", "flops_ratio_min", "flops_ratio_max")
+                )
+                s[f"{pre}.gl_flops_within_5pct"] = worst <= 0.05
                 s[f"{pre}.gl_acc_drop_pp"] = 100 * (e["fp32_acc"] - gl["acc"])
             if gl and l1:
                 s[f"{pre}.gl_minus_l1_pp"] = 100 * (gl["acc"] - l1["acc"])
+                a, c = gl.get("per_seed"), l1.get("per_seed")
+                if a and c and len(a) == len(c) > 1:  # paired by seed: the difference's standard error
+                    d = [100 * (x["acc"] - y["acc"]) for x, y in zip(a, c, strict=True)]
+                    s[f"{pre}.gl_minus_l1_pp_se"] = float(np.std(d, ddof=1) / np.sqrt(len(d)))
+                    s[f"{pre}.gl_minus_l1_val_pp"] = 100 * (gl["val_acc"] - l1["val_acc"])
     return s
 
 
@@ -343,7 +383,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="prune,svd,redundancy,lasso,width", help="comma list of sections")
     ap.add_argument("--models", default="resnet,mobilenetv2")
     ap.add_argument("--budgets", default=None, help="comma list of FLOPs budgets (default 0.75,0.5,0.35)")
+    ap.add_argument(
+        "--seeds",
+        default=None,
+        help="comma list of training seeds; accuracies are means over them (default 0,1,2; quick 0)",
+    )
     args = ap.parse_args(argv)
+    seeds = [int(v) for v in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
     torch.set_num_threads(1)
     sections = set(args.only.split(","))
     budgets = (
@@ -367,7 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     plan = [
         (
             "prune",
-            lambda: bench_prune(args.models.split(","), budgets, args.quick, 60 if args.quick else 200, out),
+            lambda: bench_prune(
+                args.models.split(","), budgets, args.quick, 60 if args.quick else 200, out, seeds
+            ),
         ),
         (
             "svd",

@@ -11,6 +11,7 @@ Writes ``benchmarks/runners.json``:
 * ``cv_median_pct``: coefficient of variation of the median over 5 full LocalRunner runs, and
   ``cv_median_over_reference_pct``: the same runs' medians divided by the agent's host-speed
   reference (``RunRequest.reference_every``), which cancels the host's own speed drift;
+  ``cv_median_pct_by_min_duration_s``: the raw CV with runs of 1, 2 (the headline) and 5 s;
 * ``push_cached_ratio``: time of a second (cached) SFTP push over time of the first, on a loopback
   sshd, for a 16 MiB artifact (the small model's ratio is reported too);
 * ``parallel_wall_ratio``: N = 1, 4, 8 loopback sshd targets measured in parallel with a
@@ -295,6 +296,12 @@ def main() -> int:
             bench_overhead(model, rounds=4 if args.quick else 16, per_round_s=0.25 if args.quick else 0.4)
         )
         result.update(bench_cv(model, repeats=5, duration_s=0.5 if args.quick else 2.0))
+        # the same protocol at other run lengths: how the spread falls with the time a run averages
+        # over (the host's speed changes faster than one run; see ``cv_median_over_reference_pct``)
+        by = {f"{result['min_duration_s']:g}": result["cv_median_pct"]}
+        for dur in () if args.quick else (1.0, 5.0):
+            by[f"{dur:g}"] = bench_cv(model, repeats=5, duration_s=dur)["cv_median_pct"]
+        result["cv_median_pct_by_min_duration_s"] = dict(sorted(by.items(), key=lambda kv: float(kv[0])))
         result.update(bench_push(model, tmp))
         result.update(bench_parallel(model, tmp, [1, 4, 8], duration_s=2.0))
     result["targets"] = verdicts(result)

@@ -42,7 +42,7 @@ class PruneConfig:
 
     flops: float | None = None
     method: str = "group_lasso"
-    finetune_epochs: int = 3
+    finetune_epochs: int = 6  # the library default (GroupLassoConfig), for both methods
     epochs: int = 8  # group lasso: penalized epochs at most (it stops once the budget is reached)
     channel_multiple: int | None = None
     min_keep_frac: float = 0.25

@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,13 @@ class GroupLassoConfig:
     # search: growth of log(mu) per epoch until the first channel dies | additive: step of mu per epoch
     dual_lr: float = 1.0
     dual_step: float = 1.0  # search, after the first death: mu += dual_step * mu_first * violation per epoch
+    # A channel's price in the penalty is (MACs of one channel / mean) ** cost_power. 1 prices FLOPs
+    # exactly and prunes the costly high-resolution layers first; 0 prices every channel alike (the
+    # multiplier then only sets how many go). Which one loses less accuracy depends on the network
+    # (measured at half the FLOPs, 3 seeds, validation split: resnet 98.9% with 1 vs 99.4% with 0,
+    # mobilenetv2 98.0% with 1 vs 97.0% with 0), so None tries COST_POWERS and keeps the model that
+    # is most accurate on the validation data (needs x_val / y_val; 1 without them).
+    cost_power: float | None = None
     include_consumers: bool = False  # also penalize the consumers' input slices
     zero_tol: float = 0.1  # a channel is dead when its norm < zero_tol * its group's initial RMS channel norm
     stop_at_budget: bool = True  # end the penalized phase at the first epoch within tolerance of the budget
@@ -63,9 +70,14 @@ class GroupLassoConfig:
     fixed_scale: str = "all"
     tolerance: float = 0.05  # final FLOPs ratio within [budget * (1 - tolerance), budget]
     channel_multiple: int = 1  # round kept channel counts to multiples of this (8: onnxruntime AVX2 blocks)
-    finetune_epochs: int = 3
+    # 6: measured on the validation split, resnet and mobilenetv2 at half the FLOPs, 4 seeds: 3 -> 6 epochs
+    # raised group lasso from 97.9 to 98.9% (resnet) and L1 one-shot from 96.8 to 98.5%
+    finetune_epochs: int = 6
     finetune_lr: float = 1e-3
     seed: int = 0
+
+
+COST_POWERS = (1.0, 0.0)  # tried, in this order (a tie keeps the first), when cost_power is None
 
 
 def check_data(x, y, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -142,12 +154,53 @@ def group_lasso_prune(
     live_channels (and val_acc when ``x_val`` is given). When the live channels after training do
     not land within ``tolerance`` of the budget, the smallest-norm channels (ranked globally by
     norm per MACs) are pruned too, or the last-dropped ones restored; ``result.notes`` says so.
+    With ``config.cost_power`` None and validation data, the whole procedure runs once per channel
+    price in ``COST_POWERS`` and the model most accurate on ``x_val`` is returned (a note gives
+    every candidate's validation accuracy); the test split is never looked at.
     """
     from edge_compress.zoo.train import accuracy
 
     cfg = config or GroupLassoConfig()
     x, y = check_data(x_train, y_train, "group-lasso pruning")
     graph = _graph(model, graph, x)
+    has_val = x_val is not None and y_val is not None and len(x_val) > 0
+    if cfg.cost_power is not None or not has_val:
+        power = 1.0 if cfg.cost_power is None else float(cfg.cost_power)
+        return _prune_once(
+            model, graph, flops_budget, x, y, replace(cfg, cost_power=power), x_val, y_val, progress
+        )
+    tried: list[tuple[float, float, PruneResult]] = []
+    for power in COST_POWERS:
+        res = _prune_once(
+            model, graph, flops_budget, x, y, replace(cfg, cost_power=power), x_val, y_val, progress
+        )
+        tried.append((accuracy(res.model, x_val, y_val), power, res))
+    val, power, best = max(tried, key=lambda t: t[0])  # max keeps the first of equals
+    best.notes.insert(
+        0,
+        "channel price MACs^p chosen on the validation split: "
+        + ", ".join(f"p={p:g} {100 * a:.1f}%" for a, p, _ in tried)
+        + f" -> p={power:g}",
+    )
+    for row in best.trajectory:
+        row["cost_power"] = power
+    return best
+
+
+def _prune_once(
+    model: nn.Module,
+    graph: ModelGraph,
+    flops_budget: float,
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: GroupLassoConfig,
+    x_val: np.ndarray | None,
+    y_val: np.ndarray | None,
+    progress: Callable[[dict[str, Any]], None] | None,
+) -> PruneResult:
+    """One penalized training, snap, removal and fine-tune at ``cfg.cost_power``."""
+    from edge_compress.zoo.train import accuracy
+
     fm = FlopsModel.from_graph(graph, model)
     fm.check_budget(
         flops_budget,
@@ -191,7 +244,7 @@ def group_lasso_prune(
     def costs(n: dict[int, int]) -> dict[int, float]:
         marg = fm.marginal(n)
         mean = sum(marg[g] * fm.size[g] for g in marg) / sum(fm.size.values())
-        return {g: marg[g] / mean if mean > 0 else 1.0 for g in marg}
+        return {g: (marg[g] / mean) ** cfg.cost_power if mean > 0 else 1.0 for g in marg}
 
     norms = cp.norms()
     n_live = live_counts(norms)

@@ -30,11 +30,14 @@ def run(ctx: Context) -> ClaimResult:
     torch_setup()
     known = {f.name for f in dataclasses.fields(GroupLassoConfig)}
     # the trajectory: penalized training kept going past the budget, to see the multiplier hold it there
-    long = dict(epochs=ctx.pick(6, 16), finetune_epochs=2, stop_at_budget=False)
+    # (channels priced by their FLOPs, the seed's Lagrangian, rather than the validation-chosen price)
+    long = dict(epochs=ctx.pick(6, 16), finetune_epochs=2, stop_at_budget=False, cost_power=1.0)
     runs_spec = [("lenet5", b, long) for b in ctx.pick((0.5,), (0.35, 0.5, 0.75))]
     runs_spec.append(("lenet5", 0.5, dict(finetune_epochs=2)))  # the library's defaults (stop at the budget)
     if not ctx.quick:
-        runs_spec.append(("resnet", 0.5, dict(epochs=8, finetune_epochs=3, stop_at_budget=False)))
+        runs_spec.append(
+            ("resnet", 0.5, dict(epochs=8, finetune_epochs=3, stop_at_budget=False, cost_power=1.0))
+        )
     runs = []
     ignored: set[str] = set()
     for name, budget, kw in runs_spec:

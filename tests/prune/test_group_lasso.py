@@ -102,3 +102,35 @@ def test_channel_counts_aligned_to_multiples_of_8():
         res = l1_prune(m, g, budget, channel_multiple=8)
         assert res.keep and all(len(k) % 8 == 0 for k in res.keep.values())
         assert budget * 0.9 <= res.flops_ratio <= budget
+
+
+@pytest.mark.slow
+def test_channel_price_is_chosen_on_the_validation_split(lenet):
+    """cost_power None: the procedure runs at each price and keeps the most accurate on x_val."""
+    from edge_compress.prune.group_lasso import COST_POWERS
+    from edge_compress.zoo.train import accuracy
+
+    g = extract_graph(lenet.model, lenet.example_input())
+    ds = lenet.dataset
+    cfg = GroupLassoConfig(epochs=3, finetune_epochs=1)
+    res = group_lasso_prune(lenet.model, g, 0.5, ds.x_train, ds.y_train, cfg, x_val=ds.x_val, y_val=ds.y_val)
+    note = res.notes[0]
+    assert note.startswith("channel price MACs^p chosen on the validation split")
+    parts = note.split(": ", 1)[1].split(" -> ")
+    tried = {float(t.split(" ")[0][2:]): float(t.split(" ")[1][:-1]) for t in parts[0].split(", ")}
+    chosen = float(parts[1][2:])
+    assert set(tried) == set(COST_POWERS)
+    assert tried[chosen] == max(tried.values())
+    assert abs(100 * accuracy(res.model, ds.x_val, ds.y_val) - tried[chosen]) < 0.06  # the model returned
+    assert all(r["cost_power"] == chosen for r in res.trajectory)
+    # an explicit price runs once, and without validation data the FLOPs price (1) is used
+    one = group_lasso_prune(
+        lenet.model,
+        g,
+        0.5,
+        ds.x_train,
+        ds.y_train,
+        GroupLassoConfig(epochs=3, finetune_epochs=1, cost_power=0.0),
+    )
+    assert not any(n.startswith("channel price") for n in one.notes)
+    assert 0.5 * 0.95 <= one.flops_ratio <= 0.5
