@@ -62,7 +62,7 @@ def compile_cmd(
     prune: str | None = typer.Option(
         None,
         "--prune",
-        help="Structured pruning before quantization: flops=0.5[,method=group_lasso|l1][,finetune=3]"
+        help="Structured pruning before quantization: flops=0.5[,method=group_lasso|l1][,finetune=6]"
         "[,channel_multiple=8]; 'none' ignores the profile's FLOPs budget.",
     ),
     flops: float | None = typer.Option(

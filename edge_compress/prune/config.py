@@ -2,7 +2,7 @@
 
 ``--prune`` takes comma-separated ``key=value`` pairs::
 
-    --prune flops=0.5                       group lasso to half the MACs, 3 fine-tune epochs
+    --prune flops=0.5                       group lasso to half the MACs, 6 fine-tune epochs
     --prune flops=0.5,method=l1             one-shot L1-norm filter pruning, then fine-tuned
     --prune method=l1,finetune=0            no training data needed (FLOPs budget from the profile)
     --prune flops=0.35,channel_multiple=16  kept channel counts rounded to multiples of 16
