@@ -301,15 +301,12 @@ def _spin(cpu: int, stop: MpEvent) -> None:
             pass
 
 
-def test_real_matmul_loop_slowed_by_a_competing_process() -> None:
-    if not hasattr(os, "sched_setaffinity"):
-        pytest.skip("os.sched_setaffinity is unavailable on this platform, so the load cannot share a CPU")
+def _matmul_series(cpu: int, unloaded: int, loaded: int) -> list[float]:
+    """~15 ms matmul samples on ``cpu``; two competing spinners start on it after ``unloaded``."""
     original = os.sched_getaffinity(0)
-    cpu = max(original)
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     stop = ctx.Event()
     a = np.random.default_rng(0).standard_normal((64, 64))  # small: single-threaded BLAS
-    unloaded, loaded = 45, 35  # ~15 ms samples, ~45 ms once loaded: about 2.3 s on an idle core
     samples: list[float] = []
     procs: list[mp.process.BaseProcess] = []
     os.sched_setaffinity(0, {cpu})
@@ -338,7 +335,30 @@ def test_real_matmul_loop_slowed_by_a_competing_process() -> None:
             if p.is_alive():
                 p.terminate()
         os.sched_setaffinity(0, original)
-    x = np.asarray(samples)
+    return samples
+
+
+def _steady(x: np.ndarray) -> bool:
+    """The two halves of an (unloaded) series sit at the same level, within 3 noise SDs."""
+    level, sigma = robust_level_scale(x)
+    h = len(x) // 2
+    return abs(float(np.median(x[:h]) - np.median(x[h:]))) <= 3 * max(sigma, 1e-3 * level)
+
+
+def test_real_matmul_loop_slowed_by_a_competing_process() -> None:
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("os.sched_setaffinity is unavailable on this platform, so the load cannot share a CPU")
+    cpu = max(os.sched_getaffinity(0))
+    unloaded, loaded = 45, 35  # ~15 ms samples, ~45 ms once loaded: about 2.3 s on an idle core
+    # A shared virtual machine changes speed under its guests now and then; such a shift before the
+    # load starts is a real slowdown the detector rightly flags, but not the one this test injects.
+    # So a series whose unloaded part is not steady is measured again (at most 3 times).
+    for _attempt in range(3):
+        x = np.asarray(_matmul_series(cpu, unloaded, loaded))
+        if _steady(x[WARMUP:unloaded]):
+            break
+    else:
+        pytest.skip("the machine's own speed shifted during the unloaded part of 3 attempts")
     # On a shared machine other tasks come and go (and the scheduler may migrate them off the
     # loaded CPU), so judge the detector against what the loop actually experienced: samples
     # whose 5-sample rolling median is 5 noise SDs above the unloaded level are visibly slow,
