@@ -62,6 +62,9 @@ class GroupLassoConfig:
     # mobilenetv2 98.0% with 1 vs 97.0% with 0), so None tries COST_POWERS and keeps the model that
     # is most accurate on the validation data (needs x_val / y_val; 1 without them).
     cost_power: float | None = None
+    # with finetune_epochs 0 (the caller fine-tunes), candidates are compared after this many
+    # fine-tune epochs on copies: right after removal a pruned model is near chance
+    select_finetune_epochs: int = 6
     include_consumers: bool = False  # also penalize the consumers' input slices
     zero_tol: float = 0.1  # a channel is dead when its norm < zero_tol * its group's initial RMS channel norm
     stop_at_budget: bool = True  # end the penalized phase at the first epoch within tolerance of the budget
@@ -174,13 +177,20 @@ def group_lasso_prune(
         res = _prune_once(
             model, graph, flops_budget, x, y, replace(cfg, cost_power=power), x_val, y_val, progress
         )
-        tried.append((accuracy(res.model, x_val, y_val), power, res))
+        judged = res.model
+        if cfg.finetune_epochs == 0:  # the caller fine-tunes: judge fine-tuned copies (unrecovered
+            judged = copy.deepcopy(res.model)  # pruned models are near chance and rank at random)
+            finetune(judged, x, y, cfg.select_finetune_epochs, cfg.finetune_lr, cfg.seed)
+        tried.append((accuracy(judged, x_val, y_val), power, res))
     val, power, best = max(tried, key=lambda t: t[0])  # max keeps the first of equals
+    epochs = cfg.finetune_epochs or cfg.select_finetune_epochs
     best.notes.insert(
         0,
         "channel price MACs^p chosen on the validation split: "
         + ", ".join(f"p={p:g} {100 * a:.1f}%" for a, p, _ in tried)
-        + f" -> p={power:g}",
+        + f" -> p={power:g} (after {epochs} fine-tune epochs"
+        + ("" if cfg.finetune_epochs else ", on copies: the returned model is not fine-tuned")
+        + ")",
     )
     for row in best.trajectory:
         row["cost_power"] = power

@@ -85,6 +85,7 @@ def run_prune(ctx: CompileContext, cfg: PruneConfig) -> dict[str, Any]:
         gl = GroupLassoConfig(
             epochs=cfg.epochs,
             finetune_epochs=0,
+            select_finetune_epochs=cfg.finetune_epochs or GroupLassoConfig.select_finetune_epochs,
             channel_multiple=cfg.channel_multiple or 1,
             min_keep_frac=cfg.min_keep_frac,
             seed=cfg.seed,

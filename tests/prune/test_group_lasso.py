@@ -118,7 +118,8 @@ def test_channel_price_is_chosen_on_the_validation_split(lenet):
     assert note.startswith("channel price MACs^p chosen on the validation split")
     parts = note.split(": ", 1)[1].split(" -> ")
     tried = {float(t.split(" ")[0][2:]): float(t.split(" ")[1][:-1]) for t in parts[0].split(", ")}
-    chosen = float(parts[1][2:])
+    chosen = float(parts[1].split(" ")[0][2:])
+    assert parts[1].endswith("(after 1 fine-tune epochs)")
     assert set(tried) == set(COST_POWERS)
     assert tried[chosen] == max(tried.values())
     assert abs(100 * accuracy(res.model, ds.x_val, ds.y_val) - tried[chosen]) < 0.06  # the model returned
@@ -134,3 +135,17 @@ def test_channel_price_is_chosen_on_the_validation_split(lenet):
     )
     assert not any(n.startswith("channel price") for n in one.notes)
     assert 0.5 * 0.95 <= one.flops_ratio <= 0.5
+    # a caller that fine-tunes itself (finetune_epochs 0) gets the choice made on fine-tuned copies
+    raw = group_lasso_prune(
+        lenet.model,
+        g,
+        0.5,
+        ds.x_train,
+        ds.y_train,
+        GroupLassoConfig(epochs=3, finetune_epochs=0, select_finetune_epochs=1),
+        x_val=ds.x_val,
+        y_val=ds.y_val,
+    )
+    assert raw.notes[0].endswith(
+        "(after 1 fine-tune epochs, on copies: the returned model is not fine-tuned)"
+    )
