@@ -182,9 +182,6 @@ def bench_prune(
                     z.model, g, b, ds.x_train, ds.y_train, cfg, x_val=ds.x_val, y_val=ds.y_val
                 )
                 rows["group_lasso"].append({"seed": seed, **_row(z, gl, t)})
-                if seed == seeds[0]:
-                    out["group_lasso_trajectories"].setdefault(name, {})[key] = gl.trajectory
-                    pruned[f"{key}/group_lasso"] = gl.model
                 t = time.time()
                 l1 = l1_prune(
                     z.model,
@@ -198,8 +195,9 @@ def bench_prune(
                     channel_multiple=cfg.channel_multiple,
                 )
                 rows["l1"].append({"seed": seed, **_row(z, l1, t)})
-                if seed == seeds[0]:
-                    pruned[f"{key}/l1"] = l1.model
+                if seed == seeds[0]:  # the models timed, and the trajectory kept
+                    out["group_lasso_trajectories"].setdefault(name, {})[key] = gl.trajectory
+                    pruned[f"{key}/group_lasso"], pruned[f"{key}/l1"] = gl.model, l1.model
                 log(
                     f"{name} @ {key} seed {seed}: group lasso acc {rows['group_lasso'][-1]['acc']:.4f} "
                     f"flops {gl.flops_ratio:.3f}; L1 one-shot acc {rows['l1'][-1]['acc']:.4f} "

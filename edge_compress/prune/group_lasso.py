@@ -167,22 +167,23 @@ def group_lasso_prune(
     x, y = check_data(x_train, y_train, "group-lasso pruning")
     graph = _graph(model, graph, x)
     has_val = x_val is not None and y_val is not None and len(x_val) > 0
-    if cfg.cost_power is not None or not has_val:
-        power = 1.0 if cfg.cost_power is None else float(cfg.cost_power)
-        return _prune_once(
-            model, graph, flops_budget, x, y, replace(cfg, cost_power=power), x_val, y_val, progress
-        )
+    if cfg.cost_power is not None:
+        powers: tuple[float, ...] = (float(cfg.cost_power),)
+    else:
+        powers = COST_POWERS if has_val else (1.0,)
     tried: list[tuple[float, float, PruneResult]] = []
-    for power in COST_POWERS:
+    for power in powers:
         res = _prune_once(
             model, graph, flops_budget, x, y, replace(cfg, cost_power=power), x_val, y_val, progress
         )
+        if len(powers) == 1:
+            return res
         judged = res.model
         if cfg.finetune_epochs == 0:  # the caller fine-tunes: judge fine-tuned copies (unrecovered
             judged = copy.deepcopy(res.model)  # pruned models are near chance and rank at random)
             finetune(judged, x, y, cfg.select_finetune_epochs, cfg.finetune_lr, cfg.seed)
         tried.append((accuracy(judged, x_val, y_val), power, res))
-    val, power, best = max(tried, key=lambda t: t[0])  # max keeps the first of equals
+    _, power, best = max(tried, key=lambda t: t[0])  # max keeps the first of equals
     epochs = cfg.finetune_epochs or cfg.select_finetune_epochs
     best.notes.insert(
         0,

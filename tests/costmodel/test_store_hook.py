@@ -179,7 +179,7 @@ def test_a_nightly_run_feeds_the_targets_model(
     suite = write_suite(tmp_path / "suite.yaml", models=["model.onnx", "deeper.onnx"])
     db = tmp_path / "results.sqlite"
 
-    def usable_runs() -> list[dict]:
+    def usable_runs() -> list[dict]:  # the measurements a fit learns from
         with ResultStore(db) as store:
             return [m for m in store.measurements() if m["status"] == "ok" and not m["throttled"]]
 
@@ -191,10 +191,10 @@ def test_a_nightly_run_feeds_the_targets_model(
         rc, stdout, stderr = run_main(capsys, "nightly", str(suite), "--store", str(db), "--json")
         assert rc in (0, 1), stderr
         runs += 1
+    # every measurement is learned, but a throttled one (a loaded machine's) is left out
+    usable = usable_runs()
     with ResultStore(db) as store:
         fits = store.costmodel_fits("local")
-        # every measurement is learned, but a throttled one (a loaded machine's) is left out
-        usable = [m for m in store.measurements() if m["status"] == "ok" and not m["throttled"]]
         # a run whose every measurement was throttled adds nothing and stores no fit
         per_run = {r: sum(1 for m in usable if m["run_id"] == r) for r in range(1, runs + 1)}
         learned = [r for r in range(1, runs + 1) if per_run[r]]

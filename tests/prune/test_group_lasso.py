@@ -112,8 +112,14 @@ def test_channel_price_is_chosen_on_the_validation_split(lenet):
 
     g = extract_graph(lenet.model, lenet.example_input())
     ds = lenet.dataset
-    cfg = GroupLassoConfig(epochs=3, finetune_epochs=1)
-    res = group_lasso_prune(lenet.model, g, 0.5, ds.x_train, ds.y_train, cfg, x_val=ds.x_val, y_val=ds.y_val)
+
+    def prune(val: bool = True, **kw):
+        v = dict(x_val=ds.x_val, y_val=ds.y_val) if val else {}
+        return group_lasso_prune(
+            lenet.model, g, 0.5, ds.x_train, ds.y_train, GroupLassoConfig(epochs=3, **kw), **v
+        )
+
+    res = prune(finetune_epochs=1)
     note = res.notes[0]
     assert note.startswith("channel price MACs^p chosen on the validation split")
     parts = note.split(": ", 1)[1].split(" -> ")
@@ -125,27 +131,11 @@ def test_channel_price_is_chosen_on_the_validation_split(lenet):
     assert abs(100 * accuracy(res.model, ds.x_val, ds.y_val) - tried[chosen]) < 0.06  # the model returned
     assert all(r["cost_power"] == chosen for r in res.trajectory)
     # an explicit price runs once, and without validation data the FLOPs price (1) is used
-    one = group_lasso_prune(
-        lenet.model,
-        g,
-        0.5,
-        ds.x_train,
-        ds.y_train,
-        GroupLassoConfig(epochs=3, finetune_epochs=1, cost_power=0.0),
-    )
+    one = prune(val=False, finetune_epochs=1, cost_power=0.0)
     assert not any(n.startswith("channel price") for n in one.notes)
     assert 0.5 * 0.95 <= one.flops_ratio <= 0.5
     # a caller that fine-tunes itself (finetune_epochs 0) gets the choice made on fine-tuned copies
-    raw = group_lasso_prune(
-        lenet.model,
-        g,
-        0.5,
-        ds.x_train,
-        ds.y_train,
-        GroupLassoConfig(epochs=3, finetune_epochs=0, select_finetune_epochs=1),
-        x_val=ds.x_val,
-        y_val=ds.y_val,
-    )
+    raw = prune(finetune_epochs=0, select_finetune_epochs=1)
     assert raw.notes[0].endswith(
         "(after 1 fine-tune epochs, on copies: the returned model is not fine-tuned)"
     )
