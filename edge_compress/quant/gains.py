@@ -193,12 +193,32 @@ def realized_terms(
     weight_clip: str,
     xt: torch.Tensor,
     y0: torch.Tensor,
+    vectors: dict[tuple[str, str, int], np.ndarray] | None = None,
+    sketch_dim: int = 16384,
+    seed: int = 0,
 ) -> None:
-    """Output noise power of each layer quantized alone (weights), and of each input quantizer alone."""
-    mods = dict(net.named_modules())
+    """Output noise power of each layer quantized alone (weights), and of each input quantizer alone.
 
-    def power() -> float:
-        return float(((net(xt).float() - y0).double() ** 2).mean())
+    With ``vectors``, each term's output error itself is kept too, keyed ``("w", layer, bits)`` or
+    ``("a", group lead, bits)``: flattened, or count-sketched to ``sketch_dim`` elements when the
+    output is larger (a signed hashing that keeps every inner product's expectation), so that
+    :class:`CoherentTerms` can add the errors as the vectors they are.
+    """
+    mods = dict(net.named_modules())
+    n_out = y0.numel()
+    sketch = None
+    if vectors is not None and n_out > sketch_dim:
+        rng = np.random.default_rng(seed)
+        sketch = (rng.integers(sketch_dim, size=n_out), rng.choice([-1.0, 1.0], size=n_out))
+
+    def power(key: tuple[str, str, int]) -> float:
+        err = (net(xt).float() - y0).double()
+        if vectors is not None:
+            e = err.reshape(-1).numpy()
+            if sketch is not None:
+                e = np.bincount(sketch[0], weights=sketch[1] * e, minlength=sketch_dim)
+            vectors[key] = e.astype(np.float32)
+        return float((err**2).mean())
 
     for li in graph.layers:
         m, ln = mods[li.name], layers[li.name]
@@ -206,7 +226,7 @@ def realized_terms(
         try:
             for b in ln.bits:
                 m.weight.copy_(fq.quantize_weight(w0, b, True, weight_clip)[0])
-                ln.w_out_real[b] = power()
+                ln.w_out_real[b] = power(("w", li.name, b))
         finally:
             m.weight.copy_(w0)
     if not act_bits:
@@ -223,7 +243,7 @@ def realized_terms(
                     )
                 )
             try:
-                lead.a_out_real[ab] = power()
+                lead.a_out_real[ab] = power(("a", members[0], ab))
             finally:
                 for h in hooks:
                     h.remove()

@@ -122,12 +122,85 @@ def test_accuracy_curve_is_monotone_and_zero_at_high_sqnr(lenet_planner):
 
 def test_prediction_variants_are_reported(lenet_planner):
     nm = lenet_planner.noise_model
-    assert nm.mode == "realized"
+    assert nm.mode == "coherent"
     pr = nm.predict(nm.plan_for({n: 4 for n in nm.layers}))
-    for k in ("output_noise_power_realized", "output_noise_power_energy", "output_noise_power_step"):
+    for k in (
+        "output_noise_power_coherent",
+        "output_noise_power_realized",
+        "output_noise_power_energy",
+        "output_noise_power_step",
+    ):
         assert pr[k] > 0
-    assert pr["output_noise_power"] == pr["output_noise_power_realized"]
+    assert pr["output_noise_power"] == pr["output_noise_power_coherent"]
+    assert pr["output_noise_power_coherent"] != pr["output_noise_power_realized"]
     ln = nm.layers["f5"]
     assert ln.weight_noise(4) == ln.w_out_real[4]
     assert ln.weight_noise(4, variant="energy") == ln.w_out[4]
     assert ln.weight_noise(None) == 0.0
+
+
+def test_coherent_terms_add_errors_as_vectors(lenet_planner, lenet):
+    """One term alone is its realized power; several add as vectors, which on held-out data
+    predicts the simulated noise better than adding their powers as if independent."""
+    zm, _ = lenet
+    nm = lenet_planner.noise_model
+    co = nm.coherent
+    assert co is not None
+    diag = {k: co.gram[i, i] for k, i in co.index.items()}
+    for n, ln in nm.layers.items():
+        for b in ln.bits:
+            assert diag[("w", n, b)] == pytest.approx(ln.w_out_real[b], rel=1e-9)
+    # the Gram matrix is a Gram matrix: symmetric, positive semi-definite
+    assert np.allclose(co.gram, co.gram.T)
+    assert np.linalg.eigvalsh(co.gram).min() > -1e-9 * np.abs(co.gram).max()
+    one = next(iter(nm.layers))
+    alone = nm.predict_bits({one: 4}, act_bits=None)
+    assert alone["output_noise_power"] == pytest.approx(nm.layers[one].w_out_real[4], rel=1e-9)
+
+    rng = np.random.default_rng(11)
+    x = zm.dataset.x_test
+    err = {"coherent": [], "realized": []}
+    for _ in range(10):
+        p = nm.plan_for(nm.random_bits(rng))
+        meas = nm.measure(p, x)["output_noise_power"]
+        pr = nm.predict(p)
+        for k in err:
+            err[k].append(abs(10 * np.log10(pr[f"output_noise_power_{k}"] / meas)))
+    assert np.mean(err["coherent"]) < np.mean(err["realized"])
+
+
+def test_coherent_terms_sketch_keeps_the_correlations(lenet):
+    """A count sketch of the error vectors (for models with large outputs) keeps their correlations."""
+    zm, graph = lenet
+    calib = zm.calibration(64)
+    full = NoiseModel.build(zm.model, graph, calib, max_samples=64, act_bits=())
+    sk = NoiseModel.build(zm.model, graph, calib, max_samples=64, act_bits=(), sketch_dim=160)  # of 640
+    g, gs = full.coherent.gram, sk.coherent.gram
+    assert sk.coherent.keys == full.coherent.keys
+    assert np.allclose(np.diag(gs), np.diag(g), rtol=1e-9)
+    d = np.sqrt(np.diag(g))
+    dev = np.abs(g / np.outer(d, d) - gs / np.outer(d, d))
+    assert dev.max() < 0.35 and dev.mean() < 0.08, (dev.max(), dev.mean())
+
+
+def test_accuracy_curve_fits_the_steepness_of_a_cliff(lenet):
+    """``margin2`` (noise std ~ SQNR^-gamma/2) recovers a steeper cliff than ``margin`` can
+    represent, and ``auto`` keeps it by leave-one-out error."""
+    from edge_compress.quant.accuracy import AccuracyCurve, logit_margins
+    from edge_compress.zoo.train import predict
+
+    zm, _ = lenet
+    ds = zm.dataset
+    margins = logit_margins(predict(zm.model, ds.x_val), ds.y_val)
+    fp32 = float((margins > 0).mean())
+    truth = AccuracyCurve("margin2", {"kappa": 10.0, "gamma": 1.8}, fp32, list(margins))
+    s = np.array([0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 14.0, 20.0, 30.0])
+    d = np.asarray(truth.drop_pp(s))
+    assert d[0] > 20 and d[-1] < 0.1  # a real cliff over the fitted range
+    one = AccuracyCurve.fit("margin", s, d, fp32, margins, 10)
+    two = AccuracyCurve.fit("margin2", s, d, fp32, margins, 10)
+    assert two.params["gamma"] == pytest.approx(1.8, abs=0.1)
+    assert two.fit_mae_pp < 0.2 < one.fit_mae_pp
+    assert AccuracyCurve.fit("auto", s, d, fp32, margins, 10).kind == "margin2"
+    again = AccuracyCurve.from_json(json.loads(json.dumps(two.to_json())))
+    assert np.allclose(again.drop_pp(s), two.drop_pp(s))
