@@ -79,6 +79,9 @@ class ExportOptions:
     # (float: integer-stored weights, float activations; auto: per model, from the profile and the cost
     # model, see edge_compress.export.compute). int8-full is integer whatever this says.
     compute: str = "auto"
+    # compute auto on a local target (the profile is this machine): export both files of each format,
+    # time them here and keep the faster (False: the cost model's prediction alone decides)
+    measure_compute: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -534,7 +537,17 @@ def compile_model(
             sim_val, sim_test = predict(sim, ds.x_val), predict(sim, ds.x_test)
             sim_acc = float(np.mean(sim_test.argmax(1) == ds.y_test))
             sim_calib = predict(sim, calib)
-            choices = _compute_choices(ctx, the_plan, opts, budget, biased_layers(ctx.graph, folded))
+            biased = biased_layers(ctx.graph, folded)
+            choices = _compute_choices(ctx, the_plan, opts, budget, biased)
+            # a local target (the compiler's own machine): both files of each format are timed here
+            forced = (
+                {
+                    c: _compute_choices(ctx, the_plan, replace(opts, compute=c), budget, biased)
+                    for c in ("integer", "float")
+                }
+                if _measures_compute(opts, profile, the_plan)
+                else None
+            )
 
         described = spec.describe()
         if model_ids is not None:  # the exported model is the transformed one
@@ -559,11 +572,12 @@ def compile_model(
                         if opts.onnx_float_compute_k
                         else set()
                     )
-                    if choices["onnx"].compute == "float":
-                        from edge_compress.export.onnx import export_onnx_weight_only
 
-                        files.append(
-                            export_onnx_weight_only(
+                    def onnx_file(choice: Any) -> Any:
+                        if choice.compute == "float":
+                            from edge_compress.export.onnx import export_onnx_weight_only
+
+                            return export_onnx_weight_only(
                                 src,
                                 the_plan,
                                 qspec,
@@ -571,21 +585,23 @@ def compile_model(
                                 builder.path(f"{spec.name}.weight-only.onnx"),
                                 planned_bytes=0,
                             )
+                        return export_onnx(
+                            src,
+                            the_plan,
+                            qspec,
+                            grid,
+                            calib,
+                            builder.path(f"{spec.name}.qdq.onnx"),
+                            planned_bytes=0,
+                            int8_weights=choice.int8_weights,
+                            float_compute=fc,
                         )
+
+                    if forced is None:
+                        files.append(onnx_file(choices["onnx"]))
                     else:
-                        files.append(
-                            export_onnx(
-                                src,
-                                the_plan,
-                                qspec,
-                                grid,
-                                calib,
-                                builder.path(f"{spec.name}.qdq.onnx"),
-                                planned_bytes=0,
-                                int8_weights=choices["onnx"].int8_weights,
-                                float_compute=fc,
-                            )
-                        )
+                        kept, choices["onnx"] = _timed_here("onnx", choices["onnx"], forced, onnx_file, calib)
+                        files.append(kept)
             if "tflite" in formats:
                 with timer("export_tflite"):
                     from edge_compress.export.onnx import tiny_layers
@@ -596,23 +612,36 @@ def compile_model(
                     fc_tfl = tiny_layers(ctx.graph.layers, k) if k else set()
                     lo, hi = float(sim_calib.min()), float(sim_calib.max())
                     margin = 0.1 * (hi - lo)
-                    for variant in _tflite_variants(opts, choices):
-                        files.append(
-                            export_tflite(
-                                src,
-                                folded,
-                                the_plan,
-                                qspec,
-                                grid,
-                                calib,
-                                builder.path(f"{spec.name}.{variant}.tflite"),
-                                planned_bytes=0,
-                                variant=variant,
-                                output_range=(lo - margin, hi + margin),
-                                float_compute=fc_tfl,
-                                widen_int4=choices["tflite"].widen_int4,
-                            )
+
+                    def tflite_file(variant: str, widen: bool) -> Any:
+                        return export_tflite(
+                            src,
+                            folded,
+                            the_plan,
+                            qspec,
+                            grid,
+                            calib,
+                            builder.path(f"{spec.name}.{variant}.tflite"),
+                            planned_bytes=0,
+                            variant=variant,
+                            output_range=(lo - margin, hi + margin),
+                            float_compute=fc_tfl,
+                            widen_int4=widen,
                         )
+
+                    default = choices["tflite"].variant
+                    for variant in _tflite_variants(opts, choices):
+                        if forced is not None and variant == default:
+                            kept, choices["tflite"] = _timed_here(
+                                "tflite",
+                                choices["tflite"],
+                                forced,
+                                lambda c: tflite_file(c.variant, c.widen_int4),
+                                calib,
+                            )
+                            files.append(kept)
+                        else:
+                            files.append(tflite_file(variant, choices["tflite"].widen_int4))
             reports = []
             with timer("parity"):
                 from edge_compress.export import parity
@@ -805,6 +834,37 @@ def _compute_choices(
         storage = resolve_int8_weights(opts.onnx_int8_weights, ctx.profile)
         out["onnx"] = replace(out["onnx"], int8_weights=storage)
     return out
+
+
+def _measures_compute(opts: ExportOptions, profile: DeviceProfile, plan: CompressionPlan) -> bool:
+    """Whether ``compute: auto`` times both files here: the profile is this machine (``transport:
+    local``), the option allows it, and some layer is quantized (else both files are the same)."""
+    return (
+        opts.compute == "auto"
+        and opts.measure_compute
+        and profile.transport == "local"
+        and any(d.weight_bits is not None for d in plan.layers.values())
+    )
+
+
+def _timed_here(
+    fmt: str, predicted: Any, forced: dict[str, dict[str, Any]], export: Any, calib: np.ndarray
+) -> tuple[Any, Any]:
+    """Export ``fmt``'s integer and float files, time both on this machine, keep the faster.
+
+    Returns (the kept :class:`ExportedFile`, its measured ComputeChoice); the other file (and its
+    TFLite recipe) is deleted.
+    """
+    from edge_compress.export.compute import measure_here, measured_choice
+
+    cands = {c: forced[c][fmt] for c in ("integer", "float")}
+    made = {c: export(choice) for c, choice in cands.items()}
+    m = measure_here({c: f.path for c, f in made.items()}, fmt, calib[:1])
+    choice = measured_choice(predicted, cands, m)
+    loser = Path(made["float" if choice.compute == "integer" else "integer"].path)
+    for f in (loser, loser.with_name(f"{loser.stem}.recipe.json")):  # the file and a TFLite recipe
+        f.unlink(missing_ok=True)
+    return made[choice.compute], choice
 
 
 def _tflite_variants(opts: ExportOptions, choices: dict[str, Any]) -> list[str]:

@@ -81,7 +81,12 @@ def compile_cmd(
         "--compute",
         help="auto | integer | float: integer kernels (QDQ / static int8) or float kernels on integer-stored "
         "weights (weight-only) for the ONNX file and the TFLite int8 variant; auto picks per model from the "
-        "profile and the cost model (int8-full stays integer).",
+        "profile and the cost model, and on a local target times both files here (int8-full stays integer).",
+    ),
+    predicted_compute: bool = typer.Option(
+        False,
+        "--predicted-compute",
+        help="With --compute auto on a local target: decide from the cost model alone, without timing both files.",
     ),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -95,7 +100,7 @@ def compile_cmd(
 
     prof = load_profile(profile, profiles_dir)
     bud = parse_budget(budget) if budget else None
-    options = ExportOptions(compute=compute.strip().lower())
+    options = ExportOptions(compute=compute.strip().lower(), measure_compute=not predicted_compute)
     formats = tuple(f.strip().lower() for f in fmt.split(",") if f.strip())
     plan = CompressionPlan.load(plan_path) if plan_path is not None else None
     transforms = {

@@ -62,9 +62,111 @@ class ComputeChoice:
     # ONNX integer files: 8-bit weight storage of the kernels the prediction was measured on (int7 on x86
     # without VNNI: the fast exact path); None: the export option decides
     int8_weights: str | None = None
+    # local targets: both files timed here (ms, batch 1, one thread, interleaved rounds) and the
+    # median per-round integer / float ratio; None when the choice rests on the prediction alone
+    measured_ms: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# measured integer / float latency ratio below which a local target keeps the integer file: the
+# float (weight-only) file runs at the fp32 export's speed, so integer compute must clearly gain
+MEASURED_INTEGER_MAX_RATIO = 0.97
+
+
+def measure_here(
+    paths: dict[str, Any], fmt: str, x1: Any, *, rounds: int = 15, max_seconds: float = 4.0
+) -> dict[str, float]:
+    """Time the integer and float files of one format on this machine, interleaved.
+
+    ``paths``: ``{"integer": path, "float": path}``. Each round times a batch of calls of each
+    file (alternating which goes first) and keeps the per-call median; the machine's drifts are
+    shared by both files within a round. Returns the median per-call latency of each (ms) and
+    ``ratio``, the median over rounds of integer / float.
+    """
+    import statistics
+    import time
+
+    import numpy as np
+
+    from edge_compress.export.parity import OrtRunner, TfliteRunner
+
+    x1 = np.ascontiguousarray(x1[:1])
+    calls = {}
+    for k, path in paths.items():
+        if fmt == "onnx":
+            r = OrtRunner(path, threads=1)
+            feed = {r.input: x1}
+            calls[k] = lambda sess=r.sess, feed=feed: sess.run(None, feed)
+        else:
+            t = TfliteRunner(path, threads=1)
+            xin, idx = t._quant(x1), t.inp["index"]
+            calls[k] = lambda it=t.it, xin=xin, idx=idx: (it.set_tensor(idx, xin), it.invoke())
+    for f in calls.values():  # warm up, and size a round at about 20 ms per file
+        for _ in range(10):
+            f()
+    t0 = time.perf_counter()
+    n = 0
+    while time.perf_counter() - t0 < 0.02:
+        calls["float"]()
+        n += 1
+    order = ["integer", "float"]
+    per: dict[str, list[float]] = {k: [] for k in order}
+    ratios = []
+    start = time.monotonic()
+    for r in range(rounds):
+        for k in order if r % 2 == 0 else order[::-1]:
+            ts = []
+            for _ in range(n):
+                t = time.perf_counter()
+                calls[k]()
+                ts.append(time.perf_counter() - t)
+            per[k].append(1e3 * statistics.median(ts))
+        ratios.append(per["integer"][-1] / per["float"][-1])
+        if r >= 4 and time.monotonic() - start > max_seconds:
+            break
+    return {
+        "integer": statistics.median(per["integer"]),
+        "float": statistics.median(per["float"]),
+        "ratio": statistics.median(ratios),
+        "rounds": float(len(ratios)),
+    }
+
+
+def measured_choice(
+    predicted: ComputeChoice, forced: dict[str, ComputeChoice], m: dict[str, float]
+) -> ComputeChoice:
+    """The choice for a local target from both files timed here (:func:`measure_here`)."""
+    from dataclasses import replace
+
+    runtime = RUNTIME[predicted.format]
+    integer = m["ratio"] < MEASURED_INTEGER_MAX_RATIO
+    won = forced["integer" if integer else "float"]
+    agree = (
+        "as predicted" if (won.compute == predicted.compute) else f"the prediction said {predicted.compute}"
+    )
+    if integer:
+        reason = (
+            f"integer kernels measured faster than float on this machine with {runtime} "
+            f"({m['integer']:.3g} ms vs {m['float']:.3g} ms, median ratio {m['ratio']:.2f} over "
+            f"{int(m['rounds'])} interleaved rounds; {agree})"
+        )
+    else:
+        reason = (
+            f"integer kernels not measured faster than float by {100 * (1 - MEASURED_INTEGER_MAX_RATIO):g}% "
+            f"on this machine with {runtime} ({m['integer']:.3g} ms vs {m['float']:.3g} ms, median ratio "
+            f"{m['ratio']:.2f} over {int(m['rounds'])} interleaved rounds; {agree}): the file keeps the plan's "
+            "integer weights and computes in float"
+        )
+    return replace(
+        won,
+        asked=predicted.asked,
+        predicted_ms=predicted.predicted_ms,
+        basis=predicted.basis + "; both files then timed on this machine (a local target)",
+        reason=reason,
+        measured_ms={k: round(v, 5) for k, v in m.items()},
+    )
 
 
 def check_choice(compute: str) -> str:

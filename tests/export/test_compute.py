@@ -32,11 +32,14 @@ INT4 = ("c3", "f5")
 
 @pytest.fixture(scope="module")
 def art_auto(lenet, host, lenet_graph, out_root):
-    """The default compile (compute: auto) of a mixed int8 / int4 plan for ``host`` (no byte budget:
+    """The predicted compile (compute: auto) of a mixed int8 / int4 plan for ``host`` (no byte budget:
     TFLite stores the int4 layers as int8), and the TFLite weight-only file of the same plan asked
     for under a byte budget the int8-widened file would not fit (int4 kept)."""
     plan = mixed_plan(lenet_graph, INT4)
-    auto = compile_model(lenet, host, plan=plan, out_dir=out_root)
+    # the cost model's choice alone (the choice timed on this machine: test_local_target_times_both_files)
+    auto = compile_model(
+        lenet, host, plan=plan, out_dir=out_root, options=ExportOptions(measure_compute=False)
+    )
     flt = compile_model(
         lenet,
         host,
@@ -252,3 +255,51 @@ def test_weight_only_sizes_are_what_the_size_model_plans(art_auto, lenet_graph, 
         variant="weight-only",
     )
     assert stored == payload
+
+
+def test_local_target_times_both_files(lenet, host, lenet_graph, tmp_path):
+    """On a local target ``auto`` exports the integer and the float file of each format, times both
+    here and keeps the faster one (integer only when clearly faster); the other file is gone."""
+    from edge_compress.export.compute import MEASURED_INTEGER_MAX_RATIO
+
+    assert host.transport == "local"
+    plan = CompressionPlan.uniform(lenet_graph, "lenet5", "host", 8, 8)
+    art = compile_model(
+        lenet, host, plan=plan, out_dir=tmp_path, options=ExportOptions(tflite_variants=("int8",))
+    )
+    m = art.manifest
+    kept = {f["format"]: (n, f["variant"]) for n, f in m["files"].items()}
+    assert len(m["files"]) == 2 and set(kept) == {"onnx", "tflite"}
+    for fmt, (name, variant) in kept.items():
+        c = m["compute"][fmt]
+        ms = c["measured_ms"]
+        assert ms["integer"] > 0 and ms["float"] > 0 and ms["rounds"] >= 5
+        integer = ms["ratio"] < MEASURED_INTEGER_MAX_RATIO
+        assert c["compute"] == ("integer" if integer else "float")
+        assert (
+            variant == c["variant"] == ({"onnx": "qdq", "tflite": "int8"}[fmt] if integer else "weight-only")
+        )
+        assert "on this machine" in c["reason"] and "timed on this machine" in c["basis"]
+        assert c["predicted_ms"]["integer"] > 0 and c["predicted_ms"]["float"] > 0
+        other = "weight-only" if integer else {"onnx": "qdq", "tflite": "int8"}[fmt]
+        assert not (art.path / f"lenet5.{other}.{fmt}").exists(), other  # the slower file ...
+        assert not (art.path / f"lenet5.{other}.recipe.json").exists()  # ... and its recipe
+        assert (art.path / name).is_file()
+    # the cost model alone: nothing timed
+    pred = compile_model(
+        lenet,
+        host,
+        plan=plan,
+        out_dir=tmp_path,
+        options=ExportOptions(tflite_variants=("int8",), measure_compute=False),
+    )
+    assert all(c["measured_ms"] is None for c in pred.manifest["compute"].values())
+    # a remote target is never timed here
+    rpi = compile_model(
+        lenet,
+        load_profile("rpi4"),
+        plan=plan,
+        out_dir=tmp_path,
+        options=ExportOptions(tflite_variants=("int8",)),
+    )
+    assert all(c["measured_ms"] is None for c in rpi.manifest["compute"].values())
