@@ -852,19 +852,35 @@ def _timed_here(
 ) -> tuple[Any, Any]:
     """Export ``fmt``'s integer and float files, time both on this machine, keep the faster.
 
-    Returns (the kept :class:`ExportedFile`, its measured ComputeChoice); the other file (and its
-    TFLite recipe) is deleted.
+    Returns (the kept :class:`ExportedFile`, its ComputeChoice); the other file (and its TFLite
+    recipe) is deleted. When the other file cannot be written or the two cannot be timed here, the
+    predicted file is kept and its reason says why it was not timed.
     """
+    from edge_compress.export.base import last_error_line
     from edge_compress.export.compute import measure_here, measured_choice
 
     cands = {c: forced[c][fmt] for c in ("integer", "float")}
-    made = {c: export(choice) for c, choice in cands.items()}
-    m = measure_here({c: f.path for c, f in made.items()}, fmt, calib[:1])
+    made = {predicted.compute: export(cands[predicted.compute])}
+    other = "float" if predicted.compute == "integer" else "integer"
+    try:
+        made[other] = export(cands[other])
+        m = measure_here({c: f.path for c, f in made.items()}, fmt, calib[:1])
+    except Exception as e:  # noqa: BLE001 - the predicted file stands; say why it was not timed
+        if other in made:
+            _delete_file(Path(made[other].path))
+        why = last_error_line(str(e)) or type(e).__name__
+        return made[predicted.compute], replace(
+            predicted, reason=predicted.reason + f" (not timed here: the {other} file failed: {why[:160]})"
+        )
     choice = measured_choice(predicted, cands, m)
-    loser = Path(made["float" if choice.compute == "integer" else "integer"].path)
-    for f in (loser, loser.with_name(f"{loser.stem}.recipe.json")):  # the file and a TFLite recipe
-        f.unlink(missing_ok=True)
+    _delete_file(Path(made["float" if choice.compute == "integer" else "integer"].path))
     return made[choice.compute], choice
+
+
+def _delete_file(path: Path) -> None:
+    """An exported file that is not kept, and its TFLite recipe."""
+    for f in (path, path.with_name(f"{path.stem}.recipe.json")):
+        f.unlink(missing_ok=True)
 
 
 def _tflite_variants(opts: ExportOptions, choices: dict[str, Any]) -> list[str]:

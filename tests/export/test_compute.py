@@ -303,3 +303,22 @@ def test_local_target_times_both_files(lenet, host, lenet_graph, tmp_path):
         options=ExportOptions(tflite_variants=("int8",)),
     )
     assert all(c["measured_ms"] is None for c in rpi.manifest["compute"].values())
+
+
+def test_a_local_target_that_cannot_time_keeps_the_predicted_file(
+    lenet, host, lenet_graph, tmp_path, monkeypatch
+):
+    """If the two files cannot be timed here, the predicted file is kept and the reason says so."""
+    import edge_compress.export.compute as compute_mod
+
+    def broken(*a, **k):
+        raise RuntimeError("no timer here")
+
+    monkeypatch.setattr(compute_mod, "measure_here", broken)
+    plan = CompressionPlan.uniform(lenet_graph, "lenet5", "host", 8, 8)
+    art = compile_model(lenet, host, plan=plan, out_dir=tmp_path, formats=("onnx",))
+    c = art.manifest["compute"]["onnx"]
+    assert c["measured_ms"] is None and "not timed here" in c["reason"] and "no timer here" in c["reason"]
+    predicted = choose("auto", "onnx", host, lenet_graph, plan)
+    assert c["compute"] == predicted.compute
+    assert [p.name for p in art.path.glob("*.onnx")] == [f"lenet5.{c['variant']}.onnx"]
