@@ -19,6 +19,12 @@ divided by it; with neither, the ISA peaks. It picks integer compute when it is 
 least as fast as float (with a measured kernel model: faster by more than the model's error).
 The decision is per model and per format (ONNX: onnxruntime, TFLite: LiteRT); the full-integer
 TFLite variant (``int8-full``, for integer-only accelerators) is integer by definition.
+
+A kernel model fitted on one CPU does not carry to another of the same ISA (resnet's integer ONNX:
+0.83x its float file on the host the profile was fitted on, 1.1-1.2x on an AMD Zen 1). When the
+profile is the compiler's own machine (``transport: local``), the compiler therefore exports both
+files and times them here (:func:`measure_here`, :func:`measured_choice`); the prediction stays
+in the record next to the measurement.
 """
 
 from __future__ import annotations
