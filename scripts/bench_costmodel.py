@@ -412,11 +412,18 @@ def fit_model(train: list[dict[str, Any]], profile: Any, kernel_rows: bool = Tru
 
 
 def evaluate_predictor(
-    recs: list[dict[str, Any]], profile: Any, frac: float = 0.7, seed: int = 0, kernel_rows: bool = True
+    recs: list[dict[str, Any]],
+    profile: Any,
+    frac: float = 0.7,
+    seed: int = 0,
+    kernel_rows: bool = True,
+    n_train: int | None = None,
 ) -> dict[str, Any]:
+    """Fit on a ``frac`` split (its first ``n_train`` models when given) and score the rest."""
     from edge_compress.costmodel import kernels_from_json
 
     train, test = split(recs, frac, seed)
+    train = train[:n_train] if n_train else train
     cm = fit_model(train, profile, kernel_rows)
     meas = np.array([r["latency_ms"] for r in test])
     pred = np.array([cm.predict_kernels(kernels_from_json(r["kernels"])) for r in test])
@@ -881,6 +888,21 @@ def main() -> int:
             "baseline_mape_pct": [x["baseline_mape_pct"] for x in splits],
         }
         all6 = [ev] + splits
+        # how the held-out accuracy grows with the observations (what nightly runs accumulate): the
+        # same six held-out parts, the fit on the first n models of each training part
+        n_full = ev["train"]
+        sizes = sorted({n for n in (50, 100, 150, 200) if n < n_full} | {n_full})
+        curve = {
+            str(n): float(
+                np.mean(
+                    [
+                        evaluate_predictor(recs, profile, 0.7, args.seed + k, n_train=n)["within10_pct"]
+                        for k in range(6)
+                    ]
+                )
+            )
+            for n in sizes
+        }
         from collections import Counter
 
         out["predictor"] = {
@@ -902,6 +924,7 @@ def main() -> int:
                 for k in ("within10_pct", "mape_pct", "baseline_within10_pct", "baseline_mape_pct")
             },
             "five_other_70_30_splits": ev["other_splits"],
+            "within10_pct_by_training_models": curve,
             "without_operator_profiles": {
                 "what": "fitted on whole-model timings only (no per-operator profile rows), same six splits",
                 "within10_pct": float(np.mean([x["within10_pct"] for x in whole])),
@@ -931,6 +954,10 @@ def main() -> int:
             f"  held-out: {ev['within10_pct']:.1f}% within +-10%, MAPE {ev['mape_pct']:.1f}% "
             f"(FLOPs baseline {ev['baseline_within10_pct']:.1f}%, {ev['baseline_mape_pct']:.1f}%); "
             f"six splits: {m6['within10_pct']:.1f}% / {m6['mape_pct']:.1f}%"
+        )
+        log(
+            "  within +-10% by training models (six splits): "
+            + ", ".join(f"{n}: {v:.1f}%" for n, v in curve.items())
         )
         alt = out["predictor"]["alternatives"]
         log(
