@@ -166,7 +166,10 @@ def test_claim8_imm_probability_rises_after_the_change_point(quick):
     assert not s["episodes_alarmed_before_change"]
     m = c["measured"]
     assert len(m["samples_ms"]) == len(m["probs"]) > m["stop"]
-    if m["latency_ratio"] >= 1.3:  # the load bit (it always does on a quiet machine)
+    assert 1 <= m["attempts"] <= 3 and len(m["discarded_attempts"]) == m["attempts"] - 1
+    # the load bit (it always does on a quiet machine), and the machine did not slow the unloaded
+    # part on its own in all three attempts (judged on the latencies, not on the detector)
+    if m["latency_ratio"] >= 1.3 and m["baseline_steady"]:
         assert m["mean_p_during"] > m["mean_p_before"] + 0.3
 
 

@@ -123,6 +123,9 @@ def synthetic_series(n: int, change: int, back: int, seed: int) -> np.ndarray:
     return x
 
 
+BASELINE_DISTURBED = 0.1  # fraction of the unloaded samples 10% above the warm-up level
+
+
 def _onnx_file(ctx: Context) -> Path:
     from edge_compress.export.onnx import export_float_onnx
     from edge_compress.zoo import load_zoo
@@ -164,6 +167,10 @@ def _analyse(x: np.ndarray, change: int, back: int) -> dict:
         "end_index": None if covering is None else covering[1],
         "flagged_fraction_during": float(np.mean(r.flags[change:back])) if back > change else None,
         "pre_change_drift": float(np.median(x[warm:change]) / np.median(x[:warm])),
+        # the latencies themselves, not the detector: samples before the injected load that ran 10%
+        # above the warm-up median (each sample is a median of many runs: its spread is about 1%),
+        # i.e. the shared machine slowed the loop on its own
+        "baseline_slow_fraction": float(np.mean(x[warm:change] > 1.1 * np.median(x[:warm]))),
         "mean_p_before": float(before.mean()) if before.size else None,
         "mean_p_during": float(during.mean()) if during.size else None,
         "mean_p_after_return": float(after.mean()) if after.size else None,
@@ -185,10 +192,23 @@ def run(ctx: Context) -> ClaimResult:
         json.dumps({"onnx_path": str(onnx_path), "n": n, "start": start, "stop": stop, "n_load": n_load}),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, timeout=600)
-    meas = json.loads(out.stdout.strip().splitlines()[-1])
-    xm = np.asarray(meas["samples_ms"])
-    am = _analyse(xm, start, stop)
+    # A series whose unloaded part was already slowed by the shared machine (10% of its samples 10%
+    # above the warm-up level) cannot show the injected change: measure again, at most 3 times, and
+    # keep the steadiest; the discarded attempts are recorded.
+    tries: list[tuple[dict, np.ndarray, dict]] = []
+    for _ in range(3):
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, timeout=600)
+        meas = json.loads(out.stdout.strip().splitlines()[-1])
+        x = np.asarray(meas["samples_ms"])
+        tries.append((meas, x, _analyse(x, start, stop)))
+        if tries[-1][2]["baseline_slow_fraction"] < BASELINE_DISTURBED:
+            break
+    meas, xm, am = min(tries, key=lambda t: t[2]["baseline_slow_fraction"])
+    discarded = [
+        {k: t[2][k] for k in ("baseline_slow_fraction", "pre_change_drift", "mean_p_before")}
+        for t in tries
+        if t[2] is not am
+    ]
 
     ns, cs, bs = ctx.pick((200, 80, 150), (300, 120, 230))
     xs = synthetic_series(ns, cs, bs, ctx.seed)
@@ -255,6 +275,9 @@ def run(ctx: Context) -> ClaimResult:
             "ok": ok(am),
             "tracks": tracks(am),
             "load_slowed_the_model": load_bit,
+            "baseline_steady": am["baseline_slow_fraction"] < BASELINE_DISTURBED,
+            "attempts": len(tries),
+            "discarded_attempts": discarded,
             "onnx": onnx_path.name,
         },
         "synthetic": {
@@ -307,6 +330,11 @@ def run(ctx: Context) -> ClaimResult:
         )
     if not load_bit:
         reason += " The load processes barely slowed the measured loop on this shared machine."
+    if len(tries) > 1:
+        reason += (
+            f" The series was measured {len(tries)} times: the machine slowed the unloaded part of "
+            f"{len(discarded)} of them on its own; the steadiest is shown."
+        )
 
     return ClaimResult(
         8,
