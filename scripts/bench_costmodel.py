@@ -852,7 +852,8 @@ def main() -> int:
             for r in recs:
                 r["path"] = str(args.dataset / Path(r["path"]).name)
             log(f"[1-2/4] reusing the measured dataset in {args.dataset} (not a fresh run)")
-            out["settings"]["reused_dataset"] = str(args.dataset)
+            # its name only: the measured dataset is reused (the fit and selection reran on it)
+            out["settings"]["reused_dataset"] = args.dataset.name
         else:
             log(f"[1/4] exporting {n} random architectures x plans")
             t0 = time.monotonic()
