@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -40,69 +39,24 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _ort_callable(path: Path, x: np.ndarray):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    feed = {name: x}
-    return lambda: sess.run(None, feed)
-
-
-def _tfl_callable(path: Path, x: np.ndarray):
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_path=str(path), num_threads=1)
-    it.allocate_tensors()
-    d = it.get_input_details()[0]
-    xin = x.astype(np.float32)
-    if d["dtype"] != np.float32:
-        s, zp = d["quantization"]
-        xin = np.clip(np.round(x / s) + zp, -128, 127).astype(d["dtype"])
-    idx = d["index"]
-
-    def run() -> None:
-        it.set_tensor(idx, xin)
-        it.invoke()
-
-    return run
-
-
 def latency_ratio(
-    make, fp32: Path, quant: Path, x: np.ndarray, rounds: int = 31, min_s: float = 0.05
+    fmt: str, fp32: Path, quant: Path, x: np.ndarray, rounds: int = 31, min_s: float = 0.05
 ) -> dict[str, float]:
-    """Interleaved rounds (fp32 then int8, alternating order), each a timed batch of calls; the
-    per-round median latencies give a ratio per round; we report medians."""
-    a, b = make(fp32, x), make(quant, x)
-    for f in (a, b):
-        for _ in range(20):
-            f()
-    n = 1
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < min_s:
-        a()
-        n += 1
-    ra, rb, ratios = [], [], []
-    for r in range(rounds):
-        pair = [(a, ra), (b, rb)] if r % 2 == 0 else [(b, rb), (a, ra)]
-        for f, acc in pair:
-            ts = []
-            for _ in range(n):
-                t = time.perf_counter()
-                f()
-                ts.append(time.perf_counter() - t)
-            acc.append(statistics.median(ts))
-        ratios.append(rb[-1] / ra[-1])
+    """Interleaved rounds (fp32 then the exported file, alternating order), each a timed batch of
+    calls, in the format's runtime with one thread; the per-round median latencies give a ratio per
+    round; we report medians (:func:`edge_compress.export.compute.time_pair`)."""
+    from edge_compress.export.compute import time_pair
+    from edge_compress.export.parity import OrtRunner, TfliteRunner
+
+    runner = OrtRunner if fmt == "onnx" else TfliteRunner
+    a, b = (runner(p, threads=1).invoker(x) for p in (fp32, quant))
+    t = time_pair(a, b, rounds=rounds, warmup=20, min_round_s=min_s)
     return {
-        "fp32_latency_ms": 1e3 * statistics.median(ra),
-        "latency_ms": 1e3 * statistics.median(rb),
-        "latency_ratio_vs_fp32": statistics.median(ratios),
+        "fp32_latency_ms": t["a_ms"],
+        "latency_ms": t["b_ms"],
+        "latency_ratio_vs_fp32": t["ratio"],
         "rounds": rounds,
-        "calls_per_round": n,
+        "calls_per_round": int(t["calls_per_round"]),
     }
 
 
@@ -116,7 +70,6 @@ def file_row(art: Any, fmt: str, variant: str, fp32: Path, x1: np.ndarray) -> di
     path = art.file(fmt, variant)
     d = art.manifest["files"][path.name]
     p = art.manifest["parity"][path.name]
-    make = _ort_callable if fmt == "onnx" else _tfl_callable
     row = {
         "file": path.name,
         "variant": variant,
@@ -134,7 +87,7 @@ def file_row(art: Any, fmt: str, variant: str, fp32: Path, x1: np.ndarray) -> di
     c = art.manifest.get("compute", {}).get(fmt)
     if c is not None and variant != "int8-full":
         row["compute"] = {k: c[k] for k in ("asked", "compute", "predicted_ms")}
-    row.update(latency_ratio(make, fp32, path, x1))
+    row.update(latency_ratio(fmt, fp32, path, x1))
     return row
 
 

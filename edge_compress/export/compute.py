@@ -30,6 +30,7 @@ in the record next to the measurement.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -81,63 +82,72 @@ class ComputeChoice:
 MEASURED_INTEGER_MAX_RATIO = 0.97
 
 
-def measure_here(
-    paths: dict[str, Any], fmt: str, x1: Any, *, rounds: int = 15, max_seconds: float = 4.0
+def time_pair(
+    a: Callable[[], Any],
+    b: Callable[[], Any],
+    *,
+    rounds: int,
+    warmup: int = 10,
+    min_round_s: float = 0.02,
+    max_seconds: float | None = None,
 ) -> dict[str, float]:
-    """Time the integer and float files of one format on this machine, interleaved.
+    """Interleaved timing of two calls on this machine.
 
-    ``paths``: ``{"integer": path, "float": path}``. Each round times a batch of calls of each
-    file (alternating which goes first) and keeps the per-call median; the machine's drifts are
-    shared by both files within a round. Returns the median per-call latency of each (ms) and
-    ``ratio``, the median over rounds of integer / float.
+    A round times ``n`` calls of each (``n`` sized so that ``a`` takes about ``min_round_s``; ``a``
+    first in even rounds, ``b`` first in odd ones) and keeps each one's per-call median, so the
+    machine's drifts are shared by both within a round. Stops after ``rounds`` rounds, or after
+    ``max_seconds`` once 5 are done. Returns the median per-call latency of each (``a_ms``,
+    ``b_ms``), ``ratio``, the median over rounds of b / a, ``rounds`` and ``calls_per_round``.
     """
     import statistics
     import time
 
-    import numpy as np
-
-    from edge_compress.export.parity import OrtRunner, TfliteRunner
-
-    x1 = np.ascontiguousarray(x1[:1])
-    calls = {}
-    for k, path in paths.items():
-        if fmt == "onnx":
-            r = OrtRunner(path, threads=1)
-            feed = {r.input: x1}
-            calls[k] = lambda sess=r.sess, feed=feed: sess.run(None, feed)
-        else:
-            t = TfliteRunner(path, threads=1)
-            xin, idx = t._quant(x1), t.inp["index"]
-            calls[k] = lambda it=t.it, xin=xin, idx=idx: (it.set_tensor(idx, xin), it.invoke())
-    for f in calls.values():  # warm up, and size a round at about 20 ms per file
-        for _ in range(10):
+    for f in (a, b):
+        for _ in range(warmup):
             f()
+    n = 1
     t0 = time.perf_counter()
-    n = 0
-    while time.perf_counter() - t0 < 0.02:
-        calls["float"]()
+    while time.perf_counter() - t0 < min_round_s:
+        a()
         n += 1
-    order = ["integer", "float"]
-    per: dict[str, list[float]] = {k: [] for k in order}
+    ra: list[float] = []
+    rb: list[float] = []
     ratios = []
     start = time.monotonic()
     for r in range(rounds):
-        for k in order if r % 2 == 0 else order[::-1]:
+        for f, acc in ((a, ra), (b, rb)) if r % 2 == 0 else ((b, rb), (a, ra)):
             ts = []
             for _ in range(n):
                 t = time.perf_counter()
-                calls[k]()
+                f()
                 ts.append(time.perf_counter() - t)
-            per[k].append(1e3 * statistics.median(ts))
-        ratios.append(per["integer"][-1] / per["float"][-1])
-        if r >= 4 and time.monotonic() - start > max_seconds:
+            acc.append(1e3 * statistics.median(ts))
+        ratios.append(rb[-1] / ra[-1])
+        if max_seconds is not None and r >= 4 and time.monotonic() - start > max_seconds:
             break
     return {
-        "integer": statistics.median(per["integer"]),
-        "float": statistics.median(per["float"]),
+        "a_ms": statistics.median(ra),
+        "b_ms": statistics.median(rb),
         "ratio": statistics.median(ratios),
         "rounds": float(len(ratios)),
+        "calls_per_round": float(n),
     }
+
+
+def measure_here(
+    paths: dict[str, Any], fmt: str, x1: Any, *, rounds: int = 15, max_seconds: float = 4.0
+) -> dict[str, float]:
+    """Time the integer and float files of one format on this machine (:func:`time_pair`).
+
+    ``paths``: ``{"integer": path, "float": path}``. Returns the median per-call latency of each
+    (ms), ``ratio``, the median over rounds of integer / float, and ``rounds``.
+    """
+    from edge_compress.export.parity import OrtRunner, TfliteRunner
+
+    runner = OrtRunner if fmt == "onnx" else TfliteRunner
+    calls = {k: runner(path, threads=1).invoker(x1[:1]) for k, path in paths.items()}
+    t = time_pair(calls["float"], calls["integer"], rounds=rounds, max_seconds=max_seconds)
+    return {"integer": t["b_ms"], "float": t["a_ms"], "ratio": t["ratio"], "rounds": t["rounds"]}
 
 
 def measured_choice(

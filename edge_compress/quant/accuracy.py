@@ -101,25 +101,13 @@ class AccuracyCurve:
         cls, kind: str, s: np.ndarray, d: np.ndarray, fp32_acc: float, margins: np.ndarray, n_classes: int
     ) -> AccuracyCurve:
         if kind == "margin":
-            r = np.asarray(margins, dtype=np.float64)
-            kappas = np.logspace(-4, 4, 161)
-            std = np.sqrt(kappas[:, None] / np.power(10.0, s[None, :] / 10.0))  # (K, P)
-            acc = _phi(r[None, None, :] / np.maximum(std[:, :, None], 1e-30)).mean(axis=2)
-            err = ((100.0 * (fp32_acc - acc) - d[None, :]) ** 2).mean(axis=1)
-            return cls("margin", {"kappa": float(kappas[int(np.argmin(err))])}, fp32_acc, list(map(float, r)))
+            kappa, _ = _fit_margin(s, d, fp32_acc, margins, np.logspace(-4, 4, 161), (1.0,))
+            return cls("margin", {"kappa": kappa}, fp32_acc, list(map(float, margins)))
         if kind == "margin2":
-            r = np.asarray(margins, dtype=np.float64)
-            kappas = np.logspace(-4, 4, 81)
-            gammas = np.linspace(0.5, 3.0, 26)
-            best = (np.inf, 1.0, 1.0)
-            for gm in gammas:
-                std = np.sqrt(kappas[:, None] / np.power(10.0, gm * s[None, :] / 10.0))
-                acc = _phi(r[None, None, :] / np.maximum(std[:, :, None], 1e-30)).mean(axis=2)
-                err = ((100.0 * (fp32_acc - acc) - d[None, :]) ** 2).mean(axis=1)
-                i = int(np.argmin(err))
-                if err[i] < best[0]:
-                    best = (float(err[i]), float(kappas[i]), float(gm))
-            return cls("margin2", {"kappa": best[1], "gamma": best[2]}, fp32_acc, list(map(float, r)))
+            kappa, gamma = _fit_margin(
+                s, d, fp32_acc, margins, np.logspace(-4, 4, 81), np.linspace(0.5, 3.0, 26)
+            )
+            return cls("margin2", {"kappa": kappa, "gamma": gamma}, fp32_acc, list(map(float, margins)))
         if kind == "logistic":
             top = 100.0 * max(fp32_acc - 1.0 / n_classes, 1e-3)
             mids = np.linspace(min(s.min(), 0.0) - 5, s.max() + 5, 121)
@@ -150,6 +138,22 @@ class AccuracyCurve:
             [tuple(p) for p in d.get("fit_points", [])],
             float(d.get("fit_mae_pp", float("nan"))),
         )
+
+
+def _fit_margin(
+    s: np.ndarray, d: np.ndarray, fp32_acc: float, margins: np.ndarray, kappas: np.ndarray, gammas: Any
+) -> tuple[float, float]:
+    """Grid least squares of the margin curve, ``std = sqrt(kappa / SQNR^gamma)``: (kappa, gamma)."""
+    r = np.asarray(margins, dtype=np.float64)
+    best = (np.inf, 1.0, 1.0)
+    for gm in gammas:
+        std = np.sqrt(kappas[:, None] / np.power(10.0, gm * s[None, :] / 10.0))  # (K, P)
+        acc = _phi(r[None, None, :] / np.maximum(std[:, :, None], 1e-30)).mean(axis=2)
+        err = ((100.0 * (fp32_acc - acc) - d[None, :]) ** 2).mean(axis=1)
+        i = int(np.argmin(err))
+        if err[i] < best[0]:  # the first of equals, as argmin
+            best = (float(err[i]), float(kappas[i]), float(gm))
+    return best[1], best[2]
 
 
 def logit_margins(logits: np.ndarray, y: np.ndarray) -> np.ndarray:

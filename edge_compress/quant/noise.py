@@ -111,8 +111,12 @@ class LayerNoise:
         return out[bits]
 
 
+def _nearest_bits(d: dict[int, Any], bits: int) -> int:
+    return min(d, key=lambda b: abs(b - bits))
+
+
 def _nearest(d: dict[int, float], bits: int) -> float:
-    return d[min(d, key=lambda b: abs(b - bits))]
+    return d[_nearest_bits(d, bits)]
 
 
 @dataclass
@@ -245,10 +249,11 @@ class NoiseModel:
         is weighted by its own quantization error. ``realized`` also measures each layer's own output
         noise with its actual quantized weights (and each input quantizer alone): one forward pass
         per layer and bit-width; these terms (``mode="realized"``) capture where the error of a
-        small layer lands and its own nonlinearity; the Gaussian terms stay available as the ``energy`` and ``step`` variants. The realized errors are also kept
-        as vectors (count-sketched to ``sketch_dim`` elements for larger outputs) for the ``coherent``
-        prediction (the default). ``options``: candidate weight bits per layer
-        (default 8 and 4). ``folded``: BatchNorms are already folded into the convolutions.
+        small layer lands and its own nonlinearity; the Gaussian terms stay available as the
+        ``energy`` and ``step`` variants. The realized errors are also kept as vectors (count-sketched
+        to ``sketch_dim`` elements for larger outputs) for the ``coherent`` prediction (the default).
+        ``options``: candidate weight bits per layer (default 8 and 4). ``folded``: BatchNorms are
+        already folded into the convolutions.
         """
         if gain_method not in ("adjoint", "inject"):
             raise UserError(f"unknown gain method {gain_method!r} (use adjoint or inject).")
@@ -368,7 +373,7 @@ class NoiseModel:
             a["step"] += _nearest(lead.a_out_step, ab)
             a["realized"] += _nearest(lead.a_out_real or lead.a_out, ab)
             if lead.a_out_real:
-                a_keys.append(("a", lead.name, min(lead.a_out_real, key=lambda b: abs(b - ab))))
+                a_keys.append(("a", lead.name, _nearest_bits(lead.a_out_real, ab)))
         total = {k: w[k] + a[k] for k in w}
         if self.coherent is not None:
             w["coherent"] = self.coherent.power(w_keys)
