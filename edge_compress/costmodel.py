@@ -111,6 +111,9 @@ class Kernel:
     # conversions (transposes, quantize / dequantize, flatten) where they change.
     next_kind: str = ""
     next_precision: str = ""
+    # output elements of a local max / average pool right after the kernel (0: none, or not known:
+    # then a next kernel reading fewer elements than this one writes stands for a pool)
+    pooled_elems: int = 0
 
     @property
     def act_bytes(self) -> float:
@@ -329,12 +332,21 @@ def _link(graph: ModelGraph, ks: list[Kernel]) -> list[Kernel]:
     from dataclasses import replace
 
     joined = {n for g in graph.precision_groups for n in g}
+    pooled = {li.name: li.pooled_elems for li in graph.layers}
     out = []
     for i, k in enumerate(ks):
         nxt = ks[i + 1].in_elems if i + 1 < len(ks) else int(math.prod(graph.output_shape) or k.out_elems)
         nk, npr = (ks[i + 1].kind, ks[i + 1].precision) if i + 1 < len(ks) else ("", "")
+        last_half = not k.name.endswith("#0")  # a factorized layer's pool follows its second half
         out.append(
-            replace(k, next_in_elems=int(nxt), joins=k.layer in joined, next_kind=nk, next_precision=npr)
+            replace(
+                k,
+                next_in_elems=int(nxt),
+                joins=k.layer in joined,
+                next_kind=nk,
+                next_precision=npr,
+                pooled_elems=int(pooled.get(k.layer, 0)) if last_half else 0,
+            )
         )
     if not ks:
         return out

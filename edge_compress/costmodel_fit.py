@@ -145,6 +145,10 @@ def kernel_terms(k: Kernel, profile: DeviceProfile, threads: int = 1) -> dict[st
     spatial = k.kind != "linear"
     reduces = spatial and k.next_in_elems < k.out_elems
     gap = reduces and k.next_in_elems <= k.cout  # global pooling
+    # a local pool: known from the model (``pooled_elems``), else inferred from the next kernel
+    # reading fewer elements (which misses a pool followed by a global pool)
+    pool = spatial and (k.pooled_elems > 0 or (reduces and not gap))
+    gap_in = k.pooled_elems if k.pooled_elems > 0 else k.out_elems  # what the global pool reads
     launch = DEFAULT_LAUNCH_MS
     return {
         "compute": k.macs / peak,
@@ -153,14 +157,14 @@ def kernel_terms(k: Kernel, profile: DeviceProfile, threads: int = 1) -> dict[st
         "weights": k.weight_params * 4.0 / bw_ms,
         "in": k.in_elems * ab / bw_ms,
         "out": k.out_elems * ab / bw_ms,
-        "pool": k.out_elems * ab / bw_ms if reduces and not gap else 0.0,
-        "gap": k.out_elems * ab / bw_ms if gap else 0.0,
+        "pool": k.out_elems * ab / bw_ms if pool else 0.0,
+        "gap": gap_in * ab / bw_ms if gap else 0.0,
         "join": k.out_elems * ab / bw_ms if k.joins else 0.0,
         "pixels": px,
         "pixels_smallk": px if cg * k.kernel_area < 32 else 0.0,
         "compute_narrow": k.macs / peak if spatial and k.cout % 8 else 0.0,
         "launch": launch,
-        "pool_launch": launch if reduces and not gap else 0.0,
+        "pool_launch": launch if pool else 0.0,
         "gap_launch": launch if gap else 0.0,
         "flat_launch": launch if spatial and k.next_kind == "linear" else 0.0,
         "join_launch": launch if k.joins else 0.0,

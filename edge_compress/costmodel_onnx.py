@@ -53,6 +53,8 @@ _PASS = {
     "Transpose",
     "Dropout",
 }
+_LOCAL_POOL = {"MaxPool", "AveragePool", "QLinearAveragePool"}
+_RESHAPE = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "GlobalAveragePool", "GlobalMaxPool"}
 _JOIN = {"Add", "Sum", "Concat", "Mul", "Sub", "QLinearAdd", "QLinearConcat", "QLinearMul"}
 # weight position of each layer operator (QLinear forms carry scale / zero point inputs in between)
 _WEIGHT_INPUT = {"QLinearConv": 3, "QGemm": 3, "QLinearMatMul": 3}
@@ -165,6 +167,22 @@ def kernels_from_onnx(path: str | os.PathLike[str]) -> list[Kernel]:
                     todo.extend(c.output)
         return False
 
+    def pooled(out: str) -> int:
+        """Output elements (one sample) of a local pool reading ``out`` through elementwise operators."""
+        seen, todo = set(), [out]
+        while todo:
+            t = todo.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            for c in consumers.get(t, []):
+                if c.op_type in _LOCAL_POOL:
+                    ys = shapes.get(c.output[0])
+                    return math.prod(ys[1:]) if ys and len(ys) > 2 else 0
+                if c.op_type in _PASS and c.op_type not in _RESHAPE:
+                    todo.extend(c.output)
+        return 0
+
     raw: list[tuple[Any, Kernel]] = []
     for n in g.node:
         if n.op_type not in LAYER_TYPES:
@@ -235,6 +253,7 @@ def kernels_from_onnx(path: str | os.PathLike[str]) -> list[Kernel]:
             int(stride),
             int(dims),
             joins=joins(n.output[0]),
+            pooled_elems=int(pooled(n.output[0])) if kind != "linear" else 0,
         )
         raw.append((n, k))
     if not raw:

@@ -52,6 +52,16 @@ _PASSTHROUGH_MODULES = (
     nn.Dropout,
     nn.Identity,
 )
+_LOCAL_POOLS = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+)
 _PASSTHROUGH_FUNCS = {
     torch.relu,
     torch.nn.functional.relu,
@@ -88,6 +98,9 @@ class LayerInfo:
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     has_bias: bool
+    # output elements (one sample) of a local max / average pool that reads this layer's output
+    # (through activations and batch norms); 0: none. A runtime runs it as its own operator.
+    pooled_elems: int = 0
 
 
 @dataclass(frozen=True)
@@ -231,6 +244,7 @@ def multiplier(li: LayerInfo) -> int:
 def _collect_layers(model: nn.Module, example: torch.Tensor) -> tuple[list[LayerInfo], tuple[int, ...]]:
     shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     order: list[str] = []
+    pooled: dict[str, int] = {}
     hooks = []
     for name, m in model.named_modules():
         if isinstance(m, QUANTIZABLE):
@@ -241,6 +255,17 @@ def _collect_layers(model: nn.Module, example: torch.Tensor) -> tuple[list[Layer
                 shapes[name] = (tuple(inp[0].shape), tuple(out.shape))
 
             hooks.append(m.register_forward_hook(hook))
+        elif isinstance(m, _LOCAL_POOLS):
+
+            def pool_hook(mod, inp, out):
+                # a local pool that reads the last layer's output (same elements: only elementwise
+                # operators in between); an adaptive pool to one position is a global pool
+                if order and math.prod(out.shape[2:]) > 1:
+                    last = order[-1]
+                    if inp[0].numel() == math.prod(shapes[last][1]) and last not in pooled:
+                        pooled[last] = out.numel() // max(1, out.shape[0])
+
+            hooks.append(m.register_forward_hook(pool_hook))
     try:
         with torch.no_grad():
             out = model.eval()(example)
@@ -277,6 +302,7 @@ def _collect_layers(model: nn.Module, example: torch.Tensor) -> tuple[list[Layer
                 ishape[1:],
                 oshape[1:],
                 nb > 0,
+                pooled.get(name, 0),
             )
         else:
             out_spatial = math.prod(oshape[2:])
@@ -297,6 +323,7 @@ def _collect_layers(model: nn.Module, example: torch.Tensor) -> tuple[list[Layer
                 ishape[1:],
                 oshape[1:],
                 nb > 0,
+                pooled.get(name, 0),
             )
         layers.append(li)
     oshape = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else ()

@@ -197,19 +197,16 @@ def plan_for(graph: Any, precision: str, rng: random.Random) -> Any:
     return plan
 
 
-def make_dataset(n: int, workdir: Path, seed: int, log: Any) -> list[dict[str, Any]]:
-    """Export ``n`` random models; returns records with the kernels and the file path."""
+def generate(n: int, seed: int) -> Any:
+    """The ``n`` random (spec, model, graph, plan, calibration batch) of ``seed``, deterministically."""
     import torch
 
-    from edge_compress.costmodel import kernels_of
-    from edge_compress.costmodel_export import export_candidate
     from edge_compress.graph import extract_graph
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    recs = []
-    t0 = time.monotonic()
-    while len(recs) < n:
+    made = 0
+    while made < n:
         spec = random_spec(rng)
         model, x = build(spec)
         graph = extract_graph(model, x)
@@ -217,22 +214,48 @@ def make_dataset(n: int, workdir: Path, seed: int, log: Any) -> list[dict[str, A
             continue
         plan = plan_for(graph, spec["precision"], rng)
         calib = torch.randn(16, *x.shape[1:]).numpy()
+        made += 1
+        yield spec, model, graph, plan, calib
+
+
+def make_dataset(n: int, workdir: Path, seed: int, log: Any) -> list[dict[str, Any]]:
+    """Export ``n`` random models; returns records with the kernels and the file path."""
+    from edge_compress.costmodel import kernels_of
+    from edge_compress.costmodel_export import export_candidate
+
+    recs = []
+    t0 = time.monotonic()
+    for spec, model, graph, plan, calib in generate(n, seed):
         path = workdir / f"rand{len(recs):03d}.onnx"
         _, how = export_candidate(model, plan, calib, path, use_project=False)
-        ks = kernels_of(graph, plan)
         recs.append(
             {
                 "id": len(recs),
                 "spec": spec,
                 "path": str(path),
                 "how": how,
-                "kernels": [k.to_json() for k in ks],
+                "kernels": [k.to_json() for k in kernels_of(graph, plan)],
                 "macs": graph.total_macs,
             }
         )
         if len(recs) % 20 == 0:
             log(f"  exported {len(recs)}/{n} ({time.monotonic() - t0:.0f} s)")
     return recs
+
+
+def refresh_kernels(recs: list[dict[str, Any]], seed: int) -> int:
+    """Recompute a stored dataset's kernels with the current kernel description (its models and
+    plans regenerated from the seed, no export); returns how many changed."""
+    from edge_compress.costmodel import kernels_from_json, kernels_of
+
+    changed = 0
+    for r, (spec, _, graph, plan, _) in zip(recs, generate(len(recs), seed), strict=True):
+        if spec != r["spec"]:
+            raise SystemExit(f"the stored dataset's model {r['id']} is not the one seed {seed} generates")
+        ks = kernels_of(graph, plan)
+        changed += ks != kernels_from_json(r["kernels"])
+        r["kernels"] = [k.to_json() for k in ks]
+    return changed
 
 
 def empty_model(path: Path) -> Path:
@@ -851,7 +874,11 @@ def main() -> int:
             CALL_OVERHEAD_MS = minfo["call_overhead_ms"]
             for r in recs:
                 r["path"] = str(args.dataset / Path(r["path"]).name)
-            log(f"[1-2/4] reusing the measured dataset in {args.dataset} (not a fresh run)")
+            n_changed = refresh_kernels(recs, args.seed)
+            log(
+                f"[1-2/4] reusing the measured dataset in {args.dataset} (not a fresh run); "
+                f"kernels recomputed with the current description ({n_changed} models' kernels changed)"
+            )
             # its name only: the measured dataset is reused (the fit and selection reran on it)
             out["settings"]["reused_dataset"] = args.dataset.name
         else:

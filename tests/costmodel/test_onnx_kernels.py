@@ -30,6 +30,7 @@ FIELDS = (
     "joins",
     "next_kind",
     "next_precision",
+    "pooled_elems",
 )
 
 
