@@ -153,7 +153,9 @@ def kernels_from_onnx(path: str | os.PathLike[str]) -> list[Kernel]:
                 return onnx.helper.get_attribute_value(a)
         return default
 
-    def joins(out: str) -> bool:
+    def first_after(out: str, hit: Any, through: Any) -> Any:
+        """The first operator ``hit`` accepts among those reading ``out`` directly or through
+        operators ``through`` accepts (None: none)."""
         seen, todo = set(), [out]
         while todo:
             t = todo.pop()
@@ -161,27 +163,27 @@ def kernels_from_onnx(path: str | os.PathLike[str]) -> list[Kernel]:
                 continue
             seen.add(t)
             for c in consumers.get(t, []):
-                if c.op_type in _JOIN and sum(1 for i in c.input if i and i not in inits) >= 2:
-                    return True
-                if c.op_type in _PASS:
+                if hit(c):
+                    return c
+                if through(c):
                     todo.extend(c.output)
-        return False
+        return None
+
+    def joins(out: str) -> bool:
+        def is_join(c: Any) -> bool:
+            return c.op_type in _JOIN and sum(1 for i in c.input if i and i not in inits) >= 2
+
+        return first_after(out, is_join, lambda c: c.op_type in _PASS) is not None
 
     def pooled(out: str) -> int:
         """Output elements (one sample) of a local pool reading ``out`` through elementwise operators."""
-        seen, todo = set(), [out]
-        while todo:
-            t = todo.pop()
-            if t in seen:
-                continue
-            seen.add(t)
-            for c in consumers.get(t, []):
-                if c.op_type in _LOCAL_POOL:
-                    ys = shapes.get(c.output[0])
-                    return math.prod(ys[1:]) if ys and len(ys) > 2 else 0
-                if c.op_type in _PASS and c.op_type not in _RESHAPE:
-                    todo.extend(c.output)
-        return 0
+        p = first_after(
+            out,
+            lambda c: c.op_type in _LOCAL_POOL,
+            lambda c: c.op_type in _PASS and c.op_type not in _RESHAPE,
+        )
+        ys = shapes.get(p.output[0]) if p is not None else None
+        return math.prod(ys[1:]) if ys and len(ys) > 2 else 0
 
     raw: list[tuple[Any, Kernel]] = []
     for n in g.node:

@@ -32,6 +32,15 @@ from torch import nn
 from edge_compress.errors import UserError
 
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+# pooling modules that keep the channels (a local pool unless adaptive to one position)
+_POOLS = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+)
 _PASSTHROUGH_MODULES = (
     nn.BatchNorm1d,
     nn.BatchNorm2d,
@@ -43,25 +52,11 @@ _PASSTHROUGH_MODULES = (
     nn.Hardswish,
     nn.Sigmoid,
     nn.Tanh,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
+    *_POOLS,
     nn.Dropout,
     nn.Identity,
 )
-_LOCAL_POOLS = (
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-)
+_LOCAL_POOLS = (*_POOLS, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
 _PASSTHROUGH_FUNCS = {
     torch.relu,
     torch.nn.functional.relu,
