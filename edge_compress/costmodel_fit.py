@@ -68,6 +68,8 @@ TERMS = (
     "pixels_smallk",
     "compute_narrow",
     "launch",
+    "group_launch",
+    "layout_launch",
     "pool_launch",
     "gap_launch",
     "flat_launch",
@@ -129,7 +131,10 @@ def kernel_terms(k: Kernel, profile: DeviceProfile, threads: int = 1) -> dict[st
     weight dequantization, activation quantize / dequantize / layout copies), ``pool`` (elements
     a following pool reduces), ``join`` (a residual add / concat on the output), ``pixels`` and
     ``pixels_smallk`` (per-output-position overhead, larger when the reduction is short, as for a
-    first convolution on a 1-channel image), ``launch`` (one kernel dispatch).
+    first convolution on a 1-channel image), ``launch`` (one kernel dispatch), ``group_launch`` (one
+    dispatch per group: onnxruntime's plain float convolution runs a grouped or depthwise
+    convolution group by group), ``layout_launch`` (the transpose after an 8-bit convolution whose
+    output leaves the runtime's NHWC chain).
     """
     bw_ms = profile.memory.bandwidth_gb_s * 1e9 / 1e3  # bytes per ms
     ab = 4.0 if k.precision in ("fp32", "wonly") else 2.0 if k.precision == "int16" else 1.0
@@ -149,6 +154,13 @@ def kernel_terms(k: Kernel, profile: DeviceProfile, threads: int = 1) -> dict[st
     # reading fewer elements (which misses a pool followed by a global pool)
     pool = spatial and (k.pooled_elems > 0 or (reduces and not gap))
     gap_in = k.pooled_elems if k.pooled_elems > 0 else k.out_elems  # what the global pool reads
+    # onnxruntime runs 8-bit convolutions in NHWC and transposes where the chain of them ends: at a
+    # residual add, a pool, a flatten into a linear layer, a change of precision, the model output
+    leaves_nhwc = (
+        k.precision == "int8"
+        and spatial
+        and (k.joins or k.pooled_elems > 0 or k.next_kind in ("linear", "") or k.next_precision != "int8")
+    )
     launch = DEFAULT_LAUNCH_MS
     return {
         "compute": k.macs / peak,
@@ -164,6 +176,8 @@ def kernel_terms(k: Kernel, profile: DeviceProfile, threads: int = 1) -> dict[st
         "pixels_smallk": px if cg * k.kernel_area < 32 else 0.0,
         "compute_narrow": k.macs / peak if spatial and k.cout % 8 else 0.0,
         "launch": launch,
+        "group_launch": launch * k.groups if k.groups > 1 else 0.0,
+        "layout_launch": launch if leaves_nhwc else 0.0,
         "pool_launch": launch if pool else 0.0,
         "gap_launch": launch if gap else 0.0,
         "flat_launch": launch if spatial and k.next_kind == "linear" else 0.0,

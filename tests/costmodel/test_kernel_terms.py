@@ -1,12 +1,17 @@
-"""A local pool right after a layer is part of its kernel's cost, also when a global pool follows it.
+"""Regression terms for operators the runtime adds around a kernel.
 
+A local pool right after a layer is part of its kernel's cost, also when a global pool follows it.
 Before ``pooled_elems``, a pool was inferred from the next kernel reading fewer elements; a max pool
 followed by a global average pool looked like the global pool alone, and onnxruntime's uint8 max
 pool (several microseconds per thousand elements here) went unpriced.
+
+A grouped convolution that the runtime runs group by group pays a dispatch per group; an 8-bit
+convolution whose output leaves onnxruntime's NHWC chain pays a transpose.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -82,3 +87,49 @@ def test_onnx_files_give_the_same_pooled_elements(tmp_path: Path, bits: int | No
         want = [k.pooled_elems for k in kernels_of(graph, plan)]
         assert [k.pooled_elems for k in kernels_from_onnx(path)] == want
         assert want[1] == (12 * 12 * 12 if pool is not None else 0)
+
+
+def _conv(prec: str, groups: int = 1, **kw: object) -> Kernel:
+    """A 3x3 convolution, 32 -> 32 channels on an 8x8 map, read by an ``prec`` convolution."""
+    c, sp, cg = 32, 64, 32 // groups
+    kind = "depthwise_conv" if groups > 1 else "conv"
+    k = Kernel(
+        "c",
+        "c",
+        kind,
+        prec,
+        sp * c * cg * 9,
+        c * cg * 9,
+        c * cg * 9.0,
+        c * sp,
+        c * sp,
+        c,
+        c,
+        groups,
+        9,
+        sp,
+        1,
+        2,
+    )
+    return replace(k, **{"next_in_elems": c * sp, "next_kind": "conv", "next_precision": prec, **kw})
+
+
+def test_a_grouped_convolution_pays_a_dispatch_per_group(host) -> None:
+    assert kernel_terms(_conv("fp32", groups=32), host)["group_launch"] == pytest.approx(
+        32 * DEFAULT_LAUNCH_MS
+    )
+    assert kernel_terms(_conv("fp32"), host)["group_launch"] == 0
+
+
+def test_an_int8_convolution_leaving_the_nhwc_chain_pays_a_transpose(host) -> None:
+    def layout(k: Kernel) -> float:
+        return kernel_terms(k, host)["layout_launch"]
+
+    assert layout(_conv("int8")) == 0  # another int8 convolution reads it
+    assert layout(_conv("int8", next_kind="linear")) == DEFAULT_LAUNCH_MS
+    assert layout(_conv("int8", next_kind="", next_precision="")) == DEFAULT_LAUNCH_MS
+    assert layout(_conv("int8", next_precision="int4")) == DEFAULT_LAUNCH_MS
+    assert layout(_conv("int8", joins=True)) == DEFAULT_LAUNCH_MS
+    assert layout(_conv("int8", pooled_elems=32 * 16)) == DEFAULT_LAUNCH_MS
+    assert layout(_conv("fp32", next_kind="linear")) == 0  # float convolutions stay NCHW(c)
+    assert layout(_conv("int4", next_kind="linear")) == 0  # 4-bit weights run as float convolutions
