@@ -54,7 +54,9 @@ _PASS = {
     "Dropout",
 }
 _LOCAL_POOL = {"MaxPool", "AveragePool", "QLinearAveragePool"}
-_RESHAPE = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "GlobalAveragePool", "GlobalMaxPool"}
+# pass-through operators that change the tensor's shape or layout: a pool after one of them does not
+# pool the layer's own output map
+_RESHAPING = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "GlobalAveragePool", "GlobalMaxPool"}
 _JOIN = {"Add", "Sum", "Concat", "Mul", "Sub", "QLinearAdd", "QLinearConcat", "QLinearMul"}
 # weight position of each layer operator (QLinear forms carry scale / zero point inputs in between)
 _WEIGHT_INPUT = {"QLinearConv": 3, "QGemm": 3, "QLinearMatMul": 3}
@@ -180,7 +182,7 @@ def kernels_from_onnx(path: str | os.PathLike[str]) -> list[Kernel]:
         p = first_after(
             out,
             lambda c: c.op_type in _LOCAL_POOL,
-            lambda c: c.op_type in _PASS and c.op_type not in _RESHAPE,
+            lambda c: c.op_type in _PASS and c.op_type not in _RESHAPING,
         )
         ys = shapes.get(p.output[0]) if p is not None else None
         return math.prod(ys[1:]) if ys and len(ys) > 2 else 0
@@ -255,7 +257,7 @@ def kernels_from_onnx(path: str | os.PathLike[str]) -> list[Kernel]:
             int(stride),
             int(dims),
             joins=joins(n.output[0]),
-            pooled_elems=int(pooled(n.output[0])) if kind != "linear" else 0,
+            pooled_elems=pooled(n.output[0]) if kind != "linear" else 0,
         )
         raw.append((n, k))
     if not raw:
