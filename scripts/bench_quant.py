@@ -241,6 +241,7 @@ def random_plan_under(pl, budget: float, rng: np.random.Generator) -> dict[str, 
 
 def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
+    from scipy.stats import binomtest
 
     from edge_compress.graph import extract_graph
     from edge_compress.profiles import load_profile
@@ -338,11 +339,12 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         if p.digest() not in seen:
             seen.add(p.digest())
             evals.append(p)
-    pred_p, pred_ps, pred_pe, meas_p, pred_d, meas_d = [], [], [], [], [], []
+    pred_p, pred_ps, pred_pe, pred_pc, meas_p, pred_d, meas_d = [], [], [], [], [], [], []
     for p in evals:
         pr = nm.predict(p)
         ms = nm.measure(p, xt, yt)
         pred_p.append(pr["output_noise_power"])
+        pred_pc.append(pr.get("output_noise_power_coherent", float("nan")))
         pred_ps.append(pr["output_noise_power_step"])
         pred_pe.append(pr["output_noise_power_energy"])
         meas_p.append(ms["output_noise_power"])
@@ -363,6 +365,14 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     res["noise_meas_over_pred_median"] = float(np.median(np.array(meas_p) / np.array(pred_p)))
     res["noise_meas_over_pred_step_median"] = float(np.median(np.array(meas_p) / np.array(pred_ps)))
     res["noise_spearman_sqnr_energy"] = spearman(pred_pe, meas_p)
+    # SQNR error in dB (predicted on the calibration samples, measured on the test split), the
+    # default prediction (pairwise) next to the vector sum without measured pairs (coherent)
+    res["noise_mode"] = nm.mode
+    res["noise_pairs_measured"] = len(nm.coherent.pairs) if nm.coherent else 0
+    for key, pp in (("", pred_p), ("_coherent", pred_pc)):
+        err = 10 * np.log10(np.array(meas_p) / np.array(pp))
+        res[f"noise_sqnr_err_db{key}"] = {"mean_abs": float(np.mean(np.abs(err))), "std": float(np.std(err))}
+    res["noise_spearman_sqnr_coherent"] = spearman(pred_pc, meas_p)
     res["noise_meas_over_pred_uniform8"] = m8["output_noise_power"] / nm.predict(u8)["output_noise_power"]
     res["noise_meas_over_pred_uniform4"] = m4["output_noise_power"] / nm.predict(u4)["output_noise_power"]
     # accuracy drop: (a) the protocol of the issue, a curve fitted on 8 plans disjoint from the
@@ -413,7 +423,9 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     ours = plans[0.5]
     budget = ours.budget["model_bytes"]
     ours_m = pl.measure(ours, xt, yt)
+    ours_right = predict(nm.simulate(ours), xt).argmax(1) == yt
     wins_noise = wins_acc = wins_kl = identical = 0
+    losses = []
     rbytes = []
     rng = np.random.default_rng(99)
     for _ in range(args.equal_plans):
@@ -425,9 +437,22 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         # "beats" = at least as accurate on the test split (what the plan is for); the same
         # comparison by output noise power and by KL divergence from fp32 is kept next to it
         wins_acc += ours_m["acc"] >= m["acc"]
+        if ours_m["acc"] < m["acc"]:  # by how many test samples, and is it more than chance
+            right = predict(nm.simulate(p), xt).argmax(1) == yt
+            b, c = int((ours_right & ~right).sum()), int((~ours_right & right).sum())
+            losses.append(
+                {
+                    "samples": c - b,
+                    "ours_only_right": b,
+                    "random_only_right": c,
+                    # exact McNemar: two-sided binomial test on the discordant samples
+                    "p_value": float(binomtest(c, b + c, 0.5).pvalue),
+                }
+            )
         wins_noise += ours_m["output_noise_power"] <= m["output_noise_power"]
         wins_kl += ours_m["kl_to_fp32"] <= m["kl_to_fp32"]
     res["beats_random_frac"] = wins_acc / args.equal_plans
+    res["beats_random_losses"] = losses
     res["beats_random_frac_noise"] = wins_noise / args.equal_plans
     res["beats_random_frac_kl"] = wins_kl / args.equal_plans
     res["random_identical_to_ours"] = identical

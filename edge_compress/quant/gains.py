@@ -4,12 +4,15 @@
   Rademacher output probes (``E||J^T u||^2`` restricted to a channel is its squared Jacobian norm);
 - ``inject``: Gaussian noise of known variance injected into one layer's weights (or input) at a
   time, output noise power measured over a few draws;
-- ``realized``: each layer quantized alone with its actual quantizer, output noise measured.
+- ``realized``: each layer quantized alone with its actual quantizer, output noise measured;
+- ``pair_terms``: pairs of terms applied together, their measured interaction.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -182,6 +185,58 @@ def inject_gains(
             lead.a_out_step[ab] = lead.a_gain * lead.a_err_step[ab]
 
 
+class TermApplier:
+    """Applies noise-model terms to the network in place, any number at once: ``("w", layer, bits)``
+    quantizes a layer's weights (each quantized tensor computed once), ``("a", group lead, bits)``
+    fake-quantizes the input of every layer of that shared-input group."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        share: list[list[str]],
+        ranges: dict[str, tuple[float, float]],
+        weight_clip: str,
+    ) -> None:
+        self.mods = dict(net.named_modules())
+        self.members = {m[0]: m for m in share}
+        self.ranges, self.weight_clip = ranges, weight_clip
+        self._w: dict[tuple[str, int], torch.Tensor] = {}
+
+    def quantized(self, name: str, bits: int) -> torch.Tensor:
+        if (name, bits) not in self._w:
+            w0 = self.mods[name].weight.detach()
+            self._w[(name, bits)] = fq.quantize_weight(w0, bits, True, self.weight_clip)[0]
+        return self._w[(name, bits)]
+
+    @contextlib.contextmanager
+    def applied(self, keys: list[tuple[str, str, int]]) -> Iterator[None]:
+        saved: list[tuple[nn.Module, torch.Tensor]] = []
+        hooks = []
+        try:
+            for kind, name, bits in keys:
+                if kind == "w":
+                    m = self.mods[name]
+                    q = self.quantized(name, bits)
+                    saved.append((m, m.weight.detach().clone()))
+                    with torch.no_grad():
+                        m.weight.copy_(q)
+                    continue
+                for n in self.members[name]:
+                    aq = fq.act_quant_from_range(*self.ranges[n], bits)
+                    hooks.append(
+                        self.mods[n].register_forward_pre_hook(
+                            lambda mod, inp, aq=aq: (aq.fake(inp[0]),) + tuple(inp[1:])
+                        )
+                    )
+            yield
+        finally:
+            with torch.no_grad():
+                for m, w0 in reversed(saved):
+                    m.weight.copy_(w0)
+            for h in hooks:
+                h.remove()
+
+
 @torch.no_grad()
 def realized_terms(
     net: nn.Module,
@@ -196,6 +251,7 @@ def realized_terms(
     vectors: dict[tuple[str, str, int], np.ndarray] | None = None,
     sketch_dim: int = 16384,
     seed: int = 0,
+    applier: TermApplier | None = None,
 ) -> None:
     """Output noise power of each layer quantized alone (weights), and of each input quantizer alone.
 
@@ -204,7 +260,7 @@ def realized_terms(
     output is larger (a signed hashing that keeps every inner product's expectation), so that
     :class:`CoherentTerms` can add the errors as the vectors they are.
     """
-    mods = dict(net.named_modules())
+    ap = applier or TermApplier(net, share, ranges, weight_clip)
     n_out = y0.numel()
     sketch = None
     if vectors is not None and n_out > sketch_dim:
@@ -212,7 +268,8 @@ def realized_terms(
         sketch = (rng.integers(sketch_dim, size=n_out), rng.choice([-1.0, 1.0], size=n_out))
 
     def power(key: tuple[str, str, int]) -> float:
-        err = (net(xt).float() - y0).double()
+        with ap.applied([key]):
+            err = (net(xt).float() - y0).double()
         if vectors is not None:
             e = err.reshape(-1).numpy()
             if sketch is not None:
@@ -221,32 +278,46 @@ def realized_terms(
         return float((err**2).mean())
 
     for li in graph.layers:
-        m, ln = mods[li.name], layers[li.name]
-        w0 = m.weight.detach().clone()
-        try:
-            for b in ln.bits:
-                m.weight.copy_(fq.quantize_weight(w0, b, True, weight_clip)[0])
-                ln.w_out_real[b] = power(("w", li.name, b))
-        finally:
-            m.weight.copy_(w0)
-    if not act_bits:
-        return
-    for members in share:
-        lead = layers[members[0]]
+        ln = layers[li.name]
+        for b in ln.bits:
+            ln.w_out_real[b] = power(("w", li.name, b))
+    for members in share if act_bits else ():
         for ab in act_bits:
-            hooks = []
-            for n in members:
-                aq = fq.act_quant_from_range(*ranges[n], ab)
-                hooks.append(
-                    mods[n].register_forward_pre_hook(
-                        lambda mod, inp, aq=aq: (aq.fake(inp[0]),) + tuple(inp[1:])
-                    )
-                )
-            try:
-                lead.a_out_real[ab] = power(("a", members[0], ab))
-            finally:
-                for h in hooks:
-                    h.remove()
+            layers[members[0]].a_out_real[ab] = power(("a", members[0], ab))
+
+
+@torch.no_grad()
+def pair_terms(
+    net: nn.Module,
+    applier: TermApplier,
+    keys: list[tuple[str, str, int]],
+    powers: np.ndarray,
+    xt: torch.Tensor,
+    y0: torch.Tensor,
+    max_pairs: int,
+) -> list[tuple[int, int, float]]:
+    """Measured interaction of pairs of terms: ``(P_ij - P_i - P_j) / 2`` with ``P_ij`` the output
+    noise power of terms ``i`` and ``j`` applied together.
+
+    For small errors this is the inner product of the two terms' output errors; for large ones
+    (a 4-bit stem) it also holds the second-order effect of each term on the other (the stem's
+    error moves the activations the next layer's error acts on). Pairs that never occur together
+    (two bit-widths of one layer or one input group) are skipped; of the rest, the ``max_pairs``
+    with the largest ``sqrt(P_i P_j)`` (the scale of a cross term) are measured.
+    """
+    cand = [
+        (math.sqrt(max(powers[i] * powers[j], 0.0)), i, j)
+        for i in range(len(keys))
+        for j in range(i + 1, len(keys))
+        if keys[i][:2] != keys[j][:2]
+    ]
+    cand.sort(key=lambda t: -t[0])
+    out = []
+    for _, i, j in cand[: max(max_pairs, 0)]:
+        with applier.applied([keys[i], keys[j]]):
+            p = float(((net(xt).float() - y0).double() ** 2).mean())
+        out.append((i, j, (p - powers[i] - powers[j]) / 2.0))
+    return out
 
 
 def _act_gain(

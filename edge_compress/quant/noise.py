@@ -15,12 +15,19 @@ with three variants of the weight terms, all reported:
 - ``realized``: the measured output noise of layer i quantized alone, which also captures where a
   small layer's error lands and the layer's own nonlinearity.
 
-The default prediction, ``coherent``, keeps the additive model but drops the independence
+The ``coherent`` prediction keeps the additive model but drops the independence
 assumption: each term's realized output error is kept as a vector on the calibration samples, and
 a plan's noise is the power of their sum, ``sum_ij <e_i, e_j>`` (:class:`CoherentTerms`, a Gram
 matrix over the (layer, bits) terms). Errors of different layers are not independent: a 4-bit stem
 and a 4-bit expansion push the same logits the same way, so at low SQNR the independent sum
 under-predicts the noise (mobilenetv2: 1.0 dB mean error over random plans, 0.5 dB coherent).
+
+The ``pairwise`` prediction (the default) goes one order further: the off-diagonal terms of the
+largest pairs are measured with both terms applied together, ``(P_ij - P_i - P_j) / 2``, which
+also holds how one error changes the effect of the other. A 4-bit stem moves every downstream
+activation, so the next layers' errors act on a different signal than the one they were measured
+on alone. Over 24 random plans on held-out data, the spread of the SQNR error falls from 0.49 to
+0.37 dB (mobilenetv2) and from 0.36 to 0.21 dB (resnet), for 128 extra forward passes.
 
 Gains are per output channel (``gains.adjoint_gains``: backward passes with random output probes,
 the linear-regime expectation of injecting Gaussian noise) or by injection (``gains.inject_gains``);
@@ -43,14 +50,21 @@ from torch import nn
 from edge_compress.errors import UserError
 from edge_compress.quant import fakequant as fq
 from edge_compress.quant.accuracy import AccuracyCurve, logit_margins
-from edge_compress.quant.gains import adjoint_gains, inject_gains, realized_terms, shared_inputs
+from edge_compress.quant.gains import (
+    TermApplier,
+    adjoint_gains,
+    inject_gains,
+    pair_terms,
+    realized_terms,
+    shared_inputs,
+)
 
 if TYPE_CHECKING:
     from edge_compress.graph import ModelGraph
     from edge_compress.plan import CompressionPlan
 
 
-MODES = ("coherent", "realized", "energy", "step")
+MODES = ("pairwise", "coherent", "realized", "energy", "step")
 
 
 def _db(ratio: float) -> float:
@@ -126,14 +140,25 @@ class CoherentTerms:
 
     ``keys[i]`` is ``("w", layer, bits)`` or ``("a", group lead, act bits)``; ``gram[i, j]`` is
     ``mean(e_i * e_j)`` over the calibration outputs, with the diagonal equal to the terms' realized
-    powers (``LayerNoise.w_out_real`` / ``a_out_real``).
+    powers (``LayerNoise.w_out_real`` / ``a_out_real``). ``pairs``: measured interactions
+    ``(i, j, (P_ij - P_i - P_j) / 2)`` of terms applied together (:func:`gains.pair_terms`); they
+    replace the inner products in ``pair_gram`` (the ``pairwise`` prediction), which adds the
+    second-order effect of one term's error on another's (an inner product of two errors measured
+    alone cannot see it).
     """
 
     keys: list[tuple[str, str, int]]
     gram: np.ndarray
+    pairs: list[tuple[int, int, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.index = {k: i for i, k in enumerate(self.keys)}
+        self.pair_gram: np.ndarray | None = None
+        if self.pairs:
+            g = self.gram.copy()
+            for i, j, c in self.pairs:
+                g[i, j] = g[j, i] = c
+            self.pair_gram = g
 
     @classmethod
     def from_vectors(
@@ -151,18 +176,26 @@ class CoherentTerms:
         g = g / np.outer(d, d) * np.outer(p, p)
         return cls(keys, g)
 
-    def power(self, keys: list[tuple[str, str, int]]) -> float:
-        """Output noise power of the terms ``keys`` together."""
+    def power(self, keys: list[tuple[str, str, int]], pairwise: bool = False) -> float:
+        """Output noise power of the terms ``keys`` together (with the measured pair interactions
+        when ``pairwise`` and they were measured)."""
+        g = self.pair_gram if pairwise and self.pair_gram is not None else self.gram
         idx = np.fromiter((self.index[k] for k in keys), dtype=np.intp, count=len(keys))
-        return float(max(self.gram[np.ix_(idx, idx)].sum(), 0.0)) if len(idx) else 0.0
+        return float(max(g[np.ix_(idx, idx)].sum(), 0.0)) if len(idx) else 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"keys": [list(k) for k in self.keys], "gram": self.gram.tolist()}
+        return {
+            "keys": [list(k) for k in self.keys],
+            "gram": self.gram.tolist(),
+            "pairs": [[i, j, c] for i, j, c in self.pairs],
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> CoherentTerms:
         return cls(
-            [(str(a), str(b), int(c)) for a, b, c in d["keys"]], np.asarray(d["gram"], dtype=np.float64)
+            [(str(a), str(b), int(c)) for a, b, c in d["keys"]],
+            np.asarray(d["gram"], dtype=np.float64),
+            [(int(i), int(j), float(c)) for i, j, c in d.get("pairs", [])],
         )
 
 
@@ -206,13 +239,18 @@ class NoiseModel:
         self.model_name = model_name
         self.profile_name = profile_name
         realized = all(ln.w_out_real for ln in layers.values()) if layers else False
-        self.mode = mode or ("coherent" if coherent is not None else "realized" if realized else "energy")
+        default = "realized" if realized else "energy"
+        if coherent is not None:
+            default = "pairwise" if coherent.pairs else "coherent"
+        self.mode = mode or default
         if self.mode not in MODES:
             raise UserError(f"unknown noise prediction {self.mode!r} (use {', '.join(MODES)}).")
-        if self.mode == "coherent" and coherent is None:
+        if self.mode in ("coherent", "pairwise") and coherent is None:
             raise UserError(
-                "the coherent noise prediction needs the realized error vectors (build with realized=True)."
+                f"the {self.mode} noise prediction needs the realized error vectors (build with realized=True)."
             )
+        if self.mode == "pairwise" and coherent is not None and not coherent.pairs:
+            raise UserError("the pairwise noise prediction needs measured pairs (build with pairs > 0).")
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -235,6 +273,7 @@ class NoiseModel:
         model_name: str = "",
         profile_name: str = "",
         sketch_dim: int = 16384,
+        pairs: int = 128,
     ) -> NoiseModel:
         """Measure the gains on ``calib_x`` (at most ``max_samples`` of it; activation ranges use all of it).
 
@@ -251,9 +290,11 @@ class NoiseModel:
         per layer and bit-width; these terms (``mode="realized"``) capture where the error of a
         small layer lands and its own nonlinearity; the Gaussian terms stay available as the
         ``energy`` and ``step`` variants. The realized errors are also kept as vectors (count-sketched
-        to ``sketch_dim`` elements for larger outputs) for the ``coherent`` prediction (the default).
-        ``options``: candidate weight bits per layer (default 8 and 4). ``folded``: BatchNorms are
-        already folded into the convolutions.
+        to ``sketch_dim`` elements for larger outputs) for the ``coherent`` prediction. ``pairs``:
+        how many pairs of terms to also measure applied together (the largest first, one forward
+        pass each) for the ``pairwise`` prediction, the default when ``pairs > 0``. ``options``:
+        candidate weight bits per layer (default 8 and 4). ``folded``: BatchNorms are already
+        folded into the convolutions.
         """
         if gain_method not in ("adjoint", "inject"):
             raise UserError(f"unknown gain method {gain_method!r} (use adjoint or inject).")
@@ -307,13 +348,32 @@ class NoiseModel:
         coherent = None
         if realized:
             vectors: dict[tuple[str, str, int], np.ndarray] = {}
+            applier = TermApplier(net, share, ranges, weight_clip)
             realized_terms(
-                net, graph, layers, share, ranges, act_bits, weight_clip, xt, y0, vectors, sketch_dim, seed
+                net,
+                graph,
+                layers,
+                share,
+                ranges,
+                act_bits,
+                weight_clip,
+                xt,
+                y0,
+                vectors,
+                sketch_dim,
+                seed,
+                applier,
             )
             powers = {("w", n, b): p for n, ln in layers.items() for b, p in ln.w_out_real.items()}
             powers.update({("a", n, b): p for n, ln in layers.items() for b, p in ln.a_out_real.items()})
             coherent = CoherentTerms.from_vectors(vectors, y0.numel(), powers)
             del vectors
+            if pairs > 0:
+                coherent = CoherentTerms(
+                    coherent.keys,
+                    coherent.gram,
+                    pair_terms(net, applier, coherent.keys, np.diag(coherent.gram), xt, y0, pairs),
+                )
         return cls(
             layers,
             signal,
@@ -379,6 +439,10 @@ class NoiseModel:
             w["coherent"] = self.coherent.power(w_keys)
             a["coherent"] = self.coherent.power(a_keys)
             total["coherent"] = self.coherent.power(w_keys + a_keys)  # with the weight x input cross terms
+            if self.coherent.pairs:
+                w["pairwise"] = self.coherent.power(w_keys, pairwise=True)
+                a["pairwise"] = self.coherent.power(a_keys, pairwise=True)
+                total["pairwise"] = self.coherent.power(w_keys + a_keys, pairwise=True)
         mode = self.mode
         out = {
             "output_noise_power": total[mode],
@@ -389,8 +453,9 @@ class NoiseModel:
             "act_noise_power": a[mode],
             "signal_power": self.signal_power,
         }
-        if "coherent" in total:
-            out["output_noise_power_coherent"] = total["coherent"]
+        for k in ("coherent", "pairwise"):
+            if k in total:
+                out[f"output_noise_power_{k}"] = total[k]
         for k, v in (
             ("sqnr_db", total[mode]),
             ("sqnr_db_realized", total["realized"]),

@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from edge_compress.errors import UserError
 from edge_compress.plan import CompressionPlan
 from edge_compress.quant import fakequant as fq
 from edge_compress.quant.noise import NoiseModel
@@ -122,16 +123,18 @@ def test_accuracy_curve_is_monotone_and_zero_at_high_sqnr(lenet_planner):
 
 def test_prediction_variants_are_reported(lenet_planner):
     nm = lenet_planner.noise_model
-    assert nm.mode == "coherent"
+    assert nm.mode == "pairwise"
     pr = nm.predict(nm.plan_for({n: 4 for n in nm.layers}))
     for k in (
+        "output_noise_power_pairwise",
         "output_noise_power_coherent",
         "output_noise_power_realized",
         "output_noise_power_energy",
         "output_noise_power_step",
     ):
         assert pr[k] > 0
-    assert pr["output_noise_power"] == pr["output_noise_power_coherent"]
+    assert pr["output_noise_power"] == pr["output_noise_power_pairwise"]
+    assert pr["output_noise_power_pairwise"] != pr["output_noise_power_coherent"]
     assert pr["output_noise_power_coherent"] != pr["output_noise_power_realized"]
     ln = nm.layers["f5"]
     assert ln.weight_noise(4) == ln.w_out_real[4]
@@ -167,6 +170,56 @@ def test_coherent_terms_add_errors_as_vectors(lenet_planner, lenet):
         for k in err:
             err[k].append(abs(10 * np.log10(pr[f"output_noise_power_{k}"] / meas)))
     assert np.mean(err["coherent"]) < np.mean(err["realized"])
+
+
+def test_pairwise_terms_are_exact_for_two_term_plans(lenet_planner):
+    """A measured pair replaces the inner product of the two errors measured alone: a plan of
+    exactly those two terms is then predicted as simulated (on the calibration samples the model
+    was built on), which the vector sum is not; the pairs measured are the largest ones."""
+    from edge_compress.plan import LayerDecision
+
+    nm = lenet_planner.noise_model
+    co = nm.coherent
+    assert nm.mode == "pairwise" and co.pairs and co.pair_gram is not None
+    keys = co.keys
+    n_valid = sum(1 for i in range(len(keys)) for j in range(i + 1, len(keys)) if keys[i][:2] != keys[j][:2])
+    assert len(co.pairs) == min(n_valid, 128)
+    assert all(keys[i][:2] != keys[j][:2] for i, j, _ in co.pairs)  # never two bits of one term
+    x = nm.calib_x[:64]  # noise_samples of the fixture
+    names = list(nm.layers)
+    worse = 0
+    for a, b in [(names[0], names[1]), (names[1], names[-1]), (names[0], names[-1])]:
+        layers = {
+            n: LayerDecision(n, ln.kind, 4 if n in (a, b) else None, None) for n, ln in nm.layers.items()
+        }
+        plan = CompressionPlan("lenet5", "host", layers)
+        meas = nm.measure(plan, x)["output_noise_power"]
+        pr = nm.predict(plan)
+        assert pr["output_noise_power"] == pr["output_noise_power_pairwise"]
+        assert pr["output_noise_power_pairwise"] == pytest.approx(meas, rel=1e-4)
+        worse += abs(pr["output_noise_power_coherent"] / meas - 1) > 1e-3
+    assert worse >= 1  # the vector sum misses the interaction somewhere
+    # without measured pairs the default is the vector sum, and asking for pairs is an error
+    bare = NoiseModel.from_json({**nm.to_json(), "mode": None, "coherent": {**co.to_json(), "pairs": []}})
+    assert bare.mode == "coherent"
+    with pytest.raises(UserError, match="pairs"):
+        NoiseModel.from_json({**nm.to_json(), "coherent": {**co.to_json(), "pairs": []}})
+
+
+def test_pair_terms_measure_the_largest_pairs_first(lenet):
+    zm, graph = lenet
+    nm = NoiseModel.build(zm.model, graph, zm.calibration(64), max_samples=32, act_bits=(), pairs=5)
+    co = nm.coherent
+    p = np.diag(co.gram)
+    scale = sorted(
+        (np.sqrt(p[i] * p[j]), i, j)
+        for i in range(len(p))
+        for j in range(i + 1, len(p))
+        if co.keys[i][1] != co.keys[j][1]
+    )[::-1]
+    assert [(i, j) for i, j, _ in co.pairs] == [(i, j) for _, i, j in scale[:5]]
+    off = [(i, j) for _, i, j in scale[5:]]
+    assert all(co.pair_gram[i, j] == co.gram[i, j] for i, j in off)  # the rest keep the inner products
 
 
 def test_coherent_terms_sketch_keeps_the_correlations(lenet):
