@@ -143,6 +143,20 @@ TARGETS: list[tuple[str, str, str, float, str]] = [
     ),
     ("size_model", "fit.*.max_abs_err_pct", "<=", 10, "file-size model: max error on the zoo exports (%)"),
     ("quant", "models.*.mixed_acc.0.5", "info", 0, "mixed precision at alpha=0.5: accuracy"),
+    (
+        "quant",
+        "models.*.noise_sqnr_err_db.std",
+        "info",
+        0,
+        "noise model SQNR error spread over random plans, pairwise prediction (default) (dB)",
+    ),
+    (
+        "quant",
+        "models.*.noise_sqnr_err_db_coherent.std",
+        "info",
+        0,
+        "noise model SQNR error spread, coherent prediction (no measured pairs) (dB)",
+    ),
 ]
 
 

@@ -776,7 +776,7 @@ def bench_select(
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer models and rounds (a few minutes)")
-    ap.add_argument("--models", type=int, default=None, help="random architectures (default 600, quick 60)")
+    ap.add_argument("--models", type=int, default=None, help="random architectures (default 900, quick 60)")
     ap.add_argument(
         "--rounds", type=int, default=None, help="interleaved timing rounds (default 50, quick 25)"
     )
@@ -821,7 +821,7 @@ def main() -> int:
 
     global CALL_OVERHEAD_MS
 
-    n = args.models or (60 if args.quick else 600)
+    n = args.models or (60 if args.quick else 900)
     rounds = args.rounds or (25 if args.quick else 50)
     args.sessions = args.sessions or (2 if args.quick else 5)
     zoo = (args.zoo or ("lenet5,conv1d" if args.quick else "lenet5,conv1d,resnet,mobilenetv2")).split(",")
