@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Benchmark: how well the cost model predicts latency here, and how well `select` chooses.
 
-Part 1 (predictor). >= 100 random architectures x plans (widths, depths, kernel sizes, strides,
-depthwise or not, 1-D / 2-D, linear heads; fp32 / int8 / int4 / mixed via QDQ ONNX) are exported,
+Part 1 (predictor). Random architectures x plans (900 by default: widths, depths, kernel sizes,
+strides, depthwise or not, 1-D / 2-D, linear heads; fp32 / int8 / int4 / mixed via QDQ ONNX) are exported,
 timed on this machine (onnxruntime, batch 1, one thread; every sample paired with a reference
 model run just before it, all models interleaved round by round) in several sessions, each
 started once the load average is low, combined by medians, and profiled per operator. The
@@ -16,7 +16,7 @@ Part 2 (selection). For each zoo model, the candidate set of `select` is measure
 compared with the best feasible candidate of the exhaustive search (regret, in accuracy points)
 and its measurement count with the exhaustive count.
 
-    python scripts/bench_costmodel.py            # full (< ~20 min on 2 cores)
+    python scripts/bench_costmodel.py            # full: 900 models, about 23 min on 2 cores
     python scripts/bench_costmodel.py --quick    # a few minutes
 """
 
