@@ -237,21 +237,24 @@ class TermApplier:
                 h.remove()
 
 
+def _output_error(net: nn.Module, xt: torch.Tensor, y0: torch.Tensor) -> torch.Tensor:
+    """The network's output minus the float output ``y0``, in double precision."""
+    return (net(xt).float() - y0).double()
+
+
 @torch.no_grad()
 def realized_terms(
     net: nn.Module,
     graph: ModelGraph,
     layers: dict[str, LayerNoise],
     share: list[list[str]],
-    ranges: dict[str, tuple[float, float]],
     act_bits: tuple[int, ...],
-    weight_clip: str,
+    applier: TermApplier,
     xt: torch.Tensor,
     y0: torch.Tensor,
     vectors: dict[tuple[str, str, int], np.ndarray] | None = None,
     sketch_dim: int = 16384,
     seed: int = 0,
-    applier: TermApplier | None = None,
 ) -> None:
     """Output noise power of each layer quantized alone (weights), and of each input quantizer alone.
 
@@ -260,7 +263,6 @@ def realized_terms(
     output is larger (a signed hashing that keeps every inner product's expectation), so that
     :class:`CoherentTerms` can add the errors as the vectors they are.
     """
-    ap = applier or TermApplier(net, share, ranges, weight_clip)
     n_out = y0.numel()
     sketch = None
     if vectors is not None and n_out > sketch_dim:
@@ -268,8 +270,8 @@ def realized_terms(
         sketch = (rng.integers(sketch_dim, size=n_out), rng.choice([-1.0, 1.0], size=n_out))
 
     def power(key: tuple[str, str, int]) -> float:
-        with ap.applied([key]):
-            err = (net(xt).float() - y0).double()
+        with applier.applied([key]):
+            err = _output_error(net, xt, y0)
         if vectors is not None:
             e = err.reshape(-1).numpy()
             if sketch is not None:
@@ -315,7 +317,7 @@ def pair_terms(
     out = []
     for _, i, j in cand[: max(max_pairs, 0)]:
         with applier.applied([keys[i], keys[j]]):
-            p = float(((net(xt).float() - y0).double() ** 2).mean())
+            p = float((_output_error(net, xt, y0) ** 2).mean())
         out.append((i, j, (p - powers[i] - powers[j]) / 2.0))
     return out
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -349,31 +349,14 @@ class NoiseModel:
         if realized:
             vectors: dict[tuple[str, str, int], np.ndarray] = {}
             applier = TermApplier(net, share, ranges, weight_clip)
-            realized_terms(
-                net,
-                graph,
-                layers,
-                share,
-                ranges,
-                act_bits,
-                weight_clip,
-                xt,
-                y0,
-                vectors,
-                sketch_dim,
-                seed,
-                applier,
-            )
+            realized_terms(net, graph, layers, share, act_bits, applier, xt, y0, vectors, sketch_dim, seed)
             powers = {("w", n, b): p for n, ln in layers.items() for b, p in ln.w_out_real.items()}
             powers.update({("a", n, b): p for n, ln in layers.items() for b, p in ln.a_out_real.items()})
             coherent = CoherentTerms.from_vectors(vectors, y0.numel(), powers)
             del vectors
             if pairs > 0:
-                coherent = CoherentTerms(
-                    coherent.keys,
-                    coherent.gram,
-                    pair_terms(net, applier, coherent.keys, np.diag(coherent.gram), xt, y0, pairs),
-                )
+                measured = pair_terms(net, applier, coherent.keys, np.diag(coherent.gram), xt, y0, pairs)
+                coherent = replace(coherent, pairs=measured)
         return cls(
             layers,
             signal,
