@@ -366,6 +366,21 @@ def float_export(
     return path
 
 
+def _bias_digest(model: nn.Module) -> str:
+    """Hash of a model's biases: the float export of a bias-corrected model is cached by it."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, m in sorted(model.named_modules(), key=lambda t: t[0]):
+        b = getattr(m, "bias", None)
+        if isinstance(b, torch.Tensor):
+            h.update(name.encode())
+            h.update(b.detach().cpu().numpy().astype(np.float32).tobytes())
+    return h.hexdigest()
+
+
 def _sanitize(obj: Any) -> Any:
     """JSON-safe: non-finite floats -> None (an exact match has an infinite SQNR)."""
     if isinstance(obj, dict):
@@ -473,7 +488,13 @@ def compile_model(
     import torch
 
     from edge_compress.graph import extract_graph
-    from edge_compress.quant.fakequant import compute_quant_spec, fold_batchnorm, plan_layers_check, simulate
+    from edge_compress.quant.fakequant import (
+        compute_quant_spec,
+        fold_batchnorm,
+        plan_layers_check,
+        simulate,
+        with_bias_deltas,
+    )
     from edge_compress.zoo.train import predict
 
     timer = _Timer(progress)
@@ -525,8 +546,14 @@ def compile_model(
                 _record_transforms(ctx.plan, ctx)
             the_plan = ctx.plan
         with timer("simulate"):
-            folded = fold_batchnorm(ctx.model)
-            qspec = compute_quant_spec(folded, the_plan, calib)
+            folded0 = fold_batchnorm(ctx.model)
+            qspec = compute_quant_spec(folded0, the_plan, calib)
+            # the bias corrections become the float biases of the exported files
+            folded, qspec = with_bias_deltas(folded0, qspec)
+            export_ids = model_ids
+            if folded is not folded0:
+                wid, archid = model_ids or (spec.weights_sha256, spec.arch_sha256)
+                export_ids = (stable_hash([wid, _bias_digest(folded)]), archid)
             sim = simulate(folded, qspec)
             wq = dict(simulate(folded, qspec, activations=False).named_modules())
             grid = {
@@ -566,7 +593,7 @@ def compile_model(
                 with timer("export_onnx"):
                     from edge_compress.export.onnx import export_onnx, tiny_layers
 
-                    src = float_export(spec, folded, "onnx", versions, model_ids)
+                    src = float_export(spec, folded, "onnx", versions, export_ids)
                     fc = (
                         tiny_layers(ctx.graph.layers, opts.onnx_float_compute_k)
                         if opts.onnx_float_compute_k
@@ -607,7 +634,7 @@ def compile_model(
                     from edge_compress.export.onnx import tiny_layers
                     from edge_compress.export.tflite import export_tflite
 
-                    src = float_export(spec, folded, "tflite", versions, model_ids)
+                    src = float_export(spec, folded, "tflite", versions, export_ids)
                     k = opts.onnx_float_compute_k
                     fc_tfl = tiny_layers(ctx.graph.layers, k) if k else set()
                     lo, hi = float(sim_calib.min()), float(sim_calib.max())

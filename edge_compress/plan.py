@@ -59,6 +59,8 @@ class CompressionPlan:
     predicted: dict[str, float] = field(default_factory=dict)
     activation_calibration: str = "mse"  # minmax | percentile | mse
     groups: list[list[str]] = field(default_factory=list)  # precision groups honoured by the plan
+    # empirical bias correction of the quantized layers (edge_compress.quant.fakequant.bias_deltas)
+    bias_correction: bool = True
     notes: list[str] = field(default_factory=list)
     version: int = PLAN_VERSION
     # pruning / factorization applied before quantization (the layers above are those of the
@@ -137,6 +139,8 @@ class CompressionPlan:
         unknown = set(d) - known
         if unknown:
             raise UserError(f"{source}: unknown plan field(s) {sorted(unknown)}.")
+        if not isinstance(d.get("bias_correction", True), bool):
+            raise UserError(f"{source}: bias_correction must be true or false, got {d['bias_correction']!r}.")
         return cls(layers=layers, **d)
 
     def dumps(self) -> str:
@@ -172,7 +176,7 @@ class CompressionPlan:
             )
             for n, d in sorted(self.layers.items())
         }
-        payload: list[Any] = [core, self.activation_calibration]
+        payload: list[Any] = [core, self.activation_calibration, {"bias_correction": self.bias_correction}]
         if self.transforms:
             payload.append(self.transforms)
         blob = json.dumps(payload, sort_keys=True).encode()

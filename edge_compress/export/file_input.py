@@ -227,6 +227,7 @@ def _make_plan(
         layers,
         method=f"{method}-measured" if method in ("hessian", "noise") else method,
         budget=dict(budget or {}),
+        bias_correction=False,  # the file's biases are kept as they are
     )
     plan.predicted = dict(pred)
     if signal > 0 and pred.get("noise_power", 0) > 0:

@@ -17,14 +17,25 @@ Conventions (they match what integer runtimes execute, so exports can reproduce 
   ``Q(maxpool(x)) == maxpool(Q(x))`` on a shared grid, so the simulation is exact for the file.
 - A layer reading a global average pool (``fc(flatten(pool(x)))``) also has the pool's input
   quantized (same bits, its own calibrated grid): integer files run the pool (MEAN) on integers.
+- Empirical bias correction (on by default, ``CompressionPlan.bias_correction``; Nagel et al. 2019,
+  "Data-Free Quantization", sec. 4.2, in its empirical form): rounding a layer's weights changes
+  the mean of its output (``E[(Q(W) - W) x]`` is not zero when ``E[x]`` is not, e.g. after a ReLU),
+  and clipped activations shift it too. Each layer of the plan that has a bias gets
+  ``LayerQuant.bias_delta``: the float model's per-channel output mean minus the quantized one's on
+  the calibration data, layer after layer in execution order, so each correction sees the
+  corrected layers before it (:func:`bias_deltas`). What is left of the error is the zero-mean
+  noise the additive noise model assumes. The deltas are part of the bias: exports write
+  ``bias + bias_delta`` (:func:`with_bias_deltas`).
 
 :class:`LayerQuant` holds the exact scales; :func:`simulate` applies them in torch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -388,6 +399,7 @@ class LayerQuant:
     act_range: tuple[float, float] | None = None
     pool: str | None = None  # the global average pool the layer reads (ActivationPoints.pools)
     pool_act: ActQuant | None = None  # quantizer of that pool's input (used while ``act`` is set)
+    bias_delta: np.ndarray | None = None  # empirical bias correction, added to the layer's bias
 
 
 def compute_quant_spec(
@@ -424,7 +436,121 @@ def compute_quant_spec(
                 pool_act = act_quant_from_range(*ranges[pools[n]], d.act_bits)
         pool = pools.get(n) if pool_act is not None else None
         spec[n] = LayerQuant(n, d.weight_bits, ws, act, ranges.get(n), pool, pool_act)
+    if plan.bias_correction:
+        spec = add_bias_deltas(model, spec, calib_x)
     return spec
+
+
+# --------------------------------------------------------------------------------------------
+# empirical bias correction
+
+
+def _channel_mean(mod: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """Mean of a layer's output per output channel (dim 1 of a convolution, the last of a Linear)."""
+    if isinstance(mod, nn.Linear) or out.dim() < 2:
+        return out.reshape(-1, out.shape[-1]).mean(0)
+    return out.transpose(0, 1).reshape(out.shape[1], -1).mean(1)
+
+
+def _channel_shape(mod: nn.Module, out: torch.Tensor) -> list[int]:
+    if isinstance(mod, nn.Linear) or out.dim() < 2:
+        return [out.shape[-1]]
+    return [-1] + [1] * (out.dim() - 2)
+
+
+def correctable(model: nn.Module, names: list[str]) -> list[str]:
+    """The layers among ``names`` whose output mean a bias correction can move: those with a bias
+    (every BN-folded convolution has one). A layer without one is left as it is, so the exported
+    files keep the parameters the planner budgeted."""
+    mods = dict(model.named_modules())
+    return [n for n in names if getattr(mods.get(n), "bias", None) is not None]
+
+
+@torch.no_grad()
+def output_means(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-channel output means of these layers on one batch (the reference of a correction)."""
+    mods = dict(model.named_modules())
+    got: dict[str, torch.Tensor] = {}
+    hooks = [
+        mods[n].register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, _channel_mean(m, o.detach())))
+        for n in names
+    ]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return got
+
+
+@contextlib.contextmanager
+def recentered(model: nn.Module, ref: dict[str, torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
+    """While active, each layer named in ``ref`` has its output moved, per channel, to the mean
+    ``ref`` gives for it, on the batch being run: the same as adding to its bias the delta that
+    sequential empirical bias correction computes on that batch (layers run in order, so each
+    sees the ones before it corrected). Yields the deltas of the last batch, filled in as the
+    forward pass runs."""
+    mods = dict(model.named_modules())
+    out: dict[str, torch.Tensor] = {}
+
+    def hook(m: nn.Module, i: tuple[torch.Tensor, ...], o: torch.Tensor, n: str) -> torch.Tensor:
+        d = ref[n].to(o.dtype) - _channel_mean(m, o)
+        out[n] = d
+        return o + d.reshape(_channel_shape(m, o))
+
+    hooks = [mods[n].register_forward_hook(lambda m, i, o, n=n: hook(m, i, o, n)) for n in ref]
+    try:
+        yield out
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+@torch.no_grad()
+def bias_deltas(
+    model: nn.Module, spec: dict[str, LayerQuant], calib_x: np.ndarray, names: list[str]
+) -> dict[str, np.ndarray]:
+    """Empirical bias correction of the quantized ``spec`` on a BN-folded ``model``: for each layer
+    of ``names`` in execution order, the float model's per-channel output mean minus the quantized
+    model's (with the layers before it already corrected), over all of ``calib_x`` (one batch)."""
+    x = torch.from_numpy(np.ascontiguousarray(calib_x))
+    ref = output_means(model, names, x)
+    plain = {n: replace(lq, bias_delta=None) for n, lq in spec.items()}
+    sim = simulate(model, plain)
+    with recentered(sim, ref) as deltas:
+        sim(x)
+    return {n: deltas[n].numpy().astype(np.float32) for n in names if n in deltas}
+
+
+def add_bias_deltas(
+    model: nn.Module, spec: dict[str, LayerQuant], calib_x: np.ndarray
+) -> dict[str, LayerQuant]:
+    """``spec`` with the bias deltas of every layer of it that has a bias (:func:`bias_deltas`). A
+    layer kept in float is corrected too (for the quantized layers before it): the noise model
+    measures every term with all layers corrected, so a plan is corrected the same way."""
+    if all(lq.weight_bits is None and lq.act is None for lq in spec.values()):
+        return spec
+    names = correctable(model, list(spec))
+    if not names:
+        return spec
+    deltas = bias_deltas(model, spec, calib_x, names)
+    return {n: replace(lq, bias_delta=deltas.get(n)) for n, lq in spec.items()}
+
+
+def with_bias_deltas(
+    model: nn.Module, spec: dict[str, LayerQuant]
+) -> tuple[nn.Module, dict[str, LayerQuant]]:
+    """(a copy of ``model`` whose biases include the spec's deltas, the spec without them): the same
+    simulation, in the form the exporters take (the corrected biases are the float biases of the file)."""
+    if all(lq.bias_delta is None for lq in spec.values()):
+        return model, spec
+    out = copy.deepcopy(model).eval()
+    mods = dict(out.named_modules())
+    with torch.no_grad():
+        for n, lq in spec.items():
+            if lq.bias_delta is not None:
+                mods[n].bias.add_(torch.from_numpy(lq.bias_delta))
+    return out, {n: replace(lq, bias_delta=None) for n, lq in spec.items()}
 
 
 def simulate(
@@ -432,7 +558,9 @@ def simulate(
 ) -> nn.Module:
     """A copy of (BN-folded) ``model`` with weights replaced by their quantized values and each
     layer's input activation fake-quantized (and the input of a global average pool it reads,
-    ``LayerQuant.pool``), exactly as an integer runtime would see them."""
+    ``LayerQuant.pool``), exactly as an integer runtime would see them. The bias corrections
+    (``LayerQuant.bias_delta``) are added when both weights and activations are simulated: they
+    were computed for the two together."""
     sim = copy.deepcopy(model).eval()
     mods = dict(sim.named_modules())
     pools: dict[str, ActQuant] = {}
@@ -442,6 +570,8 @@ def simulate(
             if weights and lq.weight_bits is not None and lq.weight_scale is not None:
                 s = torch.from_numpy(lq.weight_scale)
                 m.weight.copy_(_fake_sym(m.weight, s, qmax_weight(lq.weight_bits)))
+            if weights and activations and lq.bias_delta is not None:
+                m.bias.add_(torch.from_numpy(lq.bias_delta))
             if activations and lq.act is not None:
                 m.register_forward_pre_hook(_quantize_input(lq.act))
                 if lq.pool is not None and lq.pool_act is not None:

@@ -188,7 +188,13 @@ def inject_gains(
 class TermApplier:
     """Applies noise-model terms to the network in place, any number at once: ``("w", layer, bits)``
     quantizes a layer's weights (each quantized tensor computed once), ``("a", group lead, bits)``
-    fake-quantizes the input of every layer of that shared-input group."""
+    fake-quantizes the input of every layer of that shared-input group.
+
+    ``recenter``: the float network's per-channel output means of the layers a plan bias-corrects
+    (:func:`fakequant.output_means` on the batch the terms are measured on). While terms are
+    applied, those layers' outputs are moved back to them (:func:`fakequant.recentered`), which is
+    the plan's empirical bias correction computed on that batch: each term is measured as it acts
+    in a corrected plan, its mean removed at every layer it passes."""
 
     def __init__(
         self,
@@ -196,10 +202,13 @@ class TermApplier:
         share: list[list[str]],
         ranges: dict[str, tuple[float, float]],
         weight_clip: str,
+        recenter: dict[str, torch.Tensor] | None = None,
     ) -> None:
+        self.net = net
         self.mods = dict(net.named_modules())
         self.members = {m[0]: m for m in share}
         self.ranges, self.weight_clip = ranges, weight_clip
+        self.recenter = recenter
         self._w: dict[tuple[str, int], torch.Tensor] = {}
 
     def quantized(self, name: str, bits: int) -> torch.Tensor:
@@ -228,7 +237,8 @@ class TermApplier:
                             lambda mod, inp, aq=aq: (aq.fake(inp[0]),) + tuple(inp[1:])
                         )
                     )
-            yield
+            with fq.recentered(self.net, self.recenter) if self.recenter else contextlib.nullcontext():
+                yield
         finally:
             with torch.no_grad():
                 for m, w0 in reversed(saved):

@@ -225,8 +225,10 @@ class NoiseModel:
         profile_name: str = "",
         mode: str | None = None,
         coherent: CoherentTerms | None = None,
+        bias_correction: bool = True,
     ) -> None:
         self.layers = layers
+        self.bias_correction = bias_correction
         self.coherent = coherent
         self.signal_power = float(signal_power)
         self.groups = groups or []
@@ -274,6 +276,7 @@ class NoiseModel:
         profile_name: str = "",
         sketch_dim: int = 16384,
         pairs: int = 128,
+        bias_correction: bool = True,
     ) -> NoiseModel:
         """Measure the gains on ``calib_x`` (at most ``max_samples`` of it; activation ranges use all of it).
 
@@ -294,7 +297,8 @@ class NoiseModel:
         how many pairs of terms to also measure applied together (the largest first, one forward
         pass each) for the ``pairwise`` prediction, the default when ``pairs > 0``. ``options``:
         candidate weight bits per layer (default 8 and 4). ``folded``: BatchNorms are already
-        folded into the convolutions.
+        folded into the convolutions. ``bias_correction``: the plans it predicts and simulates are
+        bias-corrected (:func:`fakequant.bias_deltas`), and so are the realized and pair terms.
         """
         if gain_method not in ("adjoint", "inject"):
             raise UserError(f"unknown gain method {gain_method!r} (use adjoint or inject).")
@@ -348,7 +352,8 @@ class NoiseModel:
         coherent = None
         if realized:
             vectors: dict[tuple[str, str, int], np.ndarray] = {}
-            applier = TermApplier(net, share, ranges, weight_clip)
+            recenter = fq.output_means(net, fq.correctable(net, names), xt) if bias_correction else None
+            applier = TermApplier(net, share, ranges, weight_clip, recenter)
             realized_terms(net, graph, layers, share, act_bits, applier, xt, y0, vectors, sketch_dim, seed)
             powers = {("w", n, b): p for n, ln in layers.items() for b, p in ln.w_out_real.items()}
             powers.update({("a", n, b): p for n, ln in layers.items() for b, p in ln.a_out_real.items()})
@@ -369,6 +374,7 @@ class NoiseModel:
             model_name=model_name,
             profile_name=profile_name,
             coherent=coherent,
+            bias_correction=bias_correction,
         )
 
     # ---------------------------------------------------------------- prediction
@@ -481,6 +487,7 @@ class NoiseModel:
             method=method,
             groups=self.groups,
             activation_calibration=self.act_calibration,
+            bias_correction=self.bias_correction,
         )
 
     def random_bits(self, rng: np.random.Generator, p_low: float | None = None) -> dict[str, int]:
@@ -565,6 +572,8 @@ class NoiseModel:
             pool = pools.get(n) if act is not None and pools.get(n) in self.ranges else None
             pool_act = fq.act_quant_from_range(*self.ranges[pool], d.act_bits) if pool else None
             spec[n] = fq.LayerQuant(n, d.weight_bits, ws, act, self.ranges.get(n), pool, pool_act)
+        if plan.bias_correction:
+            spec = fq.add_bias_deltas(self.folded_model, spec, self.calib_x)
         return fq.simulate(self.folded_model, spec)
 
     def measure(self, plan: CompressionPlan, x: np.ndarray, y: np.ndarray | None = None) -> dict[str, float]:
@@ -643,6 +652,7 @@ class NoiseModel:
             "model": self.model_name,
             "profile": self.profile_name,
             "mode": self.mode,
+            "bias_correction": self.bias_correction,
             "curve": self.curve.to_json() if self.curve else None,
             "coherent": self.coherent.to_json() if self.coherent else None,
             "layers": [{k: enc(v) for k, v in asdict(ln).items()} for ln in self.layers.values()],
@@ -668,4 +678,5 @@ class NoiseModel:
             profile_name=d.get("profile", ""),
             mode=d.get("mode"),
             coherent=CoherentTerms.from_json(d["coherent"]) if d.get("coherent") else None,
+            bias_correction=bool(d.get("bias_correction", False)),
         )

@@ -146,6 +146,7 @@ class Planner:
         curve: str = "auto",
         refine_top_k: int = 5,
         noise_model: NoiseModel | None = None,
+        bias_correction: bool = True,
     ) -> None:
         from edge_compress.quant.fakequant import fold_batchnorm
         from edge_compress.quant.noise import NoiseModel
@@ -194,6 +195,7 @@ class Planner:
                 folded=True,
                 model_name=model_name,
                 profile_name=profile.name,
+                bias_correction=bias_correction,
             )
         self.noise_model = noise_model
         if eval_x is not None and eval_y is not None and noise_model.curve is None:
@@ -394,6 +396,7 @@ class Planner:
             activation_calibration=self.act_calibration,
             groups=[list(g) for g in self.graph.precision_groups],
             notes=notes,
+            bias_correction=self.noise_model.bias_correction,
         )
         pred = self.noise_model.predict(plan)
         fp32 = sum(self.layer_bytes(n, None) for n in self.info)

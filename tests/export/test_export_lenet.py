@@ -131,3 +131,23 @@ def test_depthwise_int4_falls_back_to_int8_in_tflite_and_is_recorded(art_mixed):
     assert c1["weight_bits"] == 4 and "tflite" in c1["fallback"]
     tfl_layers = m["layers"][art_mixed.file("tflite", "int8").name]
     assert tfl_layers["c1"]["weight_bits"] == 8 and tfl_layers["c3"]["weight_bits"] == 4
+
+
+def test_files_carry_the_bias_correction(art_mixed, lenet):
+    """The exported biases are the simulation's corrected ones: the ONNX file runs as the corrected
+    simulation, far closer to it than to the same plan without the correction."""
+    from dataclasses import replace
+
+    plan = CompressionPlan.load(art_mixed.path / "plan.json")
+    assert plan.bias_correction
+    folded = fold_batchnorm(lenet.model)
+    spec = compute_quant_spec(folded, plan, lenet.calibration(256))
+    assert any(lq.bias_delta is not None and np.abs(lq.bias_delta).max() > 0 for lq in spec.values())
+    plain = {n: replace(lq, bias_delta=None) for n, lq in spec.items()}
+    x = lenet.dataset.x_val
+    out = OrtRunner(art_mixed.file("onnx")).run(x)
+    err = {
+        k: float(np.mean((out - predict(simulate(folded, s), x)) ** 2))
+        for k, s in (("corrected", spec), ("plain", plain))
+    }
+    assert err["corrected"] < 0.1 * err["plain"], err

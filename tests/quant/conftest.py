@@ -44,7 +44,7 @@ def lenet_planner(lenet, host):
         model_name="lenet5",
         hutchinson_samples=4,
         hessian_samples=64,
-        noise_samples=64,
+        noise_samples=128,  # all of the calibration data: the bias corrections are computed on it too
         noise_draws=4,
         fit_plans=6,
     )
