@@ -46,6 +46,27 @@ TARGETS: list[tuple[str, str, str, float, str]] = [
         0.9,
         "ILP plan at least as accurate as random equal-size plans on test (fraction)",
     ),
+    (
+        "quant",
+        "targets.*.mixed_0.5_within_1pp_of_fp32",
+        "true",
+        0,
+        "mixed plan at alpha=0.5 within 1 pp of fp32 (test split)",
+    ),
+    (
+        "quant",
+        "targets.*.mixed_0.5_above_int4",
+        "true",
+        0,
+        "mixed plan at alpha=0.5 above uniform int4 (ours)",
+    ),
+    (
+        "quant",
+        "targets.*.mixed_0.5_above_peer_int4",
+        "true",
+        0,
+        "mixed plan at alpha=0.5 above every peer's int4",
+    ),
     ("quant", "ilp_solve_s_200_layers", "<", 1.0, "ILP solve time, 200 layers (s)"),
     ("quant", "seed_variance_ratio", "~", 4.0, "noise variance ratio step vs step/2 (seed: 4)"),
     ("export", "models.*.*.agreement", ">=", 0.99, "top-1 agreement of exported file vs simulation"),
@@ -143,6 +164,42 @@ TARGETS: list[tuple[str, str, str, float, str]] = [
     ),
     ("size_model", "fit.*.max_abs_err_pct", "<=", 10, "file-size model: max error on the zoo exports (%)"),
     ("quant", "models.*.mixed_acc.0.5", "info", 0, "mixed precision at alpha=0.5: accuracy"),
+    ("quant", "models.*.int4_acc", "info", 0, "uniform int4 (ours, bias-corrected): accuracy"),
+    (
+        "quant",
+        "models.*.int4_acc_no_bias_correction",
+        "info",
+        0,
+        "uniform int4 without bias correction: accuracy",
+    ),
+    (
+        "quant",
+        "models.*.beats_random_by_alpha.*.acc",
+        "info",
+        0,
+        "ILP plan at least as accurate as random plans, by budget alpha (fraction)",
+    ),
+    (
+        "quant",
+        "targets_no_bias_correction.*.mixed_0.5_above_int4",
+        "info",
+        0,
+        "same run without bias correction: mixed plan above uniform int4",
+    ),
+    (
+        "quant",
+        "targets_no_bias_correction.*.mixed_0.5_above_peer_int4",
+        "info",
+        0,
+        "same run without bias correction: mixed plan above every peer's int4",
+    ),
+    (
+        "quant",
+        "models.*.no_bias_correction.beats_random_frac",
+        "info",
+        0,
+        "same run without bias correction: ILP plan at least as accurate as random plans (fraction)",
+    ),
     (
         "quant",
         "models.*.noise_sqnr_err_db.std",
@@ -186,6 +243,8 @@ def _match(data: Any, path: list[str], prefix: str = "") -> list[tuple[str, Any]
 
 
 def _ok(value: Any, op: str, target: float) -> str:
+    if op == "true":  # a pass / fail flag the benchmark computed itself (None: not applicable)
+        return "n/a" if not isinstance(value, bool) else ("met" if value else "**missed**")
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return "n/a"
     if op == ">=":
@@ -259,8 +318,9 @@ def render() -> str:
                     if op == "info":
                         lines.append(f"| {desc} (`{path}`) | {_fmt(value)} | | context |")
                     else:
+                        want = "true" if op == "true" else f"{op} {target:g}"
                         lines.append(
-                            f"| {desc} (`{path}`) | {_fmt(value)} | {op} {target:g} | {_ok(value, op, target)} |"
+                            f"| {desc} (`{path}`) | {_fmt(value)} | {want} | {_ok(value, op, target)} |"
                         )
             lines.append("")
         notes = data.get("notes")
