@@ -82,6 +82,9 @@ class ExportOptions:
     # compute auto on a local target (the profile is this machine): export both files of each format,
     # time them here and keep the faster (False: the cost model's prediction alone decides)
     measure_compute: bool = True
+    # empirical bias correction of planned torch models (False also turns it off in a given plan);
+    # existing ONNX / TFLite files keep their biases
+    bias_correction: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -287,6 +290,7 @@ def _make_plan(
     method: str,
     alpha: float | None,
     files: list[tuple[str, str]] | None = None,
+    bias_correction: bool = True,
 ) -> CompressionPlan:
     from edge_compress.plan import CompressionPlan
 
@@ -301,7 +305,9 @@ def _make_plan(
                 f"the quantization planner is not available: method {method!r} fell back to uniform int8."
             )
         bits = 4 if method == "uniform4" else 8
-        return CompressionPlan.uniform(ctx.graph, ctx.spec.name, ctx.profile.name, bits, 8)
+        plan = CompressionPlan.uniform(ctx.graph, ctx.spec.name, ctx.profile.name, bits, 8)
+        plan.bias_correction = bias_correction
+        return plan
     from edge_compress.costmodel_store import planner_constraints
 
     cost_constraints, cost_notes = planner_constraints(ctx.profile, ctx.graph, budget)  # latency, energy
@@ -319,6 +325,7 @@ def _make_plan(
         model_name=ctx.spec.name,
         file_formats=files or None,
         extra_constraints=cost_constraints or None,
+        bias_correction=bias_correction,
     )
 
 
@@ -538,10 +545,12 @@ def compile_model(
                 tfl = list(dict.fromkeys([*opts.tflite_variants, *_tflite_variants(opts, pre)]))
                 outputs += [("tflite", v) for v in tfl] * ("tflite" in formats)
                 pbudget = _planner_budget(budget, profile, run_transforms)
-                ctx.plan = _make_plan(ctx, pbudget, method, alpha, outputs)
+                ctx.plan = _make_plan(ctx, pbudget, method, alpha, outputs, opts.bias_correction)
             else:
                 plan_layers_check(ctx.graph, plan)
-                ctx.plan = copy.deepcopy(plan) if run_transforms else plan
+                ctx.plan = copy.deepcopy(plan) if run_transforms or not opts.bias_correction else plan
+                if not opts.bias_correction:
+                    ctx.plan.bias_correction = False
             if run_transforms:
                 _record_transforms(ctx.plan, ctx)
             the_plan = ctx.plan

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +45,18 @@ def test_compile_json_then_cached_then_inspect(tmp_path, capsys):
     assert main(args) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["cached"] is True and second["id"] == first["id"] and second["stages_s"] == {}
+    # without bias correction: another artifact, its plan says so, and the file's biases differ
+    assert main([*args, "--no-bias-correction"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["cached"] is False and plain["id"] != first["id"]
+    saved = {
+        k: json.loads((Path(a["artifact"]) / "plan.json").read_text())
+        for k, a in (("on", first), ("off", plain))
+    }
+    assert saved["on"]["bias_correction"] is True and saved["off"]["bias_correction"] is False
+    on_file, off_file = (Path(a["artifact"]) / "lenet5.weight-only.onnx" for a in (first, plain))
+    assert on_file.read_bytes() != off_file.read_bytes()
+    assert plain["manifest"]["parity"]["lenet5.weight-only.onnx"]["agreement"] >= 0.99
     assert first["manifest"]["versions"]["edge_compress_code"]
     # code that changed since (a fix in the exporter, same version number) is not a cache hit
     import edge_compress.artifact as artifact_mod

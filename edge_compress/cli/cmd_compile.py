@@ -88,6 +88,12 @@ def compile_cmd(
         "--predicted-compute",
         help="With --compute auto on a local target: decide from the cost model alone, without timing both files.",
     ),
+    no_bias_correction: bool = typer.Option(
+        False,
+        "--no-bias-correction",
+        help="Keep the float biases as they are (default: each layer's output mean is restored on the "
+        "calibration data after quantization, and the corrected biases are exported).",
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
     """Compress MODEL for a device profile and export runnable files checked in their runtimes."""
@@ -100,7 +106,11 @@ def compile_cmd(
 
     prof = load_profile(profile, profiles_dir)
     bud = parse_budget(budget) if budget else None
-    options = ExportOptions(compute=compute.strip().lower(), measure_compute=not predicted_compute)
+    options = ExportOptions(
+        compute=compute.strip().lower(),
+        measure_compute=not predicted_compute,
+        bias_correction=not no_bias_correction,
+    )
     formats = tuple(f.strip().lower() for f in fmt.split(",") if f.strip())
     plan = CompressionPlan.load(plan_path) if plan_path is not None else None
     transforms = {
