@@ -202,6 +202,13 @@ TARGETS: list[tuple[str, str, str, float, str]] = [
     ),
     (
         "quant",
+        "models.*.noise_sqnr_err_db.mean_abs",
+        "info",
+        0,
+        "noise model SQNR error on the test split, mean absolute, pairwise prediction (dB)",
+    ),
+    (
+        "quant",
         "models.*.noise_sqnr_err_db.std",
         "info",
         0,

@@ -405,6 +405,7 @@ def bench_model(name: str, args: argparse.Namespace, bias_correction: bool = Tru
             seen.add(p.digest())
             evals.append(p)
     pred_p, pred_ps, pred_pe, pred_pc, meas_p, pred_d, meas_d = [], [], [], [], [], [], []
+    meas_sig = []
     for p in evals:
         pr = nm.predict(p)
         ms = nm.measure(p, xt, yt)
@@ -413,6 +414,7 @@ def bench_model(name: str, args: argparse.Namespace, bias_correction: bool = Tru
         pred_ps.append(pr["output_noise_power_step"])
         pred_pe.append(pr["output_noise_power_energy"])
         meas_p.append(ms["output_noise_power"])
+        meas_sig.append(ms["signal_power"])
         pred_d.append(pr["acc_drop_pp"])
         meas_d.append(ms["acc_drop_pp"])
     # where step^2/12 breaks: measured ||Q(W)-W||^2 over n step^2/12, per layer
@@ -430,13 +432,22 @@ def bench_model(name: str, args: argparse.Namespace, bias_correction: bool = Tru
     res["noise_meas_over_pred_median"] = float(np.median(np.array(meas_p) / np.array(pred_p)))
     res["noise_meas_over_pred_step_median"] = float(np.median(np.array(meas_p) / np.array(pred_ps)))
     res["noise_spearman_sqnr_energy"] = spearman(pred_pe, meas_p)
-    # SQNR error in dB (predicted on the calibration samples, measured on the test split), the
-    # default prediction (pairwise) next to the vector sum without measured pairs (coherent)
+    # SQNR error in dB: predicted SQNR (calibration samples) minus the SQNR measured on the test
+    # split (its own signal power), and the error of the noise power alone (which also carries the
+    # difference in output scale between the two sets); the default prediction (pairwise) next to
+    # the vector sum without measured pairs (coherent)
     res["noise_mode"] = nm.mode
     res["noise_pairs_measured"] = len(nm.coherent.pairs) if nm.coherent else 0
+    res["test_over_calib_signal_db"] = float(10 * np.log10(np.mean(meas_sig) / nm.signal_power))
     for key, pp in (("", pred_p), ("_coherent", pred_pc)):
-        err = 10 * np.log10(np.array(meas_p) / np.array(pp))
-        res[f"noise_sqnr_err_db{key}"] = {"mean_abs": float(np.mean(np.abs(err))), "std": float(np.std(err))}
+        perr = 10 * np.log10(np.array(meas_p) / np.array(pp))
+        serr = perr - 10 * np.log10(np.array(meas_sig) / nm.signal_power)
+        for figure, err in (("noise_sqnr_err_db", serr), ("noise_power_err_db", perr)):
+            res[f"{figure}{key}"] = {
+                "mean_abs": float(np.mean(np.abs(err))),
+                "mean": float(np.mean(err)),
+                "std": float(np.std(err)),
+            }
     res["noise_spearman_sqnr_coherent"] = spearman(pred_pc, meas_p)
     res["noise_meas_over_pred_uniform8"] = m8["output_noise_power"] / nm.predict(u8)["output_noise_power"]
     res["noise_meas_over_pred_uniform4"] = m4["output_noise_power"] / nm.predict(u4)["output_noise_power"]
@@ -597,6 +608,7 @@ ABLATION_KEYS = (
     "noise_spearman_acc",
     "noise_mae_pp",
     "noise_sqnr_err_db",
+    "noise_power_err_db",
     "beats_random_frac",
     "beats_random_frac_noise",
     "beats_random_frac_kl",

@@ -145,8 +145,8 @@ def test_prediction_variants_are_reported(lenet_planner):
 def test_coherent_terms_add_errors_as_vectors(lenet_planner, lenet):
     """One term alone is its realized power; several add as vectors, which predicts the simulated
     noise better than adding their powers as if independent. Measured on the calibration samples
-    the terms were measured on: on held-out data, where the bias corrections (computed on the
-    calibration data) fit less well, every prediction is off by a common shift that hides the
+    the terms were measured on: on held-out data the errors of every prediction spread more (the
+    sets differ, and the bias corrections are fitted on the calibration data), which hides the
     difference on a model as small as LeNet-5 (bench_quant reports the held-out errors)."""
     zm, _ = lenet
     nm = lenet_planner.noise_model
