@@ -373,21 +373,6 @@ def float_export(
     return path
 
 
-def _bias_digest(model: nn.Module) -> str:
-    """Hash of a model's biases: the float export of a bias-corrected model is cached by it."""
-    import hashlib
-
-    import torch
-
-    h = hashlib.sha256()
-    for name, m in sorted(model.named_modules(), key=lambda t: t[0]):
-        b = getattr(m, "bias", None)
-        if isinstance(b, torch.Tensor):
-            h.update(name.encode())
-            h.update(b.detach().cpu().numpy().astype(np.float32).tobytes())
-    return h.hexdigest()
-
-
 def _sanitize(obj: Any) -> Any:
     """JSON-safe: non-finite floats -> None (an exact match has an infinite SQNR)."""
     if isinstance(obj, dict):
@@ -548,9 +533,9 @@ def compile_model(
                 ctx.plan = _make_plan(ctx, pbudget, method, alpha, outputs, opts.bias_correction)
             else:
                 plan_layers_check(ctx.graph, plan)
-                ctx.plan = copy.deepcopy(plan) if run_transforms or not opts.bias_correction else plan
-                if not opts.bias_correction:
-                    ctx.plan.bias_correction = False
+                ctx.plan = copy.deepcopy(plan) if run_transforms else plan
+                if not opts.bias_correction and ctx.plan.bias_correction:
+                    ctx.plan = replace(ctx.plan, bias_correction=False)
             if run_transforms:
                 _record_transforms(ctx.plan, ctx)
             the_plan = ctx.plan
@@ -560,9 +545,10 @@ def compile_model(
             # the bias corrections become the float biases of the exported files
             folded, qspec = with_bias_deltas(folded0, qspec)
             export_ids = model_ids
-            if folded is not folded0:
-                wid, archid = model_ids or (spec.weights_sha256, spec.arch_sha256)
-                export_ids = (stable_hash([wid, _bias_digest(folded)]), archid)
+            if folded is not folded0:  # the float export is cached by the corrected weights
+                from edge_compress.modelspec import state_dict_sha256
+
+                export_ids = (state_dict_sha256(folded), model_ids[1] if model_ids else spec.arch_sha256)
             sim = simulate(folded, qspec)
             wq = dict(simulate(folded, qspec, activations=False).named_modules())
             grid = {

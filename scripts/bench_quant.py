@@ -28,7 +28,6 @@ For each zoo model on the ``host`` profile (int4 allowed for every op kind there
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import json
 import logging
@@ -38,6 +37,7 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -358,9 +358,7 @@ def bench_model(name: str, args: argparse.Namespace, bias_correction: bool = Tru
     # empirical bias correction (on by default): the same uniform plans without it
     res["bias_correction"] = nm.bias_correction
     for b, u in ((8, u8), (4, u4)):
-        off = copy.deepcopy(u)
-        off.bias_correction = False
-        res[f"int{b}_acc_no_bias_correction"] = pl.measure(off, xt, yt)["acc"]
+        res[f"int{b}_acc_no_bias_correction"] = pl.measure(replace(u, bias_correction=False), xt, yt)["acc"]
     res["mixed_acc"], res["mixed_bytes"], res["mixed_budget_bytes"] = {}, {}, {}
     res["mixed_pred_drop_pp"], res["mixed_bits"] = {}, {}
     res["mixed_acc_noise_method"], res["mixed_bytes_noise_method"] = {}, {}
@@ -380,9 +378,9 @@ def bench_model(name: str, args: argparse.Namespace, bias_correction: bool = Tru
         res["mixed_acc_ilp_only"][k] = pl.measure(pl.plan({}, alpha=a), xt, yt)["acc"]
         pl.refine_top_k = 5
         if a == 0.5:
-            off = copy.deepcopy(p)
-            off.bias_correction = False
-            res["mixed_acc_no_bias_correction"] = {k: pl.measure(off, xt, yt)["acc"]}
+            res["mixed_acc_no_bias_correction"] = {
+                k: pl.measure(replace(p, bias_correction=False), xt, yt)["acc"]
+            }
         pn = pl_noise.plan({}, alpha=a)
         res["mixed_acc_noise_method"][k] = pl.measure(pn, xt, yt)["acc"]
         res["mixed_bytes_noise_method"][k] = pn.predicted["model_bytes"]

@@ -573,15 +573,15 @@ def simulate(
             if weights and activations and lq.bias_delta is not None:
                 m.bias.add_(torch.from_numpy(lq.bias_delta))
             if activations and lq.act is not None:
-                m.register_forward_pre_hook(_quantize_input(lq.act))
+                m.register_forward_pre_hook(input_quant_hook(lq.act))
                 if lq.pool is not None and lq.pool_act is not None:
                     pools.setdefault(lq.pool, lq.pool_act)
     for p, aq in pools.items():
-        mods[p].register_forward_pre_hook(_quantize_input(aq))
+        mods[p].register_forward_pre_hook(input_quant_hook(aq))
     return sim
 
 
-def _quantize_input(aq: ActQuant):  # noqa: ANN202 - a forward pre-hook
+def input_quant_hook(aq: ActQuant):  # noqa: ANN202 - a forward pre-hook fake-quantizing a layer's input
     return lambda mod, inp: (aq.fake(inp[0]),) + tuple(inp[1:])
 
 

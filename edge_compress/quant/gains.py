@@ -232,11 +232,7 @@ class TermApplier:
                     continue
                 for n in self.members[name]:
                     aq = fq.act_quant_from_range(*self.ranges[n], bits)
-                    hooks.append(
-                        self.mods[n].register_forward_pre_hook(
-                            lambda mod, inp, aq=aq: (aq.fake(inp[0]),) + tuple(inp[1:])
-                        )
-                    )
+                    hooks.append(self.mods[n].register_forward_pre_hook(fq.input_quant_hook(aq)))
             with fq.recentered(self.net, self.recenter) if self.recenter else contextlib.nullcontext():
                 yield
         finally:
