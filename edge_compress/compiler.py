@@ -85,6 +85,9 @@ class ExportOptions:
     # empirical bias correction of planned torch models (False also turns it off in a given plan);
     # existing ONNX / TFLite files keep their biases
     bias_correction: bool = True
+    # weight rounding (gptq | nearest, edge_compress.quant.rounding) of planned torch models and of a
+    # given plan; None: gptq for new plans, a given plan's own
+    weight_rounding: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -291,6 +294,7 @@ def _make_plan(
     alpha: float | None,
     files: list[tuple[str, str]] | None = None,
     bias_correction: bool = True,
+    weight_rounding: str = "gptq",
 ) -> CompressionPlan:
     from edge_compress.plan import CompressionPlan
 
@@ -307,6 +311,7 @@ def _make_plan(
         bits = 4 if method == "uniform4" else 8
         plan = CompressionPlan.uniform(ctx.graph, ctx.spec.name, ctx.profile.name, bits, 8)
         plan.bias_correction = bias_correction
+        plan.weight_rounding = weight_rounding
         return plan
     from edge_compress.costmodel_store import planner_constraints
 
@@ -326,6 +331,7 @@ def _make_plan(
         file_formats=files or None,
         extra_constraints=cost_constraints or None,
         bias_correction=bias_correction,
+        weight_rounding=weight_rounding,
     )
 
 
@@ -483,9 +489,9 @@ def compile_model(
     from edge_compress.quant.fakequant import (
         compute_quant_spec,
         fold_batchnorm,
+        materialize,
         plan_layers_check,
         simulate,
-        with_bias_deltas,
     )
     from edge_compress.zoo.train import predict
 
@@ -530,20 +536,25 @@ def compile_model(
                 tfl = list(dict.fromkeys([*opts.tflite_variants, *_tflite_variants(opts, pre)]))
                 outputs += [("tflite", v) for v in tfl] * ("tflite" in formats)
                 pbudget = _planner_budget(budget, profile, run_transforms)
-                ctx.plan = _make_plan(ctx, pbudget, method, alpha, outputs, opts.bias_correction)
+                ctx.plan = _make_plan(
+                    ctx, pbudget, method, alpha, outputs, opts.bias_correction, opts.weight_rounding or "gptq"
+                )
             else:
                 plan_layers_check(ctx.graph, plan)
                 ctx.plan = copy.deepcopy(plan) if run_transforms else plan
                 if not opts.bias_correction and ctx.plan.bias_correction:
                     ctx.plan = replace(ctx.plan, bias_correction=False)
+                if opts.weight_rounding and opts.weight_rounding != ctx.plan.weight_rounding:
+                    ctx.plan = replace(ctx.plan, weight_rounding=opts.weight_rounding)
             if run_transforms:
                 _record_transforms(ctx.plan, ctx)
             the_plan = ctx.plan
         with timer("simulate"):
             folded0 = fold_batchnorm(ctx.model)
             qspec = compute_quant_spec(folded0, the_plan, calib)
-            # the bias corrections become the float biases of the exported files
-            folded, qspec = with_bias_deltas(folded0, qspec)
+            # the bias corrections become the float biases of the exported files, the GPTQ weights
+            # their float weights (on the plan's grids, so each exporter's rounding keeps them)
+            folded, qspec = materialize(folded0, qspec)
             export_ids = model_ids
             if folded is not folded0:  # the float export is cached by the corrected weights
                 from edge_compress.modelspec import state_dict_sha256

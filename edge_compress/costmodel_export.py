@@ -73,7 +73,7 @@ def _project(model: nn.Module, plan: CompressionPlan | None, calib_x: np.ndarray
     from edge_compress.compiler import ExportOptions
     from edge_compress.export.onnx import export_float_onnx, export_onnx
     from edge_compress.graph import extract_graph
-    from edge_compress.quant.fakequant import compute_quant_spec, fold_batchnorm, simulate, with_bias_deltas
+    from edge_compress.quant.fakequant import compute_quant_spec, fold_batchnorm, materialize, simulate
 
     folded = fold_batchnorm(model).eval()
     example = torch.from_numpy(np.ascontiguousarray(calib_x[:1]))
@@ -83,7 +83,7 @@ def _project(model: nn.Module, plan: CompressionPlan | None, calib_x: np.ndarray
     src = path.with_suffix(".float.onnx")
     try:
         # the file the compiler writes: the bias corrections are part of the float biases
-        folded, qspec = with_bias_deltas(folded, compute_quant_spec(folded, plan, calib_x))
+        folded, qspec = materialize(folded, compute_quant_spec(folded, plan, calib_x))
         export_float_onnx(folded, example, src)
         wq = dict(simulate(folded, qspec, activations=False).named_modules())
         grid = {

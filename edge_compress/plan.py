@@ -61,6 +61,9 @@ class CompressionPlan:
     groups: list[list[str]] = field(default_factory=list)  # precision groups honoured by the plan
     # empirical bias correction of the quantized layers (edge_compress.quant.fakequant.bias_deltas)
     bias_correction: bool = True
+    # how weights are rounded on their grid: "gptq" (error-compensating, edge_compress.quant.rounding)
+    # or "nearest"; plan files written before the field existed were rounded to nearest
+    weight_rounding: str = "gptq"
     notes: list[str] = field(default_factory=list)
     version: int = PLAN_VERSION
     # pruning / factorization applied before quantization (the layers above are those of the
@@ -141,6 +144,11 @@ class CompressionPlan:
             raise UserError(f"{source}: unknown plan field(s) {sorted(unknown)}.")
         if not isinstance(d.get("bias_correction", True), bool):
             raise UserError(f"{source}: bias_correction must be true or false, got {d['bias_correction']!r}.")
+        d.setdefault("weight_rounding", "nearest")
+        if d["weight_rounding"] not in ("gptq", "nearest"):
+            raise UserError(
+                f"{source}: weight_rounding must be gptq or nearest, got {d['weight_rounding']!r}."
+            )
         return cls(layers=layers, **d)
 
     def dumps(self) -> str:
@@ -177,6 +185,8 @@ class CompressionPlan:
             for n, d in sorted(self.layers.items())
         }
         payload: list[Any] = [core, self.activation_calibration, {"bias_correction": self.bias_correction}]
+        if self.weight_rounding != "nearest":
+            payload.append({"weight_rounding": self.weight_rounding})
         if self.transforms:
             payload.append(self.transforms)
         blob = json.dumps(payload, sort_keys=True).encode()

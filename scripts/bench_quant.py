@@ -3,7 +3,8 @@
 For each zoo model on the ``host`` profile (int4 allowed for every op kind there), on the test split:
 
 * accuracy of fp32, uniform int8, uniform int4 (ours: per-channel symmetric weights with MSE
-  clipping, uint8 activations, empirical bias correction), and our mixed int8/int4 plans at size budgets alpha = 0.25 / 0.5 /
+  clipping, GPTQ rounding on that grid, uint8 activations, empirical bias correction; the uniform
+  and mixed plans also rounded to nearest: ``*_nearest_rounding``), and our mixed int8/int4 plans at size budgets alpha = 0.25 / 0.5 /
   0.75 between all-int4 and all-int8 bytes (HAWQ-V2 Hessian sensitivity, the default method; the
   noise-model method beside it), all simulated through ``fakequant.simulate``;
 * peers in the same run: ONNX Runtime ``quantize_static`` QDQ per-channel int8 and int4 weights
@@ -359,6 +360,14 @@ def bench_model(name: str, args: argparse.Namespace, bias_correction: bool = Tru
     res["bias_correction"] = nm.bias_correction
     for b, u in ((8, u8), (4, u4)):
         res[f"int{b}_acc_no_bias_correction"] = pl.measure(replace(u, bias_correction=False), xt, yt)["acc"]
+    # GPTQ rounding (the default): the same uniform plans rounded to nearest
+    res["weight_rounding"] = nm.weight_rounding
+    for b, u in ((8, u8), (4, u4)):
+        near = pl.measure(replace(u, weight_rounding="nearest"), xt, yt)
+        res[f"int{b}_acc_nearest_rounding"] = near["acc"]
+        res[f"int{b}_noise_nearest_over_gptq"] = near["output_noise_power"] / max(
+            (m8 if b == 8 else m4)["output_noise_power"], 1e-30
+        )
     res["mixed_acc"], res["mixed_bytes"], res["mixed_budget_bytes"] = {}, {}, {}
     res["mixed_pred_drop_pp"], res["mixed_bits"] = {}, {}
     res["mixed_acc_noise_method"], res["mixed_bytes_noise_method"] = {}, {}
@@ -380,6 +389,9 @@ def bench_model(name: str, args: argparse.Namespace, bias_correction: bool = Tru
         if a == 0.5:
             res["mixed_acc_no_bias_correction"] = {
                 k: pl.measure(replace(p, bias_correction=False), xt, yt)["acc"]
+            }
+            res["mixed_acc_nearest_rounding"] = {
+                k: pl.measure(replace(p, weight_rounding="nearest"), xt, yt)["acc"]
             }
         pn = pl_noise.plan({}, alpha=a)
         res["mixed_acc_noise_method"][k] = pl.measure(pn, xt, yt)["acc"]

@@ -57,6 +57,15 @@ def test_compile_json_then_cached_then_inspect(tmp_path, capsys):
     on_file, off_file = (Path(a["artifact"]) / "lenet5.weight-only.onnx" for a in (first, plain))
     assert on_file.read_bytes() != off_file.read_bytes()
     assert plain["manifest"]["parity"]["lenet5.weight-only.onnx"]["agreement"] >= 0.99
+    # rounded to nearest instead of GPTQ: another artifact with other weights; a bad value is one line
+    assert saved["on"]["weight_rounding"] == "gptq"
+    assert main([*args, "--rounding", "nearest"]) == 0
+    near = json.loads(capsys.readouterr().out)
+    assert near["cached"] is False and near["id"] not in (first["id"], plain["id"])
+    assert json.loads((Path(near["artifact"]) / "plan.json").read_text())["weight_rounding"] == "nearest"
+    assert (Path(near["artifact"]) / "lenet5.weight-only.onnx").read_bytes() != on_file.read_bytes()
+    assert main([*args, "--rounding", "stochastic"]) == 2
+    assert "unknown weight rounding 'stochastic'" in capsys.readouterr().err
     assert first["manifest"]["versions"]["edge_compress_code"]
     # code that changed since (a fix in the exporter, same version number) is not a cache hit
     import edge_compress.artifact as artifact_mod

@@ -94,6 +94,13 @@ def compile_cmd(
         help="Keep the float biases as they are (default: each layer's output mean is restored on the "
         "calibration data after quantization, and the corrected biases are exported).",
     ),
+    rounding: str = typer.Option(
+        None,
+        "--rounding",
+        help="gptq | nearest: how weights are rounded on their int8 / int4 grid (default gptq for a new "
+        "plan: GPTQ rounds so that each layer's output error on the calibration data is small; a given "
+        "--plan keeps its own unless this is set).",
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
     """Compress MODEL for a device profile and export runnable files checked in their runtimes."""
@@ -103,6 +110,7 @@ def compile_cmd(
     from edge_compress.plan import CompressionPlan
     from edge_compress.profiles import load_profile, parse_budget
     from edge_compress.prune.config import parse_prune
+    from edge_compress.quant.rounding import check_rounding
 
     prof = load_profile(profile, profiles_dir)
     bud = parse_budget(budget) if budget else None
@@ -110,6 +118,7 @@ def compile_cmd(
         compute=compute.strip().lower(),
         measure_compute=not predicted_compute,
         bias_correction=not no_bias_correction,
+        weight_rounding=check_rounding(rounding.strip().lower()) if rounding is not None else None,
     )
     formats = tuple(f.strip().lower() for f in fmt.split(",") if f.strip())
     plan = CompressionPlan.load(plan_path) if plan_path is not None else None

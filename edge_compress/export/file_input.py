@@ -228,6 +228,7 @@ def _make_plan(
         method=f"{method}-measured" if method in ("hessian", "noise") else method,
         budget=dict(budget or {}),
         bias_correction=False,  # the file's biases are kept as they are
+        weight_rounding="nearest",  # rounded by the file quantizers (no layer inputs in torch)
     )
     plan.predicted = dict(pred)
     if signal > 0 and pred.get("noise_power", 0) > 0:

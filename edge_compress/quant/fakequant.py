@@ -6,7 +6,11 @@ Conventions (they match what integer runtimes execute, so exports can reproduce 
   (:func:`fold_batchnorm`): deployable integer models never keep a separate BN.
 - Weights: symmetric, per output channel, zero point 0, restricted range
   ``q in [-(2^(b-1) - 1), 2^(b-1) - 1]`` (int8: +-127, int4: +-7), scale chosen by min-max or by
-  minimising the mean squared error over clipping ratios (what matters at 4 bits).
+  minimising the mean squared error over clipping ratios (what matters at 4 bits). On that grid
+  the weights are rounded by GPTQ (the default, ``CompressionPlan.weight_rounding``:
+  :mod:`edge_compress.quant.rounding`), which rounds so that the layer's *output* error on the
+  calibration inputs is small rather than each weight's own, or to nearest; the GPTQ weights are
+  kept in ``LayerQuant.weight_values``.
 - Activations: each quantizable layer's *input* is quantized asymmetrically (uint8 for 8 bits,
   with a zero point; int16 symmetric for 16 bits) with a range from calibration: min-max,
   percentile, or MSE-optimal clipping. The range always contains 0.
@@ -25,7 +29,7 @@ Conventions (they match what integer runtimes execute, so exports can reproduce 
   the calibration data, layer after layer in execution order, so each correction sees the
   corrected layers before it (:func:`bias_deltas`). What is left of the error is the zero-mean
   noise the additive noise model assumes. The deltas are part of the bias: exports write
-  ``bias + bias_delta`` (:func:`with_bias_deltas`).
+  ``bias + bias_delta`` (:func:`materialize`).
 
 :class:`LayerQuant` holds the exact scales; :func:`simulate` applies them in torch.
 """
@@ -47,6 +51,7 @@ from edge_compress.errors import UserError
 if TYPE_CHECKING:
     from edge_compress.graph import ModelGraph
     from edge_compress.plan import CompressionPlan
+    from edge_compress.quant.rounding import WeightQuantizer
 
 _CLIP_GRID = np.linspace(0.3, 1.0, 36)
 
@@ -400,6 +405,9 @@ class LayerQuant:
     pool: str | None = None  # the global average pool the layer reads (ActivationPoints.pools)
     pool_act: ActQuant | None = None  # quantizer of that pool's input (used while ``act`` is set)
     bias_delta: np.ndarray | None = None  # empirical bias correction, added to the layer's bias
+    # the quantized weights (torch layout, on the ``weight_scale`` grid) when they are not the
+    # round-to-nearest ones (GPTQ rounding, edge_compress.quant.rounding); None: round to nearest
+    weight_values: np.ndarray | None = None
 
 
 def compute_quant_spec(
@@ -407,8 +415,11 @@ def compute_quant_spec(
     plan: CompressionPlan,
     calib_x: np.ndarray,
     ranges: dict[str, tuple[float, float]] | None = None,
+    quantizer: WeightQuantizer | None = None,
 ) -> dict[str, LayerQuant]:
-    """Exact scales for ``plan`` on a BN-folded ``model`` (see :func:`fold_batchnorm`)."""
+    """Exact scales (and GPTQ weights, ``plan.weight_rounding``) for ``plan`` on a BN-folded
+    ``model`` (see :func:`fold_batchnorm`). ``quantizer``: a cache of the weights to reuse (it must
+    have the plan's rounding)."""
     mods = dict(model.named_modules())
     names = [n for n in plan.layers if n in mods]
     missing = [n for n in plan.layers if n not in mods]
@@ -421,13 +432,17 @@ def compute_quant_spec(
         ranges = (
             calibrate_activations(model, need, calib_x, plan.activation_calibration, bits) if need else {}
         )
+    from edge_compress.quant.rounding import WeightQuantizer
+
+    wnames = [n for n in names if plan.layers[n].weight_bits is not None]
+    wq = quantizer or WeightQuantizer(model, plan.weight_rounding, calib_x, wnames)
     spec: dict[str, LayerQuant] = {}
     for n in names:
         d = plan.layers[n]
-        w = mods[n].weight
-        ws = None
+        ws = wv = None
         if d.weight_bits is not None:
-            ws = weight_scales(w, d.weight_bits, d.per_channel, d.weight_clip).numpy().astype(np.float32)
+            ws = wq.scale(n, d.weight_bits, d.per_channel, d.weight_clip)
+            wv = wq.values(n, d.weight_bits, d.per_channel, d.weight_clip)
         act = pool_act = None
         if d.act_bits is not None:
             lo, hi = ranges[n]
@@ -435,7 +450,7 @@ def compute_quant_spec(
             if pools.get(n) in ranges:
                 pool_act = act_quant_from_range(*ranges[pools[n]], d.act_bits)
         pool = pools.get(n) if pool_act is not None else None
-        spec[n] = LayerQuant(n, d.weight_bits, ws, act, ranges.get(n), pool, pool_act)
+        spec[n] = LayerQuant(n, d.weight_bits, ws, act, ranges.get(n), pool, pool_act, weight_values=wv)
     if plan.bias_correction:
         spec = add_bias_deltas(model, spec, calib_x)
     return spec
@@ -537,12 +552,12 @@ def add_bias_deltas(
     return {n: replace(lq, bias_delta=deltas.get(n)) for n, lq in spec.items()}
 
 
-def with_bias_deltas(
-    model: nn.Module, spec: dict[str, LayerQuant]
-) -> tuple[nn.Module, dict[str, LayerQuant]]:
-    """(a copy of ``model`` whose biases include the spec's deltas, the spec without them): the same
-    simulation, in the form the exporters take (the corrected biases are the float biases of the file)."""
-    if all(lq.bias_delta is None for lq in spec.values()):
+def materialize(model: nn.Module, spec: dict[str, LayerQuant]) -> tuple[nn.Module, dict[str, LayerQuant]]:
+    """(a copy of ``model`` whose biases include the spec's bias corrections and whose weights are
+    the spec's GPTQ weights, the spec without either): the same simulation, in the form the
+    exporters take. The corrected biases are the float biases of the file; the GPTQ weights are on
+    the spec's grids, so every exporter's round-to-nearest on those scales gives them back exactly."""
+    if all(lq.bias_delta is None and lq.weight_values is None for lq in spec.values()):
         return model, spec
     out = copy.deepcopy(model).eval()
     mods = dict(out.named_modules())
@@ -550,7 +565,9 @@ def with_bias_deltas(
         for n, lq in spec.items():
             if lq.bias_delta is not None:
                 mods[n].bias.add_(torch.from_numpy(lq.bias_delta))
-    return out, {n: replace(lq, bias_delta=None) for n, lq in spec.items()}
+            if lq.weight_values is not None:
+                mods[n].weight.copy_(torch.from_numpy(lq.weight_values))
+    return out, {n: replace(lq, bias_delta=None, weight_values=None) for n, lq in spec.items()}
 
 
 def simulate(
@@ -567,7 +584,9 @@ def simulate(
     with torch.no_grad():
         for n, lq in spec.items():
             m = mods[n]
-            if weights and lq.weight_bits is not None and lq.weight_scale is not None:
+            if weights and lq.weight_values is not None:
+                m.weight.copy_(torch.from_numpy(lq.weight_values))
+            elif weights and lq.weight_bits is not None and lq.weight_scale is not None:
                 s = torch.from_numpy(lq.weight_scale)
                 m.weight.copy_(_fake_sym(m.weight, s, qmax_weight(lq.weight_bits)))
             if weights and activations and lq.bias_delta is not None:

@@ -24,6 +24,7 @@ from edge_compress.quant import fakequant as fq
 if TYPE_CHECKING:
     from edge_compress.graph import ModelGraph
     from edge_compress.quant.noise import LayerNoise
+    from edge_compress.quant.rounding import WeightQuantizer
 
 
 @torch.no_grad()
@@ -188,7 +189,8 @@ def inject_gains(
 class TermApplier:
     """Applies noise-model terms to the network in place, any number at once: ``("w", layer, bits)``
     quantizes a layer's weights (each quantized tensor computed once), ``("a", group lead, bits)``
-    fake-quantizes the input of every layer of that shared-input group.
+    fake-quantizes the input of every layer of that shared-input group. ``quantizer``: where the
+    quantized weights come from (its rounding: GPTQ or nearest; default round-to-nearest).
 
     ``recenter``: the float network's per-channel output means of the layers a plan bias-corrects
     (:func:`fakequant.output_means` on the batch the terms are measured on). While terms are
@@ -203,19 +205,19 @@ class TermApplier:
         ranges: dict[str, tuple[float, float]],
         weight_clip: str,
         recenter: dict[str, torch.Tensor] | None = None,
+        quantizer: WeightQuantizer | None = None,
     ) -> None:
+        from edge_compress.quant.rounding import WeightQuantizer
+
         self.net = net
         self.mods = dict(net.named_modules())
         self.members = {m[0]: m for m in share}
         self.ranges, self.weight_clip = ranges, weight_clip
         self.recenter = recenter
-        self._w: dict[tuple[str, int], torch.Tensor] = {}
+        self.quantizer = quantizer or WeightQuantizer(net, "nearest")
 
     def quantized(self, name: str, bits: int) -> torch.Tensor:
-        if (name, bits) not in self._w:
-            w0 = self.mods[name].weight.detach()
-            self._w[(name, bits)] = fq.quantize_weight(w0, bits, True, self.weight_clip)[0]
-        return self._w[(name, bits)]
+        return self.quantizer.weight(name, bits, True, self.weight_clip)
 
     @contextlib.contextmanager
     def applied(self, keys: list[tuple[str, str, int]]) -> Iterator[None]:

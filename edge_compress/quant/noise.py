@@ -58,6 +58,7 @@ from edge_compress.quant.gains import (
     realized_terms,
     shared_inputs,
 )
+from edge_compress.quant.rounding import WeightQuantizer, check_rounding
 
 if TYPE_CHECKING:
     from edge_compress.graph import ModelGraph
@@ -226,9 +227,13 @@ class NoiseModel:
         mode: str | None = None,
         coherent: CoherentTerms | None = None,
         bias_correction: bool = True,
+        weight_rounding: str = "nearest",
+        quantizer: WeightQuantizer | None = None,
     ) -> None:
         self.layers = layers
         self.bias_correction = bias_correction
+        self.weight_rounding = weight_rounding
+        self.quantizer = quantizer  # the quantized weights of the model (built with it)
         self.coherent = coherent
         self.signal_power = float(signal_power)
         self.groups = groups or []
@@ -277,6 +282,7 @@ class NoiseModel:
         sketch_dim: int = 16384,
         pairs: int = 128,
         bias_correction: bool = True,
+        weight_rounding: str = "gptq",
     ) -> NoiseModel:
         """Measure the gains on ``calib_x`` (at most ``max_samples`` of it; activation ranges use all of it).
 
@@ -299,6 +305,9 @@ class NoiseModel:
         candidate weight bits per layer (default 8 and 4). ``folded``: BatchNorms are already
         folded into the convolutions. ``bias_correction``: the plans it predicts and simulates are
         bias-corrected (:func:`fakequant.bias_deltas`), and so are the realized and pair terms.
+        ``weight_rounding``: ``gptq`` or ``nearest`` (:mod:`edge_compress.quant.rounding`); every
+        term and simulation uses the weights so rounded (GPTQ's input covariances from all of
+        ``calib_x``).
         """
         if gain_method not in ("adjoint", "inject"):
             raise UserError(f"unknown gain method {gain_method!r} (use adjoint or inject).")
@@ -307,7 +316,6 @@ class NoiseModel:
         x = np.ascontiguousarray(calib_x[:max_samples])
         if len(x) == 0:
             raise UserError("the noise model needs calibration data (got 0 samples).")
-        mods = dict(net.named_modules())
         names = graph.names
         opts = {n: tuple(sorted(set((options or {}).get(n, (8, 4))), reverse=True)) for n in names}
         act_bits = tuple(sorted(set(act_bits)))
@@ -316,14 +324,16 @@ class NoiseModel:
         y0 = _logits(net, x)
         signal = float((y0.double() ** 2).mean())
 
+        quantizer = WeightQuantizer(
+            net, check_rounding(weight_rounding), np.ascontiguousarray(calib_x), names
+        )
         layers: dict[str, LayerNoise] = {}
         errors: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
         for li in graph.layers:
-            w0 = mods[li.name].weight.detach()
             ln = LayerNoise(li.name, li.kind, li.weight_params, opts[li.name], {}, {}, {})
             errors[li.name] = {}
             for b in opts[li.name]:
-                meas, step = fq.weight_error(w0, b, True, weight_clip)
+                meas, step = quantizer.error(li.name, b, True, weight_clip)
                 errors[li.name][b] = (meas, step)
                 ln.w_energy[b], ln.w_energy_step[b] = float(meas.sum()), float(step.sum())
             layers[li.name] = ln
@@ -353,7 +363,7 @@ class NoiseModel:
         if realized:
             vectors: dict[tuple[str, str, int], np.ndarray] = {}
             recenter = fq.output_means(net, fq.correctable(net, names), xt) if bias_correction else None
-            applier = TermApplier(net, share, ranges, weight_clip, recenter)
+            applier = TermApplier(net, share, ranges, weight_clip, recenter, quantizer)
             realized_terms(net, graph, layers, share, act_bits, applier, xt, y0, vectors, sketch_dim, seed)
             powers = {("w", n, b): p for n, ln in layers.items() for b, p in ln.w_out_real.items()}
             powers.update({("a", n, b): p for n, ln in layers.items() for b, p in ln.a_out_real.items()})
@@ -375,6 +385,8 @@ class NoiseModel:
             profile_name=profile_name,
             coherent=coherent,
             bias_correction=bias_correction,
+            weight_rounding=weight_rounding,
+            quantizer=quantizer,
         )
 
     # ---------------------------------------------------------------- prediction
@@ -488,6 +500,7 @@ class NoiseModel:
             groups=self.groups,
             activation_calibration=self.act_calibration,
             bias_correction=self.bias_correction,
+            weight_rounding=self.weight_rounding,
         )
 
     def random_bits(self, rng: np.random.Generator, p_low: float | None = None) -> dict[str, int]:
@@ -541,40 +554,45 @@ class NoiseModel:
 
     # ---------------------------------------------------------------- measurement
     def simulate(self, plan: CompressionPlan) -> nn.Module:
-        """The plan's fake-quantized model: the scales of :func:`fakequant.compute_quant_spec` (weight
-        scales cached per layer and bit-width) and the activation ranges of the noise model."""
+        """The plan's fake-quantized model: the scales and weights of :func:`fakequant.compute_quant_spec`
+        (cached per layer and bit-width, :meth:`weight_quantizer`) and the activation ranges of the
+        noise model."""
         if self.folded_model is None or self.calib_x is None:
             raise UserError("this noise model was loaded without its model: build it to simulate plans.")
         same = plan.activation_calibration == self.act_calibration and self.ranges
         need = [n for n, d in plan.layers.items() if d.act_bits is not None]
+        wq = self.weight_quantizer(plan.weight_rounding)
         if not same or any(n not in self.ranges for n in need):
-            spec = fq.compute_quant_spec(self.folded_model, plan, self.calib_x)
+            spec = fq.compute_quant_spec(self.folded_model, plan, self.calib_x, quantizer=wq)
             return fq.simulate(self.folded_model, spec)
         mods = dict(self.folded_model.named_modules())
-        cache = self.__dict__.setdefault("_scales", {})
         pools = fq.activation_points(self.folded_model, need).pools
         spec: dict[str, fq.LayerQuant] = {}
         for n, d in plan.layers.items():
             if n not in mods:
                 raise UserError(f"plan names layer {n!r}, which the model does not have.")
-            ws = None
+            ws = wv = None
             if d.weight_bits is not None:
-                key = (n, d.weight_bits, d.per_channel, d.weight_clip)
-                if key not in cache:
-                    w = mods[n].weight
-                    cache[key] = (
-                        fq.weight_scales(w, d.weight_bits, d.per_channel, d.weight_clip)
-                        .numpy()
-                        .astype(np.float32)
-                    )
-                ws = cache[key]
+                ws = wq.scale(n, d.weight_bits, d.per_channel, d.weight_clip)
+                wv = wq.values(n, d.weight_bits, d.per_channel, d.weight_clip)
             act = fq.act_quant_from_range(*self.ranges[n], d.act_bits) if d.act_bits is not None else None
             pool = pools.get(n) if act is not None and pools.get(n) in self.ranges else None
             pool_act = fq.act_quant_from_range(*self.ranges[pool], d.act_bits) if pool else None
-            spec[n] = fq.LayerQuant(n, d.weight_bits, ws, act, self.ranges.get(n), pool, pool_act)
+            spec[n] = fq.LayerQuant(
+                n, d.weight_bits, ws, act, self.ranges.get(n), pool, pool_act, weight_values=wv
+            )
         if plan.bias_correction:
             spec = fq.add_bias_deltas(self.folded_model, spec, self.calib_x)
         return fq.simulate(self.folded_model, spec)
+
+    def weight_quantizer(self, rounding: str) -> WeightQuantizer:
+        """The (cached) quantized weights of the model with this rounding."""
+        if self.quantizer is not None and self.quantizer.rounding == rounding:
+            return self.quantizer
+        cache = self.__dict__.setdefault("_quantizers", {})
+        if rounding not in cache:
+            cache[rounding] = WeightQuantizer(self.folded_model, rounding, self.calib_x, list(self.layers))
+        return cache[rounding]
 
     def measure(self, plan: CompressionPlan, x: np.ndarray, y: np.ndarray | None = None) -> dict[str, float]:
         """Measured output noise power / SQNR (and accuracy when labels are given) of the simulated plan."""
@@ -653,6 +671,7 @@ class NoiseModel:
             "profile": self.profile_name,
             "mode": self.mode,
             "bias_correction": self.bias_correction,
+            "weight_rounding": self.weight_rounding,
             "curve": self.curve.to_json() if self.curve else None,
             "coherent": self.coherent.to_json() if self.coherent else None,
             "layers": [{k: enc(v) for k, v in asdict(ln).items()} for ln in self.layers.values()],
@@ -679,4 +698,5 @@ class NoiseModel:
             mode=d.get("mode"),
             coherent=CoherentTerms.from_json(d["coherent"]) if d.get("coherent") else None,
             bias_correction=bool(d.get("bias_correction", False)),
+            weight_rounding=d.get("weight_rounding", "nearest"),
         )

@@ -147,6 +147,7 @@ class Planner:
         refine_top_k: int = 5,
         noise_model: NoiseModel | None = None,
         bias_correction: bool = True,
+        weight_rounding: str = "gptq",
     ) -> None:
         from edge_compress.quant.fakequant import fold_batchnorm
         from edge_compress.quant.noise import NoiseModel
@@ -196,6 +197,7 @@ class Planner:
                 model_name=model_name,
                 profile_name=profile.name,
                 bias_correction=bias_correction,
+                weight_rounding=weight_rounding,
             )
         self.noise_model = noise_model
         if eval_x is not None and eval_y is not None and noise_model.curve is None:
@@ -213,7 +215,13 @@ class Planner:
                 n_samples=hutchinson_samples,
                 seed=seed,
             )
-            self.sens = hessian_sensitivity(self.folded, self.options, self.traces, weight_clip)
+            self.sens = hessian_sensitivity(
+                self.folded,
+                self.options,
+                self.traces,
+                weight_clip,
+                quantizer=noise_model.weight_quantizer(noise_model.weight_rounding),
+            )
         else:
             self.sens = {(n, b): noise_model.sensitivity(n, b) for n, bs in self.options.items() for b in bs}
 
@@ -397,6 +405,7 @@ class Planner:
             groups=[list(g) for g in self.graph.precision_groups],
             notes=notes,
             bias_correction=self.noise_model.bias_correction,
+            weight_rounding=self.noise_model.weight_rounding,
         )
         pred = self.noise_model.predict(plan)
         fp32 = sum(self.layer_bytes(n, None) for n in self.info)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from edge_compress.errors import UserError
-from edge_compress.quant import fakequant as fq
+from edge_compress.quant.rounding import WeightQuantizer
 
 
 @dataclass(frozen=True)
@@ -109,21 +109,22 @@ def hessian_sensitivity(
     options: dict[str, Iterable[int]],
     traces: dict[str, HessianTrace],
     weight_clip: str = "mse",
+    quantizer: WeightQuantizer | None = None,
 ) -> dict[tuple[str, int], float]:
-    """HAWQ-V2 ``Omega_i(b) = Tr(H_i)/n_i * ||Q_b(W_i) - W_i||^2`` for every layer and candidate bits.
+    """HAWQ-V2 ``Omega_i(b) = Tr(H_i)/n_i * ||Q_b(W_i) - W_i||^2`` for every layer and candidate bits,
+    ``Q_b`` being ``quantizer``'s weights (its rounding; default round-to-nearest).
 
     Hutchinson estimates are noisy (the cross terms of a Rademacher probe); a layer whose estimate
     is below one standard error (possibly negative) gets the standard error instead, so a noisy
     estimate never makes a layer look free to quantize.
     """
-    mods = dict(model.named_modules())
+    wq = quantizer or WeightQuantizer(model, "nearest")
     out: dict[tuple[str, int], float] = {}
     for n, bits in options.items():
-        w = mods[n].weight.detach()
         t = traces[n]
         se = t.stderr if math.isfinite(t.stderr) else 0.0
         factor = max(t.trace, se, 0.0) / max(t.n_params, 1)
         for b in bits:
-            measured, _ = fq.weight_error(w, b, True, weight_clip)
+            measured, _ = wq.error(n, b, True, weight_clip)
             out[(n, b)] = factor * float(measured.sum())
     return out

@@ -135,7 +135,7 @@ def test_depthwise_int4_falls_back_to_int8_in_tflite_and_is_recorded(art_mixed):
 
 def test_files_carry_the_bias_correction(art_mixed, lenet):
     """The exported biases are the simulation's corrected ones: the ONNX file runs as the corrected
-    simulation, far closer to it than to the same plan without the correction."""
+    simulation, much closer to it than to the same plan without the correction."""
     from dataclasses import replace
 
     plan = CompressionPlan.load(art_mixed.path / "plan.json")
@@ -150,4 +150,23 @@ def test_files_carry_the_bias_correction(art_mixed, lenet):
         k: float(np.mean((out - predict(simulate(folded, s), x)) ** 2))
         for k, s in (("corrected", spec), ("plain", plain))
     }
-    assert err["corrected"] < 0.1 * err["plain"], err
+    # (with GPTQ weights the uncorrected mean shift is small: 4x, where it was > 10x with nearest rounding)
+    assert err["corrected"] < 0.4 * err["plain"], err
+
+
+def test_files_carry_the_gptq_weights(art_mixed, lenet):
+    """The exported weights are the plan's GPTQ-rounded ones: the ONNX file runs as the GPTQ
+    simulation, far closer to it than to the same plan rounded to nearest."""
+    from dataclasses import replace
+
+    plan = CompressionPlan.load(art_mixed.path / "plan.json")
+    assert plan.weight_rounding == "gptq"
+    folded = fold_batchnorm(lenet.model)
+    calib = lenet.calibration(256)
+    specs = {
+        r: compute_quant_spec(folded, replace(plan, weight_rounding=r), calib) for r in ("gptq", "nearest")
+    }
+    x = lenet.dataset.x_val
+    out = OrtRunner(art_mixed.file("onnx")).run(x)
+    err = {r: float(np.mean((out - predict(simulate(folded, s), x)) ** 2)) for r, s in specs.items()}
+    assert err["gptq"] < 0.1 * err["nearest"], err

@@ -66,7 +66,7 @@ def test_deltas_in_the_biases_are_the_same_simulation(lenet):
     b0 = {
         n: m.bias.detach().clone() for n, m in folded.named_modules() if getattr(m, "bias", None) is not None
     }
-    moved, plain = fq.with_bias_deltas(folded, spec)
+    moved, plain = fq.materialize(folded, spec)
     assert all(lq.bias_delta is None for lq in plain.values())
     assert all(torch.equal(m.bias, b0[n]) for n, m in folded.named_modules() if n in b0)  # input untouched
     x = torch.from_numpy(zm.dataset.x_val)
@@ -74,7 +74,7 @@ def test_deltas_in_the_biases_are_the_same_simulation(lenet):
         a, b = fq.simulate(folded, spec)(x), fq.simulate(moved, plain)(x)
     assert torch.allclose(a, b, atol=1e-5)
     # without deltas nothing is copied
-    same, _ = fq.with_bias_deltas(folded, plain)
+    same, _ = fq.materialize(folded, plain)
     assert same is folded
 
 

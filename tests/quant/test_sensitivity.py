@@ -54,13 +54,13 @@ def test_hessian_sensitivity_grows_as_bits_shrink(lenet_planner):
         assert sens[(n, 4)] > sens[(n, 8)] >= 0.0
     traces = lenet_planner.traces
     assert set(traces) == set(lenet_planner.options)
-    # omega = Tr(H)/n * ||Q(W) - W||^2, checked for one layer
+    # omega = Tr(H)/n * ||Q(W) - W||^2 with the plan's quantizer (GPTQ weights), checked for one layer
     folded = dict(lenet_planner.folded.named_modules())
-    from edge_compress.quant.fakequant import weight_error
-
+    wq = lenet_planner.noise_model.quantizer
+    assert wq.rounding == "gptq"
     t = traces["f5"]
     factor = max(t.trace, t.stderr) / t.n_params
-    err = weight_error(folded["f5"].weight.detach(), 4, True, "mse")[0].sum()
+    err = float(((wq.weight("f5", 4) - folded["f5"].weight.detach()).double() ** 2).sum())
     assert sens[("f5", 4)] == pytest.approx(factor * err, rel=1e-9)
 
 
