@@ -460,6 +460,13 @@ def compile_model(
     if spec.kind != "torch":
         from edge_compress.export.file_input import compile_file
 
+        if opts.weight_rounding == "gptq":
+            raise UserError(
+                f"{spec.name}: GPTQ rounding needs the PyTorch model's layer inputs; an existing "
+                f"{spec.kind.upper()} file is rounded to nearest (drop --rounding gptq, or compile the PyTorch "
+                "source as module:factory with --weights and --data)."
+            )
+
         return compile_file(
             spec,
             profile,

@@ -191,6 +191,8 @@ def test_compile_with_pruning_shrinks_the_file_and_records_it(tmp_path, capsys):
     onnx_file = f"{first['artifact']}/{name}"
     assert main(["compile", onnx_file, "--data", "digits", "--profile", "host", "--prune", "flops=0.5"]) == 2
     assert "existing .onnx file" in capsys.readouterr().err
+    assert main(["compile", onnx_file, "--data", "digits", "--profile", "host", "--rounding", "gptq"]) == 2
+    assert "GPTQ rounding needs the PyTorch model's layer inputs" in capsys.readouterr().err
 
 
 def test_compile_with_factorization_shrinks_the_file_and_records_ranks(tmp_path, capsys):

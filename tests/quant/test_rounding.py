@@ -81,10 +81,11 @@ def test_gptq_weights_stay_on_the_grid_and_lower_the_layer_error(lenet):
             codes = q / s.reshape([-1] + [1] * (q.dim() - 1))
             assert float(codes.abs().max()) <= fq.qmax_weight(b) + 1e-3
             rtn = fq._fake_sym(m.weight, s, fq.qmax_weight(b))
+
             # every channel still spans its grid (min-max quantizers find the same scale from it)
-            span = lambda w, s=s: (
-                (w / s.reshape([-1] + [1] * (w.dim() - 1))).reshape(len(s), -1).abs().amax(1)
-            )  # noqa: E731
+            def span(w, s=s):
+                return (w / s.reshape([-1] + [1] * (w.dim() - 1))).reshape(len(s), -1).abs().amax(1)
+
             assert torch.allclose(span(q), span(rtn), atol=1e-3)
 
             def out_err(w, m=m, xh=xh):
