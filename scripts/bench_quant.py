@@ -284,6 +284,8 @@ def beats_random(pl, nm, ours, graph, xt, yt, n: int, seed: int) -> dict[str, An
         wins_kl += ours_m["kl_to_fp32"] <= m["kl_to_fp32"]
     return {
         "acc": wins_acc / n,
+        # the fraction of random plans that are not significantly more accurate (exact McNemar p < 0.05)
+        "acc_not_significantly_worse": 1.0 - sum(x["p_value"] < 0.05 for x in losses) / n,
         "noise": wins_noise / n,
         "kl": wins_kl / n,
         "losses": losses,
@@ -514,6 +516,7 @@ def bench_model(name: str, args: argparse.Namespace, bias_correction: bool = Tru
         res["beats_random_by_alpha"][f"{a:g}"] = {k: v for k, v in r.items() if k != "losses"}
         if a == 0.5:
             res["beats_random_frac"] = r["acc"]
+            res["beats_random_frac_not_significantly_worse"] = r["acc_not_significantly_worse"]
             res["beats_random_losses"] = r["losses"]
             res["beats_random_frac_noise"] = r["noise"]
             res["beats_random_frac_kl"] = r["kl"]
@@ -620,6 +623,7 @@ ABLATION_KEYS = (
     "noise_sqnr_err_db",
     "noise_power_err_db",
     "beats_random_frac",
+    "beats_random_frac_not_significantly_worse",
     "beats_random_frac_noise",
     "beats_random_frac_kl",
     "beats_random_losses",
