@@ -811,6 +811,7 @@ def _manifest(
             "profile": {"name": profile.name, "sha256": stable_hash(profile.model_dump(mode="json"))},
             "plan": "plan.json",
             "plan_digest": plan.digest(),
+            "quantizer": plan.quantizer(),
             "method": plan.method or method,
             "budget": budget or {},
             "alpha": alpha,

@@ -151,6 +151,14 @@ class CompressionPlan:
             )
         return cls(layers=layers, **d)
 
+    def quantizer(self) -> dict[str, Any]:
+        """How the plan's numbers are made (beyond the per-layer bits): for manifests and reports."""
+        return {
+            "weight_rounding": self.weight_rounding,
+            "bias_correction": self.bias_correction,
+            "activation_calibration": self.activation_calibration,
+        }
+
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True)
 

@@ -63,6 +63,12 @@ def test_compile_json_then_cached_then_inspect(tmp_path, capsys):
     near = json.loads(capsys.readouterr().out)
     assert near["cached"] is False and near["id"] not in (first["id"], plain["id"])
     assert json.loads((Path(near["artifact"]) / "plan.json").read_text())["weight_rounding"] == "nearest"
+    assert near["manifest"]["quantizer"]["weight_rounding"] == "nearest"
+    assert first["manifest"]["quantizer"] == {
+        "weight_rounding": "gptq",
+        "bias_correction": True,
+        "activation_calibration": "mse",
+    }
     assert (Path(near["artifact"]) / "lenet5.weight-only.onnx").read_bytes() != on_file.read_bytes()
     assert main([*args, "--rounding", "stochastic"]) == 2
     assert "unknown weight rounding 'stochastic'" in capsys.readouterr().err
@@ -84,7 +90,8 @@ def test_compile_json_then_cached_then_inspect(tmp_path, capsys):
     shown = json.loads(capsys.readouterr().out)
     assert shown["id"] == first["id"] and shown["files"] == first["manifest"]["files"]
     assert main(["inspect", first["artifact"]]) == 0
-    assert "lenet5.weight-only.onnx" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "lenet5.weight-only.onnx" in shown and "weights rounded by gptq, bias correction on" in shown
 
 
 @pytest.mark.parametrize(

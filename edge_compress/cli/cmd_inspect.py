@@ -32,6 +32,14 @@ def inspect_cmd(
         f"created {m.get('created')}",
         highlight=False,
     )
+    q = m.get("quantizer")
+    if q:
+        console.print(
+            f"weights rounded by {q.get('weight_rounding')}, "
+            f"bias correction {'on' if q.get('bias_correction') else 'off'}, "
+            f"activation ranges by {q.get('activation_calibration')}",
+            highlight=False,
+        )
     t = Table(title="sha256")
     t.add_column("file")
     t.add_column("sha256")

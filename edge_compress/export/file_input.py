@@ -184,6 +184,7 @@ def _common_manifest(
         "profile": {"name": profile.name, "sha256": stable_hash(profile.model_dump(mode="json"))},
         "plan": "plan.json",
         "plan_digest": plan.digest(),
+        "quantizer": plan.quantizer(),
         "method": plan.method,
         "budget": budget or {},
         "alpha": alpha,
