@@ -144,8 +144,10 @@ class CompressionPlan:
             raise UserError(f"{source}: unknown plan field(s) {sorted(unknown)}.")
         if not isinstance(d.get("bias_correction", True), bool):
             raise UserError(f"{source}: bias_correction must be true or false, got {d['bias_correction']!r}.")
+        from edge_compress.quant.rounding import ROUNDINGS
+
         d.setdefault("weight_rounding", "nearest")
-        if d["weight_rounding"] not in ("gptq", "nearest"):
+        if d["weight_rounding"] not in ROUNDINGS:
             raise UserError(
                 f"{source}: weight_rounding must be gptq or nearest, got {d['weight_rounding']!r}."
             )

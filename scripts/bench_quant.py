@@ -364,11 +364,11 @@ def bench_model(name: str, args: argparse.Namespace, bias_correction: bool = Tru
         res[f"int{b}_acc_no_bias_correction"] = pl.measure(replace(u, bias_correction=False), xt, yt)["acc"]
     # GPTQ rounding (the default): the same uniform plans rounded to nearest
     res["weight_rounding"] = nm.weight_rounding
-    for b, u in ((8, u8), (4, u4)):
+    for b, u, m in ((8, u8, m8), (4, u4, m4)):
         near = pl.measure(replace(u, weight_rounding="nearest"), xt, yt)
         res[f"int{b}_acc_nearest_rounding"] = near["acc"]
         res[f"int{b}_noise_nearest_over_gptq"] = near["output_noise_power"] / max(
-            (m8 if b == 8 else m4)["output_noise_power"], 1e-30
+            m["output_noise_power"], 1e-30
         )
     res["mixed_acc"], res["mixed_bytes"], res["mixed_budget_bytes"] = {}, {}, {}
     res["mixed_pred_drop_pp"], res["mixed_bits"] = {}, {}

@@ -638,10 +638,16 @@ def weight_error(
     clipping). The two agree for fine steps; at 4 bits clipping makes ``measured`` the better one.
     """
     q, scale = quantize_weight(w, bits, per_channel, clip)
+    return error_energies(q, w, scale)
+
+
+@torch.no_grad()
+def error_energies(q: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """``(measured, modelled)`` per output channel for quantized weights ``q`` of ``w`` on the
+    per-channel grid ``scale``: ``||q_c - w_c||^2`` and ``n_c step_c^2 / 12``."""
     d = (q - w).reshape(w.shape[0], -1).double()
     measured = (d**2).sum(dim=1).numpy()
-    n_c = d.shape[1]
-    modelled = n_c * (scale.double().numpy() ** 2) / 12.0
+    modelled = d.shape[1] * (torch.as_tensor(scale).double().numpy() ** 2) / 12.0
     return measured, modelled
 
 

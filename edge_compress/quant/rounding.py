@@ -126,9 +126,8 @@ def gptq_codes(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, bits: int)
         gi, ki = torch.nonzero(dead, as_tuple=True)
         h[gi, ki, ki] = 1.0
     order = torch.argsort(torch.diagonal(h, dim1=-2, dim2=-1), dim=-1, descending=True)  # act order
-    ar = torch.arange(g)[:, None]
-    wm = wm[ar[:, :, None].expand(g, out // g, k), torch.arange(out // g)[None, :, None], order[:, None, :]]
-    h = h[ar[:, :, None], order[:, :, None], order[:, None, :]]
+    wm = wm.gather(-1, order[:, None, :].expand_as(wm))
+    h = h[torch.arange(g)[:, None, None], order[:, :, None], order[:, None, :]]
     hinv = _upper_inverse_cholesky(h)
     # each channel's largest weight keeps its round-to-nearest code (the end of the grid, +-qmax):
     # the channel then spans its grid, so a min-max quantizer (ai-edge-quantizer) finds the same scale
@@ -142,10 +141,7 @@ def gptq_codes(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, bits: int)
         err = (col - q * s) / hinv[:, i, i][:, None]
         wm[:, :, i + 1 :] -= err[:, :, None] * hinv[:, None, i, i + 1 :]
     inv = torch.argsort(order, dim=-1)
-    codes = codes[
-        ar[:, :, None].expand(g, out // g, k), torch.arange(out // g)[None, :, None], inv[:, None, :]
-    ]
-    return codes.reshape(w.shape)
+    return codes.gather(-1, inv[:, None, :].expand_as(codes)).reshape(w.shape)
 
 
 def gptq_weight(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
@@ -168,19 +164,17 @@ class WeightQuantizer:
         calib_x: np.ndarray | None = None,
         names: list[str] | None = None,
     ) -> None:
-        self.model, self.rounding = model, check_rounding(rounding)
+        self.rounding = check_rounding(rounding)
         self.mods = dict(model.named_modules())
+        names = list(names or [])
         self.hessians: dict[str, torch.Tensor] = {}
         self._scales: dict[tuple[str, int, bool, str], np.ndarray] = {}
         self._weights: dict[tuple[str, int, bool, str], torch.Tensor] = {}
-        self._w0: dict[str, torch.Tensor] = {}
+        self._w0 = {n: self.mods[n].weight.detach().clone() for n in names}
         if rounding == "gptq":
             if calib_x is None or len(calib_x) == 0:
                 raise UserError("GPTQ rounding needs calibration data.")
-            names = list(names or [])
             self.hessians = input_hessians(model, names, calib_x)
-        for n in names or []:
-            self._w0[n] = self.mods[n].weight.detach().clone()
 
     def _float(self, name: str) -> torch.Tensor:
         if name not in self._w0:
@@ -226,9 +220,7 @@ class WeightQuantizer:
         self, name: str, bits: int, per_channel: bool = True, clip: str = "mse"
     ) -> tuple[np.ndarray, np.ndarray]:
         """Per-output-channel ``(||Q(W_c) - W_c||^2, n_c step_c^2 / 12)`` of this quantizer."""
-        d = (self.weight(name, bits, per_channel, clip) - self._float(name)).reshape(
-            self._float(name).shape[0], -1
-        )
-        measured = (d.double() ** 2).sum(dim=1).numpy()
-        step = d.shape[1] * (self.scale(name, bits, per_channel, clip).astype(np.float64) ** 2) / 12.0
-        return measured, step
+        from edge_compress.quant.fakequant import error_energies
+
+        q = self.weight(name, bits, per_channel, clip)
+        return error_energies(q, self._float(name), self.scale(name, bits, per_channel, clip))
